@@ -1,0 +1,28 @@
+"""flowsim: neural-network training as the exact gradient-flow ODE θ' = −∇L(θ).
+
+Public names are re-exported here explicitly (`from ._x import Foo as Foo`), the
+Diffrax/Equinox habit, so this file is the readable list of the public API.
+"""
+
+import jax as _jax
+
+# Tolerances below 1e-7 and horizons like t = e^(10^6) are meaningless in float32.
+_jax.config.update("jax_enable_x64", True)
+
+from ._gd import gradient_descent as gradient_descent
+from ._losses import AbstractLoss as AbstractLoss
+from ._losses import Exponential as Exponential
+from ._losses import Logistic as Logistic
+from ._losses import Squared as Squared
+from ._problem import Problem as Problem
+from ._simulate import simulate as simulate
+from ._trajectory import Status as Status
+from ._trajectory import Trajectory as Trajectory
+from ._scenario import Claim as Claim
+from ._scenario import Scenario as Scenario
+from ._sweep import show_progress as show_progress
+from ._sweep import sweep as sweep
+from . import analysis as analysis
+from . import networks as networks
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""A training problem: a model, data and a loss."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PyTree
+
+from ._losses import AbstractLoss, loss_from_name
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values (not a tracer under jit/vmap), so it can be checked now."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _require_finite(name: str, value) -> None:
+    if is_concrete(value):
+        array = np.asarray(value)
+        if not np.all(np.isfinite(array)):
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); all entries must be finite")
+
+
+class Problem(eqx.Module):
+    """Training problem L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i).
+
+    **Arguments:**
+
+    - ``model``: an Equinox module whose ``__call__(x)`` maps ONE input of shape (d,) to a
+      scalar, or to a vector (k,) for multi-output squared loss. Its inexact-array leaves
+      are the trained parameters θ.
+    - ``X``: inputs, shape (n, d).
+    - ``y``: targets, shape (n,) (labels ±1 for classification) or (n, k).
+    - ``loss``: ``"squared"`` (ℓ = ½‖f − y‖²), ``"logistic"`` (ℓ = log(1 + e^{−yf})) or
+      ``"exponential"`` (ℓ = e^{−yf}), or an ``AbstractLoss`` instance.
+
+    A ``Problem`` is a pytree: stack several with ``jax.tree.map(jnp.stack, …)`` and
+    ``eqx.filter_vmap`` over them.
+    """
+
+    model: PyTree
+    X: Float[Array, "n d"]
+    y: Float[Array, "n *k"]
+    loss: AbstractLoss
+
+    def __init__(self, model, X, y, loss: "str | AbstractLoss" = "squared"):
+        self.loss = loss_from_name(loss)
+        if not isinstance(model, eqx.Module):
+            raise TypeError(f"model must be an equinox.Module, got {type(model).__name__}")
+        leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+        if not leaves:
+            raise ValueError(
+                f"model {type(model).__name__} has no trainable arrays: gradient flow needs at least one "
+                "floating-point array leaf (θ)"
+            )
+        X = jnp.asarray(X, dtype=jnp.float64) if is_concrete(X) else X
+        y = jnp.asarray(y, dtype=jnp.float64) if is_concrete(y) else y
+        if X.ndim != 2:
+            raise ValueError(f"X must have shape (n, d), got shape {tuple(X.shape)}")
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y must have shape (n,) or (n, k), got shape {tuple(y.shape)}")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}; they must match")
+        if X.shape[0] == 0:
+            raise ValueError("X has no samples (n = 0)")
+        _require_finite("X", X)
+        _require_finite("y", y)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_inexact_array)):
+            _require_finite(f"model parameter {jax.tree_util.keystr(path)}", leaf)
+        try:
+            out = jax.eval_shape(model, jax.ShapeDtypeStruct(X.shape[1:], X.dtype))
+        except Exception as error:  # the user's model failing on one input is their bug: say so
+            raise ValueError(
+                f"model {type(model).__name__} cannot be applied to one input of shape {tuple(X.shape[1:])}: {error}"
+            ) from error
+        expected = tuple(y.shape[1:])
+        if tuple(out.shape) != expected:
+            raise ValueError(
+                f"model output for one input has shape {tuple(out.shape)} but targets y[i] have shape {expected}; "
+                "a model maps ONE input x of shape (d,) to a scalar (or (k,) for multi-output regression)"
+            )
+        if self.loss.is_classification:
+            if y.ndim != 1:
+                raise ValueError(f"{self.loss.name} loss needs scalar labels y of shape (n,), got {tuple(y.shape)}")
+            if is_concrete(y):
+                labels = np.unique(np.asarray(y))
+                if not set(labels.tolist()) <= {-1.0, 1.0}:
+                    raise ValueError(
+                        f"{self.loss.name} loss needs labels ±1; y contains {labels[:6].tolist()}"
+                        + ("…" if labels.size > 6 else "")
+                    )
+        self.model = model
+        self.X = X
+        self.y = y
+
+    @property
+    def num_samples(self) -> int:
+        return self.X.shape[0]
+
+    def predictions(self, model=None) -> Array:
+        """f(x_i) for every sample, shape (n,) or (n, k)."""
+        model = self.model if model is None else model
+        return jax.vmap(model)(self.X)
+
+    def loss_value(self, model=None) -> Float[Array, ""]:
+        """L(θ) = (1/n) Σ ℓ_i (may underflow to 0)."""
+        return self.loss.value(self.predictions(model), self.y)
+
+    def log_loss_value(self, model=None) -> Float[Array, ""]:
+        """log L(θ), finite where L underflows."""
+        return self.loss.log_value(self.predictions(model), self.y)

@@ -1,0 +1,15 @@
+"""Analysis of trajectories: directions, margins, norms, ranks, and the convex / mirror-map references
+that long-horizon gradient-flow results are checked against."""
+
+from ._interpolation import InterpolationLimit as InterpolationLimit
+from ._interpolation import interpolation_limit as interpolation_limit
+from ._interpolation import mirror_map as mirror_map
+from ._kkt import KKTCertificate as KKTCertificate
+from ._kkt import kkt_certificate as kkt_certificate
+from ._kkt import kkt_residual as kkt_residual
+from ._margins import MaxMarginSolution as MaxMarginSolution
+from ._margins import max_margin as max_margin
+from ._margins import max_margin_solution as max_margin_solution
+from ._margins import max_margin_value as max_margin_value
+from ._margins import normalized_margin as normalized_margin
+from ._ranks import stable_rank as stable_rank
