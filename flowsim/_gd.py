@@ -18,6 +18,7 @@ def gd_save_steps(steps: int, n_save: int) -> np.ndarray:
     """Step indices 0 = k_0 < k_1 < … < k_m = steps, log-spaced, at most ``n_save`` of them."""
     count = min(n_save, steps + 1)
     raw = np.concatenate([[0.0], np.geomspace(1.0, steps, count - 1)])
+    raw[-1] = steps  # geomspace with one point returns its start, not its end
     ks = np.zeros(count, dtype=np.int64)
     # Rounding a geometric grid repeats small integers: push each index one past the last,
     # and pull the tail back under `steps`, so the grid stays strictly increasing.

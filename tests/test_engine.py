@@ -82,6 +82,15 @@ def test_gradient_descent_matches_matrix_power(quadratic):
     np.testing.assert_allclose(gd.loss, 0.5 * np.mean(residual**2, axis=0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("steps, n_save", [(1, 2), (1, 50), (7, 2), (7, 8), (7, 100), (10_000, 2), (10_000, 300)])
+def test_gradient_descent_save_steps_cover_the_run(steps, n_save):
+    from flowsim._gd import gd_save_steps
+
+    ks = gd_save_steps(steps, n_save)
+    assert ks[0] == 0 and ks[-1] == steps and len(ks) == min(n_save, steps + 1)
+    assert np.all(np.diff(ks) > 0)
+
+
 def test_gradient_descent_divergence_is_reported_not_returned(quadratic):
     problem, H, _, _ = quadratic
     lr = 4.0 / np.linalg.eigvalsh(H).max()  # twice the stability limit 2/λ_max
