@@ -14,6 +14,13 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _to_double(leaf):
+    """Promote float32/float16 (and complex64) parameter arrays: the flow runs in float64."""
+    if eqx.is_inexact_array(leaf) and jnp.finfo(leaf.dtype).bits < 64:
+        return leaf.astype(jnp.complex128 if jnp.iscomplexobj(leaf) else jnp.float64)
+    return leaf
+
+
 def _require_finite(name: str, value) -> None:
     if is_concrete(value):
         array = np.asarray(value)
@@ -90,7 +97,7 @@ class Problem(eqx.Module):
                         f"{self.loss.name} loss needs labels ±1; y contains {labels[:6].tolist()}"
                         + ("…" if labels.size > 6 else "")
                     )
-        self.model = model
+        self.model = jax.tree_util.tree_map(_to_double, model)
         self.X = X
         self.y = y
 

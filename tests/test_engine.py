@@ -295,6 +295,11 @@ def test_problem_refuses_bad_input(good, change, error, match):
         fs.Problem(model, X, y, loss="logistic")
 
 
+def test_problem_promotes_single_precision_parameters_to_float64():
+    problem = fs.Problem(Linear(jnp.ones(3, dtype=jnp.float32)), np.eye(3, dtype=np.float32), np.ones(3))
+    assert problem.model.w.dtype == jnp.float64 and problem.X.dtype == jnp.float64
+
+
 def test_problem_refuses_unknown_loss(good):
     with pytest.raises(ValueError, match="unknown loss 'hinge'.*'exponential', 'logistic', 'squared'"):
         fs.Problem(*good, loss="hinge")
