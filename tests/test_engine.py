@@ -195,6 +195,27 @@ def test_diagonal_network_reaches_sign_constrained_l1_max_margin():
     assert int(traj.stats["num_steps"]) < 10_000
 
 
+def test_tight_tolerances_do_not_stall_linear_logistic_regression_at_long_horizons():
+    """Linear logistic regression to log t = 10^6 at rtol = 1e-10 (Soudry et al. 2018: w/‖w‖
+    tends to the ℓ2 max-margin direction). An absolute Newton residual test once stalled this
+    solve at log t ≈ 2·10^5; the direction is compared with an SVM solved here by SLSQP."""
+    rng = np.random.default_rng(0)
+    teacher = rng.standard_normal(5)
+    X = rng.standard_normal((200, 5))
+    X = X[np.abs(X @ teacher) >= 0.2 * np.linalg.norm(teacher)][:40]
+    y = np.sign(X @ teacher)
+    problem = fs.Problem(Linear(jnp.zeros(5)), X, y, loss="logistic")
+    traj = fs.simulate(problem, log_t1=1e6, rtol=1e-10, atol=1e-12, n_save=5)
+    assert bool(traj.ok), traj.message
+    assert int(traj.stats["num_steps"]) < 5_000
+    svm = scipy.optimize.minimize(lambda w: w @ w, teacher, jac=lambda w: 2 * w, method="SLSQP",
+                                  constraints=[{"type": "ineq", "fun": lambda w: y * (X @ w) - 1,
+                                                "jac": lambda w: y[:, None] * X}], options={"ftol": 1e-15})
+    reference = svm.x / np.linalg.norm(svm.x)
+    w = np.asarray(traj.final.w)
+    assert np.linalg.norm(w / np.linalg.norm(w) - reference) < 1e-5
+
+
 # --- jit, vmap, progress, failures -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
