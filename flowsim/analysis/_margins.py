@@ -1,0 +1,321 @@
+"""Max-margin references (convex programs) and normalised margins.
+
+Conventions used throughout `fs.analysis`
+-----------------------------------------
+A linear model in a transformed input space (an orthogonally decomposable network, Yun, Krishnan & Mobahi,
+ICLR 2021) predicts f(x) = <S x, rho>, where S (shape (m, d), real or complex, identity by default) is the
+input transform and rho in R^m or C^m. For complex S the inner product is the real one on C^m = R^(2m):
+<u, rho> = Re(sum_j conj(u_j) rho_j). The end-to-end predictor in input space is beta = Re(S^H rho)
+(= S^T rho for real S), so f(x) = <x, beta>.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import cvxpy as cp
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
+
+from ._checks import as_labels, as_norm_order, as_real_matrix, as_sign, as_transform, is_traced
+
+_SUPPORTED_P = (1.0, 2.0, math.inf)
+_HIGHS_OPTS = dict(primal_feasibility_tolerance=1e-10, dual_feasibility_tolerance=1e-10)
+_CLARABEL_TIGHT = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10, max_iter=400)
+_CLARABEL_LOOSE = dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, tol_ktratio=1e-8, max_iter=400)
+
+
+class MaxMarginSolution(NamedTuple):
+    """The solution of  min ||rho||_p  s.t.  y_i <S x_i, rho> >= 1  (optionally sign-constrained).
+
+    Fields:
+        direction: rho / ||rho||_p, unit norm in the l_p norm of the optimisation variable, shape (m,)
+            (complex when the transform is complex). This is what `max_margin` returns.
+        beta: Re(S^H direction), the same predictor in input space, shape (d,) (not renormalised; for
+            S = I it equals `direction`).
+        rho: the minimiser itself (smallest margin exactly 1), shape (m,).
+        margin: the max normalised margin gamma = max_{||rho||_p = 1} min_i y_i <S x_i, rho> = 1 / ||rho||_p.
+        norm: ||rho||_p = 1 / margin.
+        active: boolean mask (n,) of the support vectors, margins within 1e-7 (relative) of 1.
+        p: the norm order.
+        status: the solver status (and whether the active-set polish was accepted).
+    """
+
+    direction: Shaped[np.ndarray, " m"]
+    beta: Float[np.ndarray, " d"]
+    rho: Shaped[np.ndarray, " m"]
+    margin: float
+    norm: float
+    active: Bool[np.ndarray, " n"]
+    p: float
+    status: str
+
+
+def _pnorm_np(v: np.ndarray, p: float) -> float:
+    a = np.abs(v)
+    if math.isinf(p):
+        return float(a.max())
+    return float(np.sum(a**p) ** (1.0 / p))
+
+
+def _signed_rows(X: np.ndarray, y: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Rows a_i = y_i S x_i, so that the margins are Re(conj(A) @ rho)."""
+    return y[:, None] * (X @ S.T)
+
+
+def _solve(problem: cp.Problem, p: float, complex_var: bool) -> str:
+    if p != 2.0 and not complex_var:
+        attempts = [(cp.HIGHS, _HIGHS_OPTS), (cp.CLARABEL, _CLARABEL_TIGHT)]
+    else:
+        attempts = [(cp.CLARABEL, _CLARABEL_TIGHT), (cp.CLARABEL, _CLARABEL_LOOSE)]
+    status = "not run"
+    for solver, opts in attempts:
+        try:
+            with warnings.catch_warnings():  # "may be inaccurate": handled through the status below
+                warnings.simplefilter("ignore", UserWarning)
+                problem.solve(solver=solver, **opts)
+        except cp.error.SolverError as err:  # pragma: no cover - depends on the installed solver build
+            status = f"{solver}: {err}"
+            continue
+        status = problem.status
+        if status == cp.OPTIMAL:
+            return f"{solver}: {status}"
+        if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+            return status
+    return status
+
+
+def _polish(A: np.ndarray, rho: np.ndarray, p: float, sign: np.ndarray | None) -> np.ndarray | None:
+    """Re-solve the KKT equations on the identified active set and support (real p in {1, 2} only).
+
+    p = 1: the LP optimum is a vertex: A[I, J] rho_J = 1 on the active rows I and support J.
+    p = 2: rho_J = A[I, J]^T mu with A[I, J] rho_J = 1, i.e. the minimum-norm solution of A[I, J] rho_J = 1.
+    Both are the minimum-norm least-squares solution of A[I, J] rho_J = 1; the candidate is returned only if
+    it is feasible, keeps the sign pattern and is no worse than the solver's point (checked by the caller).
+    """
+    margins = A @ rho
+    scale = np.max(np.abs(rho))
+    active = margins <= 1.0 + 1e-7
+    if p == 1.0:
+        support = np.abs(rho) > 1e-9 * scale
+    else:  # p = 2: free coordinates are those not pinned at zero by a sign constraint
+        support = np.ones(rho.shape, dtype=bool) if sign is None else (np.abs(rho) > 1e-9 * scale) | (sign == 0)
+    if not active.any() or not support.any():
+        return None
+    sub = A[np.ix_(active, support)]
+    sol, *_ = np.linalg.lstsq(sub, np.ones(sub.shape[0]), rcond=1e-13)
+    cand = np.zeros_like(rho)
+    cand[support] = sol
+    return cand
+
+
+def _polish_complex_l1(A: np.ndarray, rho: np.ndarray) -> np.ndarray | None:
+    """Newton (Levenberg-Marquardt) on the KKT equations of min sum_j |rho_j| over complex rho, on the
+    identified support J and active set I:  rho_j/|rho_j| = sum_{i in I} mu_i a_ij (j in J),
+    Re(conj(a_iJ) . rho_J) = 1 (i in I). Accepted only if mu >= 0 and the off-support subgradient bound
+    |sum_i mu_i a_ij| <= 1 holds (the caller also checks feasibility and the objective)."""
+    margins = np.real(np.conj(A) @ rho)
+    active = margins <= 1.0 + 1e-6
+    support = np.abs(rho) > 1e-6 * np.max(np.abs(rho))
+    AI = A[np.ix_(active, support)]
+    k, nI = int(support.sum()), int(active.sum())
+
+    def residual(x):
+        r = x[:k] + 1j * x[k : 2 * k]
+        mu = x[2 * k :]
+        stat = r / np.abs(r) - AI.T @ mu
+        return np.concatenate([stat.real, stat.imag, np.real(np.conj(AI) @ r) - 1.0])
+
+    rs = rho[support]
+    mu0 = np.linalg.lstsq(AI.T, rs / np.abs(rs), rcond=None)[0].real
+    x0 = np.concatenate([rs.real, rs.imag, mu0])
+    sol = scipy.optimize.least_squares(residual, x0, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    if not np.all(np.isfinite(sol.x)) or np.max(np.abs(residual(sol.x))) > 1e-12:
+        return None
+    mu = np.zeros(A.shape[0])
+    mu[active] = sol.x[2 * k :]
+    if np.min(mu) < -1e-12 or (np.any(~support) and np.max(np.abs(A[:, ~support].T @ mu)) > 1.0 + 1e-9):
+        return None
+    cand = np.zeros_like(rho)
+    cand[support] = sol.x[:k] + 1j * sol.x[k : 2 * k]
+    return cand
+
+
+def max_margin_solution(
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    p: float = 1.0,
+    transform: Shaped[ArrayLike, "m d"] | None = None,
+    sign: str | Float[ArrayLike, " m"] | None = None,
+) -> MaxMarginSolution:
+    """Solve the max-margin problem  min ||rho||_p  s.t.  y_i <S x_i, rho> >= 1  for all i.
+
+    p = 1 and p = inf (real S) are LPs, solved with HiGHS; p = 2 is a QP and a complex S gives an SOCP, solved
+    with Clarabel (tolerances 1e-10 to 1e-12). For p in {1, 2} the solution is then polished by solving the KKT
+    equations on the identified active set and support (accepted only if feasible and no worse), which brings
+    it to ~1e-13.
+
+    Complex S (e.g. the unitary DFT F = np.fft.fft(np.eye(d)) / sqrt(d): full-length convolutional networks)
+    must have orthonormal columns (S^H S = I). The variable is then rho = S beta with beta real, the
+    coordinates a real network reaches (conjugate-symmetric for the DFT): min sum_j |(F beta)_j| s.t.
+    y_i <x_i, beta> >= 1. For the DFT this has the same optimal value as the free problem over all complex rho
+    (symmetrising rho keeps the margins and cannot increase sum_j |rho_j|), but a unique, symmetric solution.
+
+    `sign` restricts the sign of each coordinate: None (free), "nonnegative", "nonpositive", or an array of +1
+    (rho_j >= 0), -1 (rho_j <= 0), 0 (free). A balanced same-sign initialisation keeps rho_j >= 0 for all
+    time, so its limit is the sign-constrained solution, not the unconstrained one (science.md section 2).
+
+    Interpretation: with S = I, p = 2 is the SVM direction (fully connected linear nets, Gunasekar et al. 2018);
+    p = 1 the limit of depth-2 diagonal nets with exponential-tailed losses (Yun, Krishnan & Mobahi, ICLR 2021;
+    Moroshko et al. 2020 in the small-initialisation regime). The l_1 solution may be non-unique; compare
+    `margin` values first, directions only where the solution is unique.
+
+    Raises ValueError for bad inputs and for data that are not separable (under the sign constraint), and
+    RuntimeError if the solver fails.
+    """
+    X = as_real_matrix(X)
+    n, d = X.shape
+    y = as_labels(y, n)
+    p = as_norm_order(p, _SUPPORTED_P)
+    S = as_transform(transform, d)
+    m = S.shape[0]
+    is_complex = np.iscomplexobj(S)
+    sgn = as_sign(sign, m, is_complex)
+    if is_complex and not np.allclose(np.conj(S).T @ S, np.eye(d), rtol=0.0, atol=1e-10):
+        raise ValueError(
+            "a complex transform must have orthonormal columns (S^H S = I, e.g. the unitary DFT "
+            "np.fft.fft(np.eye(d)) / sqrt(d)); the given one does not."
+        )
+    A = _signed_rows(X, y, S)
+
+    if is_complex:
+        # Real networks reach rho = S beta with real beta (conjugate-symmetric for the DFT): optimise over beta.
+        beta_var = cp.Variable(d)
+        rho_var = S @ beta_var
+        constraints = [(y[:, None] * X) @ beta_var >= 1.0]  # = Re(conj(A) rho) since S^H S = I
+    else:
+        rho_var = cp.Variable(m)
+        constraints = [A @ rho_var >= 1.0]
+    if sgn is not None:
+        if np.any(sgn > 0):
+            constraints.append(rho_var[np.flatnonzero(sgn > 0)] >= 0.0)
+        if np.any(sgn < 0):
+            constraints.append(rho_var[np.flatnonzero(sgn < 0)] <= 0.0)
+    if p == 1.0:
+        objective = cp.norm1(rho_var)
+    elif p == 2.0:
+        objective = cp.sum_squares(rho_var)
+    else:
+        objective = cp.norm_inf(rho_var)
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    status = _solve(problem, p, is_complex)
+    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        what = "linearly separable" if sgn is None else f"separable under the sign constraint sign={sign!r}"
+        raise ValueError(f"max_margin: the data (X, y) are not {what}; no rho has y_i <S x_i, rho> >= 1 for all i.")
+    if rho_var.value is None or "optimal" not in status:
+        raise RuntimeError(f"max_margin: the solver failed (status {status!r}); no reference computed.")
+    rho = np.asarray(rho_var.value)
+    rho = rho.astype(np.complex128) if is_complex else rho.astype(np.float64)
+
+    if p in (1.0, 2.0):
+        if not is_complex:
+            cand = _polish(A, rho, p, sgn)
+        elif p == 2.0:  # rho = S beta, ||rho||_2 = ||beta||_2: the real QP in beta
+            Xs = y[:, None] * X
+            cand = _polish(Xs, np.real(np.conj(S).T @ rho), p, None)
+            cand = None if cand is None else S @ cand
+        else:  # Newton on the free complex problem, then back to rho = S Re(S^H rho) (for the DFT:
+            # symmetrisation, which keeps feasibility and cannot increase sum |rho_j|; checked below)
+            cand = _polish_complex_l1(A, rho)
+            cand = None if cand is None else S @ np.real(np.conj(S).T @ cand)
+        if cand is not None:
+            feasible = np.min(np.real(np.conj(A) @ cand)) >= 1.0 - 1e-12
+            signs_ok = sgn is None or np.all(cand * sgn >= -1e-14 * np.max(np.abs(cand)))
+            better = _pnorm_np(cand, p) <= _pnorm_np(rho, p) * (1.0 + 1e-8)
+            if feasible and signs_ok and better:
+                rho, status = cand, status + " (polished)"
+
+    # Rescale so that the smallest margin is exactly 1 (removes the solver's feasibility slack).
+    margins = np.real(np.conj(A) @ rho)
+    if not np.min(margins) > 0:
+        raise RuntimeError(f"max_margin: the solver returned an infeasible point (min margin {np.min(margins)!r}).")
+    rho = rho / np.min(margins)
+    norm = _pnorm_np(rho, p)
+    direction = rho / norm
+    beta = np.real(np.conj(S).T @ direction)
+    active = np.real(np.conj(A) @ rho) <= 1.0 + 1e-7
+    return MaxMarginSolution(direction, beta, rho, 1.0 / norm, norm, active, p, status)
+
+
+def max_margin(
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    p: float = 1.0,
+    transform: Shaped[ArrayLike, "m d"] | None = None,
+    sign: str | Float[ArrayLike, " m"] | None = None,
+) -> Shaped[np.ndarray, " m"]:
+    """Reference max-margin direction: rho* / ||rho*||_p for  rho* = argmin ||rho||_p s.t. y_i <S x_i, rho> >= 1.
+
+    Unit norm in the l_p norm of the optimisation variable rho (coordinates in the transformed space; equal to
+    the input-space predictor when `transform` is None). See `max_margin_solution` for the full result (input-
+    space `beta`, the margin value, the support vectors) and for the conventions, solvers and errors.
+    """
+    return max_margin_solution(X, y, p, transform, sign).direction
+
+
+def max_margin_value(
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    p: float = 1.0,
+    transform: Shaped[ArrayLike, "m d"] | None = None,
+    sign: str | Float[ArrayLike, " m"] | None = None,
+) -> float:
+    """The max normalised margin gamma_p = max_{||rho||_p <= 1} min_i y_i <S x_i, rho> = 1 / min ||rho||_p."""
+    return max_margin_solution(X, y, p, transform, sign).margin
+
+
+def normalized_margin(
+    beta: Shaped[ArrayLike, "*batch m"],
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    p: float = 2.0,
+    transform: Shaped[ArrayLike, "m d"] | None = None,
+) -> Float[Array, "*batch"]:
+    """Normalised margin  min_i y_i <x_i, beta> / ||beta||_p,  over any leading batch/time axes of `beta`.
+
+    With `transform` S, `beta` is read as transformed coordinates rho and the margin is
+    min_i y_i Re<S x_i, rho> / ||rho||_p (so the l_1 DFT margin of a convolutional net is
+    normalized_margin(net.rho(), X, y, 1.0, transform=S)). p > 0 or inf; p < 1 gives the quasi-norm
+    (sum |beta_j|^p)^(1/p), e.g. p = 2/L for depth-L networks. A zero `beta` gives nan.
+    Pure JAX: works under jit/vmap (value checks are skipped for traced inputs).
+    """
+    p = as_norm_order(p)
+    if not (is_traced(X) or is_traced(y)):
+        X = as_real_matrix(X)
+        y = as_labels(y, X.shape[0])
+    X = jnp.asarray(X, dtype=jnp.float64)
+    y = jnp.asarray(y, dtype=jnp.float64)
+    S = None if transform is None else jnp.asarray(as_transform(transform, X.shape[1]))
+    beta = jnp.asarray(beta)
+    m = X.shape[1] if S is None else S.shape[0]
+    if beta.ndim < 1 or beta.shape[-1] != m:
+        raise ValueError(f"beta must have shape (..., {m}) (last axis = number of coordinates); got shape {beta.shape}.")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has shape {y.shape}.")
+    if jnp.iscomplexobj(beta) and (S is None or not jnp.iscomplexobj(S)):
+        raise ValueError("beta is complex but the transform is real; pass the complex transform it belongs to.")
+    if S is None:
+        margins = (beta @ X.T) * y
+    else:
+        margins = jnp.real(beta @ jnp.conj(S @ X.T)) * y
+    a = jnp.abs(beta)
+    amax = jnp.max(a, axis=-1)
+    if math.isinf(p):
+        norm = amax
+    else:  # scaled to avoid overflow/underflow for large or small p
+        norm = amax * jnp.sum((a / amax[..., None]) ** p, axis=-1) ** (1.0 / p)
+    return jnp.min(margins, axis=-1) / norm

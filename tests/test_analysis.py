@@ -1,0 +1,419 @@
+"""fs.analysis references against independent computations: closed forms, scipy LPs/QPs/NLPs, direct
+integration of the layer-wise gradient flow, and the Woodworth et al. (2020) potential."""
+
+import math
+
+import cvxpy as cp
+import jax
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.linalg
+import scipy.optimize
+
+import flowsim as fs
+
+A_ = fs.analysis
+
+
+def _separable(n, d, seed, nonnegative_teacher=False):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    w = rng.standard_normal(d)
+    y = np.sign(X @ (np.abs(w) if nonnegative_teacher else w))
+    return X, y
+
+
+def _dft(d):
+    return np.fft.fft(np.eye(d)) / np.sqrt(d)
+
+
+def _linprog_l1(X, y, bounds=None):
+    """min ||b||_1 s.t. y_i x_i.b >= 1 by scipy's linprog on the split b = u - v (independent of cvxpy)."""
+    n, d = X.shape
+    Ay = y[:, None] * X
+    c = np.ones(2 * d)
+    lb = (0, None) if bounds is None else bounds
+    res = scipy.optimize.linprog(c, A_ub=-np.hstack([Ay, -Ay]), b_ub=-np.ones(n), bounds=[lb] * d + [(0, 0) if bounds else (0, None)] * d,
+                                 method="highs-ds", options=dict(primal_feasibility_tolerance=1e-10, dual_feasibility_tolerance=1e-10))
+    assert res.status == 0
+    return res.x[:d] - res.x[d:], res.fun
+
+
+# ---------------------------------------------------------------- max margin
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_max_margin_closed_form(p):
+    # X = diag(1, 2, 4), y = (1, -1, 1): the constraints decouple, rho = (1, -1/2, 1/4) for every p.
+    X, y = np.diag([1.0, 2.0, 4.0]), np.array([1.0, -1.0, 1.0])
+    rho = np.array([1.0, -0.5, 0.25])
+    norm = np.max(np.abs(rho)) if math.isinf(p) else np.sum(np.abs(rho) ** p) ** (1 / p)
+    sol = A_.max_margin_solution(X, y, p)
+    np.testing.assert_allclose(sol.rho, rho, atol=1e-12)
+    np.testing.assert_allclose(A_.max_margin(X, y, p), rho / norm, atol=1e-12)
+    assert abs(A_.max_margin_value(X, y, p) - 1 / norm) < 1e-12
+    assert sol.active.all()
+
+
+def test_l1_max_margin_matches_scipy_linprog():
+    X, y = _separable(8, 12, 0)
+    sol = A_.max_margin_solution(X, y, 1.0)
+    b, value = _linprog_l1(X, y)
+    assert abs(sol.norm - value) < 1e-10 * value
+    np.testing.assert_allclose(sol.rho, b, atol=1e-9)  # generic data: the LP vertex is unique
+    assert abs(np.sum(np.abs(sol.direction)) - 1) < 1e-14
+    np.testing.assert_array_equal(sol.beta, sol.direction)
+    # the reported margin is the normalised l1 margin of the direction, and no random direction beats it
+    assert abs(float(A_.normalized_margin(sol.direction, X, y, 1.0)) - sol.margin) < 1e-13
+    rand = np.random.default_rng(1).standard_normal((2000, 12))
+    assert np.max(np.asarray(A_.normalized_margin(rand, X, y, 1.0))) < sol.margin
+
+
+def test_l2_max_margin_matches_dual_qp():
+    # dual of min ||b||^2/2 s.t. Ab >= 1:  max sum(mu) - ||A^T mu||^2/2, mu >= 0;  b = A^T mu (L-BFGS-B)
+    X, y = _separable(10, 6, 2)
+    Ay = y[:, None] * X
+    f = lambda mu: 0.5 * np.sum((Ay.T @ mu) ** 2) - np.sum(mu)
+    g = lambda mu: Ay @ (Ay.T @ mu) - 1.0
+    res = scipy.optimize.minimize(f, np.zeros(10), jac=g, method="L-BFGS-B", bounds=[(0, None)] * 10,
+                                  options=dict(ftol=1e-16, gtol=1e-13, maxiter=10000))
+    b = Ay.T @ res.x
+    sol = A_.max_margin_solution(X, y, 2.0)
+    np.testing.assert_allclose(sol.rho, b, rtol=0, atol=1e-7 * np.linalg.norm(b))
+    assert abs(np.linalg.norm(sol.direction) - 1) < 1e-14
+    # KKT to round-off: rho = A_I^T mu with mu >= 0 on the support vectors (non-negative least squares)
+    mu, resid = scipy.optimize.nnls(Ay[sol.active].T, sol.rho)
+    assert resid < 1e-10 * np.linalg.norm(sol.rho)
+
+
+def test_linf_max_margin_matches_linprog():
+    X, y = _separable(7, 5, 3)
+    n, d = X.shape
+    Ay = y[:, None] * X  # variables (b, t): min t, -t <= b_j <= t, Ay b >= 1
+    A_ub = np.vstack([np.hstack([-Ay, np.zeros((n, 1))]), np.hstack([np.eye(d), -np.ones((d, 1))]),
+                      np.hstack([-np.eye(d), -np.ones((d, 1))])])
+    b_ub = np.concatenate([-np.ones(n), np.zeros(2 * d)])
+    res = scipy.optimize.linprog(np.r_[np.zeros(d), 1.0], A_ub=A_ub, b_ub=b_ub, bounds=[(None, None)] * (d + 1),
+                                 method="highs")
+    assert abs(A_.max_margin_value(X, y, math.inf) - 1 / res.fun) < 1e-9
+
+
+def test_sign_constrained_l1():
+    X, y = _separable(8, 12, 4)
+    sol = A_.max_margin_solution(X, y, 1.0, sign="nonnegative")
+    b, value = _linprog_l1(X, y, bounds=(0, None))
+    assert abs(sol.norm - value) < 1e-10 * value
+    assert np.all(sol.direction >= 0)
+    free = A_.max_margin_solution(X, y, 1.0)
+    assert free.margin > sol.margin * (1 + 1e-3)  # the constraint binds on this data (the science.md pitfall)
+    # a mixed pattern: +1 / -1 / free, checked against linprog with the same bounds
+    s = np.array([1, -1, 0] * 4)
+    mixed = A_.max_margin_solution(X, y, 1.0, sign=s)
+    n, d = X.shape
+    Ay = y[:, None] * X
+    res = scipy.optimize.linprog(np.ones(2 * d), A_ub=-np.hstack([Ay, -Ay]), b_ub=-np.ones(n),
+                                 bounds=[(0, None) if sj >= 0 else (0, 0) for sj in s] + [(0, None) if sj <= 0 else (0, 0) for sj in s],
+                                 method="highs")
+    assert abs(mixed.norm - res.fun) < 1e-9 * res.fun
+    assert np.all(mixed.direction * s >= 0)
+
+
+def test_sign_constrained_l2():
+    X, y = _separable(8, 5, 6, nonnegative_teacher=True)
+    sol = A_.max_margin_solution(X, y, 2.0, sign="nonnegative")
+    # independent: projected-gradient-free formulation with scipy SLSQP on the QP
+    Ay = y[:, None] * X
+    res = scipy.optimize.minimize(lambda b: b @ b, np.ones(5), jac=lambda b: 2 * b, method="SLSQP",
+                                  constraints=[dict(type="ineq", fun=lambda b: Ay @ b - 1, jac=lambda b: Ay)],
+                                  bounds=[(0, None)] * 5, options=dict(ftol=1e-15, maxiter=500))
+    assert abs(sol.norm - math.sqrt(res.fun)) < 1e-7
+    assert np.all(sol.direction >= 0)
+    assert A_.max_margin_value(X, y, 2.0) > sol.margin * (1 + 1e-3)  # the constraint binds
+
+
+def test_dft_socp_against_free_complex_formulation():
+    # Full-length convolutional nets: min sum_j |rho_j| over complex rho (real inner product), S the unitary DFT.
+    d = 8
+    X, y = _separable(5, d, 6)
+    F = _dft(d)
+    sol = A_.max_margin_solution(X, y, 1.0, transform=F)
+    r = cp.Variable(d, complex=True)
+    Ay = y[:, None] * (X @ F.T)
+    prob = cp.Problem(cp.Minimize(cp.norm1(r)), [cp.real(np.conj(Ay) @ r) >= 1])
+    prob.solve(solver=cp.CLARABEL)
+    assert abs(sol.norm - prob.value) < 1e-6 * prob.value
+    # rho is the DFT of the real predictor beta: conjugate symmetric, beta real, margins in input space
+    assert np.max(np.abs(sol.direction - np.conj(sol.direction[(-np.arange(d)) % d]))) < 1e-12
+    np.testing.assert_allclose(F @ sol.beta, sol.direction, atol=1e-14)
+    assert abs(np.min(y * (X @ sol.beta)) - sol.margin) < 1e-12
+    assert abs(float(A_.normalized_margin(sol.direction, X, y, 1.0, transform=F)) - sol.margin) < 1e-12
+    assert A_.kkt_residual(sol.direction, X, y, 2, transform=F) < 1e-9
+    # p = inf: max_j |rho_j| over the DFT coefficients, against the free complex formulation
+    prob_inf = cp.Problem(cp.Minimize(cp.norm_inf(r)), [cp.real(np.conj(Ay) @ r) >= 1])
+    prob_inf.solve(solver=cp.CLARABEL)
+    assert abs(1 / A_.max_margin_value(X, y, math.inf, transform=F) - prob_inf.value) < 1e-6 * prob_inf.value
+    # p = 2 is transform-invariant for unitary F: same margin as the plain SVM
+    assert abs(A_.max_margin_value(X, y, 2.0, transform=F) - A_.max_margin_value(X, y, 2.0)) < 1e-10
+
+
+# ---------------------------------------------------------------- normalized margin, stable rank
+
+
+def test_normalized_margin_batched_and_jittable():
+    X, y = _separable(6, 4, 7)
+    B = np.random.default_rng(8).standard_normal((2, 5, 4))
+    for p in (0.5, 1.0, 2.0, 3.0, math.inf):
+        got = np.asarray(A_.normalized_margin(B, X, y, p))
+        assert got.shape == (2, 5)
+        ref = np.array([[np.min(y * (X @ b)) / (np.max(np.abs(b)) if math.isinf(p) else np.sum(np.abs(b) ** p) ** (1 / p))
+                         for b in row] for row in B])
+        np.testing.assert_allclose(got, ref, rtol=1e-13)
+    jitted = jax.jit(lambda b: A_.normalized_margin(b, X, y, 1.0))(B)
+    np.testing.assert_allclose(jitted, A_.normalized_margin(B, X, y, 1.0), rtol=1e-14)
+    # scale invariance, and huge/small scales do not overflow
+    np.testing.assert_allclose(A_.normalized_margin(1e200 * B, X, y, 3.0), A_.normalized_margin(B, X, y, 3.0), rtol=1e-13)
+
+
+def test_stable_rank():
+    W = np.random.default_rng(9).standard_normal((3, 4, 5, 6))
+    ref = np.array([[np.linalg.norm(w, "fro") ** 2 / np.linalg.norm(w, 2) ** 2 for w in row] for row in W])
+    np.testing.assert_allclose(A_.stable_rank(W), ref, rtol=1e-13)
+    u, v = np.arange(1.0, 5.0), np.arange(1.0, 4.0)
+    assert abs(float(A_.stable_rank(np.outer(u, v))) - 1) < 1e-14
+    assert abs(float(A_.stable_rank(np.eye(7))) - 7) < 1e-13
+    assert abs(float(A_.stable_rank(np.diag([2.0, 1.0]))) - 1.25) < 1e-14
+
+
+# ---------------------------------------------------------------- KKT residual
+
+
+def test_kkt_l1_solution_and_random_directions():
+    X, y = _separable(8, 12, 10)
+    rho = A_.max_margin(X, y, 1.0)
+    cert = A_.kkt_certificate(rho, X, y, 2)
+    assert cert.residual < 1e-10 and np.all(cert.mu >= 0) and cert.mu[~cert.active].sum() == 0
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        cand = rho + 0.3 * np.abs(rho).max() * rng.standard_normal(12)
+        if np.min(y * (X @ cand)) <= 0:
+            cand = rho + 0.05 * np.abs(rho).max() * rng.standard_normal(12)
+        assert np.min(y * (X @ cand)) > 0
+        assert A_.kkt_residual(cand, X, y, 2) > 0.05
+    assert A_.kkt_residual(-rho, X, y, 2) == math.inf  # no positive margin
+    # the l1 optimum is not a KKT point of the depth-3 problem (l_{2/3})
+    assert A_.kkt_residual(rho, X, y, 3) > 1e-2
+
+
+def test_kkt_sign_constrained():
+    X, y = _separable(8, 12, 4)
+    rho = A_.max_margin(X, y, 1.0, sign="nonnegative")
+    assert A_.kkt_residual(rho, X, y, 2, sign="nonnegative") < 1e-10
+    assert A_.kkt_residual(rho, X, y, 2) > 1e-3  # not the unconstrained optimum (test_sign_constrained_l1)
+
+
+def test_kkt_depth3_against_slsqp():
+    # Independent KKT points of min ||rho||_{2/3} s.t. margins >= 1: substitute rho = w^3, so the objective is
+    # ||w||^2 (smooth) and the constraints sum_j a_ij w_j^3 >= 1; SLSQP from several starts.
+    X, y = _separable(4, 6, 12)
+    Ay = y[:, None] * X
+    rng = np.random.default_rng(13)
+    found = 0
+    for _ in range(6):
+        w0 = rng.standard_normal(6)
+        w0 *= 1.5 / np.min(Ay @ w0**3) ** (1 / 3) if np.min(Ay @ w0**3) > 0 else 1.0
+        res = scipy.optimize.minimize(
+            lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
+            constraints=[dict(type="ineq", fun=lambda w: Ay @ w**3 - 1, jac=lambda w: Ay * 3 * w**2)],
+            options=dict(ftol=1e-16, maxiter=2000))
+        if np.min(Ay @ res.x**3) < 1 - 1e-8:  # (SLSQP often ends with "positive directional derivative")
+            continue
+        found += 1
+        cert = A_.kkt_certificate(res.x**3, X, y, 3, active_tol=1e-6, support_tol=1e-4)
+        assert cert.residual < 1e-6, cert
+    assert found >= 3
+
+
+# ---------------------------------------------------------------- regression references (mirror map)
+
+
+def _gf_limit(X, y, a0, S=None):
+    """Direct gradient flow of the layers, L = (1/2n) sum (f - y)^2, DOP853 at rtol 1e-13 to loss < 1e-28."""
+    n = X.shape[0]
+    L, m = a0.shape
+    Am = X @ (np.eye(X.shape[1]) if S is None else S).T
+
+    def rhs(_t, th):
+        a = th.reshape(L, m)
+        g = Am.T @ ((Am @ a.prod(0) - y) / n)
+        return (-np.stack([np.prod(np.delete(a, l, 0), 0) for l in range(L)]) * g).ravel()
+
+    def small(_t, th):
+        return 0.5 * np.mean((Am @ th.reshape(L, m).prod(0) - y) ** 2) - 1e-28
+
+    small.terminal = True
+    sol = scipy.integrate.solve_ivp(rhs, (0, 1e7), a0.ravel(), method="DOP853", rtol=1e-13, atol=1e-16, events=small)
+    assert sol.status == 1, sol.message
+    return sol.y[:, -1].reshape(L, m).prod(0)
+
+
+def _problem(seed=21):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((3, 6)), rng.standard_normal(3), rng
+
+
+@pytest.mark.parametrize("case", ["L2-random", "L2-small", "L3-tan", "L3-random", "L4-random", "L2-transform"])
+def test_interpolation_limit_matches_direct_gradient_flow(case):
+    X, y, rng = _problem()
+    S = None
+    if case == "L2-random":
+        a0 = rng.uniform(0.3, 1.0, (2, 6)) * rng.choice([-1, 1], (2, 6))
+    elif case == "L2-small":
+        a0 = np.vstack([0.1 * np.ones(6), np.zeros(6)])
+    elif case == "L3-tan":
+        a0 = np.vstack([0.5 * np.ones(6), 0.5 * np.ones(6), np.zeros(6)])
+    elif case == "L3-random":
+        a0 = rng.uniform(0.3, 1.0, (3, 6)) * rng.choice([-1, 1], (3, 6))
+    elif case == "L4-random":
+        a0 = rng.uniform(0.5, 1.0, (4, 6)) * rng.choice([-1, 1], (4, 6))
+    else:
+        S = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+        a0 = 0.3 * rng.standard_normal((2, 6))
+    ref = _gf_limit(X, y, a0, S)
+    res = A_.interpolation_limit(X, y, a0, S)
+    assert np.max(np.abs(res.rho - ref)) < 1e-9 * np.max(np.abs(ref))
+    np.testing.assert_allclose(res.beta, (np.eye(6) if S is None else S).T @ res.rho, atol=1e-15)
+    assert res.residual < 1e-12
+    if case in ("L2-random", "L3-tan"):  # the ODE route agrees with the closed forms
+        ode = A_.interpolation_limit(X, y, a0, S, method="ode")
+        assert np.max(np.abs(ode.rho - res.rho)) < 1e-10 * np.max(np.abs(ref))
+        assert abs(ode.potential - res.potential) < 1e-10 * abs(res.potential)
+
+
+def test_mirror_map_closed_forms_against_ode():
+    rng = np.random.default_rng(22)
+    # L = 3, a1 = a2 = alpha, a3 = 0: Phi = alpha^3 tan(alpha z) sec^2(alpha z)  (science.md, checked here)
+    alpha = np.array([0.3, 1.0, 2.0, 0.05])
+    z = np.array([1.2, -0.9, 0.7, 25.0])  # |alpha z| < pi/2
+    a0 = np.vstack([alpha, alpha, np.zeros(4)])
+    th = alpha * z
+    closed = alpha**3 * np.tan(th) / np.cos(th) ** 2
+    for method in ("auto", "ode"):
+        phi, dphi, psi = A_.mirror_map(a0, z, method)
+        np.testing.assert_allclose(phi, closed, rtol=1e-11)
+        np.testing.assert_allclose(psi, alpha**2 * np.tan(th) ** 2 / 2, rtol=1e-11)
+    # L = 2, any init: Phi = c sinh(phi0 + 2 z) with c = |a1^2 - a2^2|/2, phi0 = asinh(rho(0)/c)
+    a0 = rng.standard_normal((2, 5))
+    z = rng.uniform(-2, 2, 5)
+    c = np.abs(a0[0] ** 2 - a0[1] ** 2) / 2
+    sinh_form = c * np.sinh(np.arcsinh(a0[0] * a0[1] / c) + 2 * z)
+    for method in ("auto", "ode"):
+        np.testing.assert_allclose(A_.mirror_map(a0, z, method)[0], sinh_form, rtol=1e-11)
+    # L = 4, generic init: Phi' and psi*' = Phi by central differences
+    a0 = rng.uniform(0.5, 1.0, (4, 3)) * rng.choice([-1, 1], (4, 3))
+    z, h = np.array([0.3, -0.2, 0.1]), 1e-5
+    phi, dphi, psi = A_.mirror_map(a0, z)
+    phi_p, _, psi_p = A_.mirror_map(a0, z + h)
+    phi_m, _, psi_m = A_.mirror_map(a0, z - h)
+    np.testing.assert_allclose((phi_p - phi_m) / (2 * h), dphi, rtol=1e-8)
+    np.testing.assert_allclose((psi_p - psi_m) / (2 * h), phi, rtol=1e-8)
+    assert np.all(dphi > 0)
+
+
+def _woodworth(X, y, alpha):
+    """argmin Q_alpha(b) s.t. Xb = y by damped Newton in null-space coordinates (primal, independent of the
+    dual mirror-map solve); Q_alpha(b) = alpha^2 sum q(b_j / alpha^2), q(z) = 2 - sqrt(4 + z^2) + z asinh(z/2)."""
+    s = alpha**2
+    b0, N = np.linalg.pinv(X) @ y, scipy.linalg.null_space(X)
+    Q = lambda b: s * np.sum(2 - np.sqrt(4 + (b / s) ** 2) + (b / s) * np.arcsinh(b / (2 * s)))
+    w = np.zeros(N.shape[1])
+    for _ in range(200):
+        b = b0 + N @ w
+        g = N.T @ np.arcsinh(b / (2 * s))
+        H = N.T @ (N / np.sqrt(4 * s * s + b * b)[:, None])
+        step = -np.linalg.solve(H, g)
+        if -g @ step < 1e-28:
+            break
+        t = 1.0
+        while Q(b0 + N @ (w + t * step)) > Q(b) + 1e-4 * t * (g @ step) and t > 1e-12:
+            t /= 2
+        w = w + t * step
+    b = b0 + N @ w
+    return b, Q(b)
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.1, 1.0, 10.0])
+def test_woodworth_closed_form(alpha):
+    X, y, _ = _problem(23)
+    b_ref, Q = _woodworth(X, y, alpha)
+    # beta = u^2 - v^2 = (u + v)(u - v), u(0) = v(0) = alpha  ->  a0 = (2 alpha, 0)
+    res = A_.interpolation_limit(X, y, np.vstack([2 * alpha * np.ones(6), np.zeros(6)]))
+    assert np.max(np.abs(res.beta - b_ref)) < 1e-8 * np.max(np.abs(b_ref))
+    assert abs(2 * res.potential - Q) < 1e-9 * Q
+
+
+def test_scale_limits_l2_and_l1():
+    X, y, _ = _problem(24)
+    pinv = np.linalg.pinv(X) @ y
+    b = cp.Variable(6)
+    cp.Problem(cp.Minimize(cp.norm1(b)), [X @ b == y]).solve(solver=cp.HIGHS)
+    l1 = b.value
+    errs = []
+    for alpha in (1e-2, 1e-4, 1e-6):
+        res = A_.interpolation_limit(X, y, np.vstack([2 * alpha * np.ones(6), np.zeros(6)]))
+        errs.append(np.max(np.abs(res.beta - l1)) / np.max(np.abs(l1)))
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-3  # slow (data-dependent) approach to l1
+    big = A_.interpolation_limit(X, y, np.vstack([200.0 * np.ones(6), np.zeros(6)]))
+    assert np.max(np.abs(big.beta - pinv)) < 1e-7 * np.max(np.abs(pinv))
+    # depth 3 with small init also approaches the min-l1 interpolator
+    d3 = A_.interpolation_limit(X, y, np.vstack([0.01 * np.ones(6), 0.01 * np.ones(6), np.zeros(6)]))
+    assert np.max(np.abs(d3.beta - l1)) < 1e-3 * np.max(np.abs(l1))
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_are_refused():
+    X, y = _separable(5, 4, 30)
+    cases = [
+        (lambda: A_.max_margin(X[0], y), "shape"),
+        (lambda: A_.max_margin(X, y[:3]), r"shape \(5,\)"),
+        (lambda: A_.max_margin(np.where(X > 1, np.nan, X), y), "non-finite"),
+        (lambda: A_.max_margin(X, np.where(y > 0, 2.0, -1.0)), r"\+1 or -1"),
+        (lambda: A_.max_margin(X, y, p=3), "p = 3"),
+        (lambda: A_.max_margin(X, y, sign="positive"), "'positive' is unknown"),
+        (lambda: A_.max_margin(X, y, sign=[1, 2, 0, 0]), r"\+1 \(rho_j >= 0\)"),
+        (lambda: A_.max_margin(X, y, sign=[1, 0]), r"shape \(4,\)"),
+        (lambda: A_.max_margin(X, y, transform=np.eye(3)), "transform must have shape"),
+        (lambda: A_.max_margin(X, y, transform=2 * _dft(4)), "orthonormal columns"),
+        (lambda: A_.max_margin(X, y, transform=_dft(4), sign="nonnegative"), "real transform"),
+        (lambda: A_.max_margin(np.array([[1.0], [1.0]]), np.array([1.0, -1.0])), "not linearly separable"),
+        (lambda: A_.max_margin(np.array([[1.0, 0.0], [2.0, 0.0]]), np.array([1.0, -1.0])), "not linearly separable"),
+        (lambda: A_.max_margin(np.array([[1.0, 1.0]]), np.array([-1.0]), sign="nonnegative"), "sign constraint"),
+        (lambda: A_.normalized_margin(np.ones(3), X, y), r"shape \(\.\.\., 4\)"),
+        (lambda: A_.normalized_margin(np.ones(4), X, y, p=0), "p must be > 0"),
+        (lambda: A_.normalized_margin(np.ones(4), X, y, p="two"), "must be a number"),
+        (lambda: A_.stable_rank(np.ones(3)), "at least 2 dimensions"),
+        (lambda: A_.kkt_residual(np.ones(4), X, y, 1), "depth must be an integer >= 2"),
+        (lambda: A_.kkt_residual(np.ones(4), X, y, 2.5), "depth"),
+        (lambda: A_.kkt_residual(np.zeros(4), X, y, 2), "identically zero"),
+        (lambda: A_.kkt_residual(np.ones(5), X, y, 2), r"rho must have shape \(4,\)"),
+        (lambda: A_.kkt_residual(np.ones(4), X, y, 2, active_tol=-1), "active_tol"),
+        (lambda: A_.interpolation_limit(X, y, np.ones((2, 4))), "underdetermined"),
+        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((1, 5))), "L >= 2"),
+        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 4))), r"shape \(L, 5\)"),
+        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 5)), method="fsolve"), "'fsolve' is unknown"),
+        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 5)), transform=_dft(5)), "real transform"),
+        (lambda: A_.interpolation_limit(X.T, np.full(4, np.inf), np.ones((2, 5))), "non-finite"),
+        (lambda: A_.mirror_map(np.ones((2, 3)), np.ones(2)), r"shape \(3,\)"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            fn()
+
+
+def test_unreachable_targets_raise():
+    # balanced same-sign depth-3 init keeps rho_j > 0 forever; targets needing a negative coordinate fail.
+    X = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    with pytest.raises(RuntimeError, match="not reachable|range of Phi"):
+        A_.interpolation_limit(X, np.array([1.0, -1.0]), 0.5 * np.ones((3, 3)))
