@@ -1,0 +1,263 @@
+"""The `flowsim` command: list, run and re-plot scenarios.
+
+    flowsim list [--dir DIR]
+    flowsim run FILE [--quick] [--set key=value ...] [--out DIR] [--figures DIR] [--strict]
+    flowsim run --all [--dir DIR] [--quick] [--out DIR] [--figures DIR] [--strict]
+    flowsim plot RUN_DIR [--figures DIR] [--scenario FILE]
+
+Exit codes: 0 done (failing claims are reported); 1 under --strict, a claim failed or a solve did not
+reach its horizon; 2 an error
+(bad file, bad --set, crash in a scenario, missing or incomplete run folder); 130 interrupted.
+Errors print one message naming the file and line; `--debug` or FLOWSIM_DEBUG=1 adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowsim",
+        description="Reproduce implicit-bias studies as exact gradient-flow simulations.",
+        epilog="Exit codes: 0 done, 1 a claim failed (or a solve fell short) under --strict, 2 error, "
+               "130 interrupted.",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks (also FLOWSIM_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", metavar="{list,run,plot}")
+    sub.required = True
+
+    ls = sub.add_parser("list", help="list the scenarios in ./scenarios with titles and references")
+    ls.add_argument("--dir", default="scenarios", help="scenario folder (default: ./scenarios)")
+
+    run = sub.add_parser("run", help="run a scenario file (or --all), save results, draw figures, check claims")
+    run.add_argument("file", nargs="?", help="scenario file, e.g. scenarios/soudry2018_logistic.py")
+    run.add_argument("--all", action="store_true", help="run every scenario in --dir (default ./scenarios)")
+    run.add_argument("--dir", default="scenarios", help="scenario folder for --all (default: ./scenarios)")
+    run.add_argument("--quick", action="store_true", help="use the scenario's quick overrides (a fast check)")
+    run.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override a config value, parsed by the type of its default")
+    run.add_argument("--out", default="runs", help="results folder; the run goes to OUT/<name>/ (default: runs)")
+    run.add_argument("--figures", default=None,
+                     help="figure folder; figures go to FIGURES/<name>/ (default: figures/ for full configs, "
+                          "OUT/<name>/figures/ for --quick or --set runs)")
+    run.add_argument("--strict", action="store_true",
+                     help="exit 1 when a claim fails or a solve does not reach its horizon")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    plot = sub.add_parser("plot", help="redraw a run's figures from its saved results (no recomputation)")
+    plot.add_argument("run_dir", help="a run folder, e.g. runs/soudry2018_logistic")
+    plot.add_argument("--figures", default=None, help="figure folder (default: where the run drew them)")
+    plot.add_argument("--scenario", default=None, help="scenario file, if it moved since the run")
+    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `flowsim` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("FLOWSIM_DEBUG", "") not in ("", "0")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ._scenario import ScenarioError
+    from ._store import StoreError
+
+    try:
+        if args.command == "list":
+            return _list(args)
+        if args.command == "run":
+            return _run(args, debug)
+        return _plot(args)
+    except (ScenarioError, StoreError) as e:
+        _error(str(e), e if debug else None)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
+              "finished one.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a bug in flowsim itself: still one message unless --debug
+        _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", e if debug else None)
+        return EXIT_ERROR
+
+
+def _error(message: str, exc: BaseException | None) -> None:
+    if exc is not None:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"flowsim: error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _list(args) -> int:
+    from ._scenario import ScenarioError, find_scenarios, load_scenario
+
+    files = find_scenarios(args.dir)
+    if not files:
+        print(f"no scenarios in {args.dir}/")
+        return EXIT_OK
+    status = EXIT_OK
+    for f in files:
+        try:
+            s, _ = load_scenario(f)
+        except ScenarioError as e:
+            print(f"{f}\n    cannot be loaded: {e}\n")
+            status = EXIT_ERROR
+            continue
+        print(f"{s.name}  ({f})\n    {s.title}\n    {s.reference}\n")
+    return status
+
+
+def _run(args, debug: bool) -> int:
+    from ._runner import run_scenario
+    from ._scenario import ScenarioError, find_scenarios, load_scenario, parse_set_args
+
+    if args.all == bool(args.file):
+        raise ScenarioError("give either a scenario FILE or --all (e.g. `flowsim run scenarios/x.py`).")
+    if args.all and args.sets:
+        raise ScenarioError("--set applies to one scenario; use it with FILE, not with --all.")
+    overrides = parse_set_args(args.sets)
+    kwargs = dict(quick=args.quick, out=args.out, figures=args.figures)
+
+    if not args.all:
+        scenario, path = load_scenario(args.file)
+        scenario.make_config(quick=args.quick, overrides=overrides)  # refuse bad --set before any work
+        summary = run_scenario(scenario, path, overrides=overrides, **kwargs)
+        print(format_summary(summary))
+        return EXIT_CLAIM_FAILED if args.strict and not _passed(summary) else EXIT_OK
+
+    files = find_scenarios(args.dir)
+    if not files:
+        raise ScenarioError(f"no scenario files in {args.dir}/.")
+    rows = []
+    t_all = time.perf_counter()
+    for i, f in enumerate(files, 1):
+        print(f"[{i}/{len(files)}] {f}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            scenario, path = load_scenario(f)
+            summary = run_scenario(scenario, path, **kwargs)
+        except ScenarioError as e:
+            _error(str(e), e if debug else None)
+            rows.append((f.stem, "ERROR", time.perf_counter() - t0))
+            continue
+        print(format_summary(summary) + "\n")
+        failed = sum(not c["holds"] for c in summary["claims"])
+        status = f"{failed} claim(s) FAIL" if failed else "all claims hold"
+        if not summary["solver_ok"]:
+            status += ", solver FAIL"
+        rows.append((scenario.name, status, time.perf_counter() - t0))
+    width = max(len(r[0]) for r in rows)
+    print(f"flowsim run --all{' --quick' if args.quick else ''}: {len(rows)} scenario(s), "
+          f"{time.perf_counter() - t_all:.1f} s")
+    for name, status, wall in rows:
+        print(f"  {name:<{width}}  {status:<18} {wall:8.1f} s")
+    if any(r[1] == "ERROR" for r in rows):
+        return EXIT_ERROR
+    if args.strict and any("FAIL" in r[1] for r in rows):
+        return EXIT_CLAIM_FAILED
+    return EXIT_OK
+
+
+def _passed(summary: dict) -> bool:
+    """Every claim holds and every trajectory reached its horizon."""
+    return summary["all_claims_hold"] and summary["solver_ok"]
+
+
+def _plot(args) -> int:
+    from ._runner import replot
+
+    summary, paths = replot(args.run_dir, figures=args.figures, scenario_file=args.scenario)
+    name = summary["scenario"]["name"]
+    if not paths:
+        print(f"{name}: the scenario draws no figures.")
+        return EXIT_OK
+    print(f"{name}: redrew {len(paths)} file(s) from {pathlib.Path(args.run_dir) / 'results.npz'}:")
+    for p in paths:
+        print(f"  {_rel(p)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# The one-screen summary
+
+
+def format_summary(summary: dict) -> str:
+    """Claims (value, threshold, holds), solver statistics, wall time, and where things were written."""
+    s = summary["scenario"]
+    lines = [f"{s['name']} — {s['title']}" + ("  [quick]" if summary["quick"] else ""), f"  {s['reference']}"]
+    if summary["overrides"]:
+        lines.append("  overrides  " + ", ".join(f"{k}={v!r}" for k, v in summary["overrides"].items()))
+    claims = summary["claims"]
+    if claims:
+        w = max(len(c["name"]) for c in claims)
+        lines.append("  claims")
+        for c in claims:
+            mark = "holds" if c["holds"] else "FAILS"
+            lines.append(f"    {mark}  {c['name']:<{w}}  value {_num(c['value']):>11}   "
+                         f"threshold {_num(c['threshold']):>11}")
+            if c.get("note"):
+                lines.append(f"    {'':5}  {c['note']}")
+    else:
+        lines.append("  claims     (none)")
+    stats = summary.get("solver_stats") or {}
+    for i, (name, st) in enumerate(stats.items()):
+        lines.append(("  solver     " if i == 0 else "             ") + f"{name}: {_stats(st)}")
+    wall = summary["wall_time_s"]
+    lines.append("  wall time  " + " · ".join(f"{k} {v:.1f} s" for k, v in wall.items()))
+    lines.append(f"  results    {_rel(summary['run_dir'])}/ (results.npz, summary.json)")
+    files = summary["figures"]["files"]
+    if files:
+        lines.append(f"  figures    {_rel(summary['figures']['dir'])}/ ({', '.join(files)})")
+    n_fail = sum(not c["holds"] for c in claims)
+    if n_fail:
+        lines.append(f"  {n_fail} of {len(claims)} claim(s) FAIL")
+    if not summary["solver_ok"]:
+        lines.append("  a solve did NOT reach its horizon (see solver above); its numbers are not the flow's limit")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    if isinstance(x, str):
+        return x
+    return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.3e}"
+
+
+def _stats(st: dict) -> str:
+    def total(v):
+        return sum(v) if isinstance(v, list) else v
+
+    runs = next((len(v) for v in st.values() if isinstance(v, list)), None)
+    parts = []
+    if "num_steps" in st:
+        parts.append(f"{total(st['num_steps']):,} steps")
+    if "num_rejected_steps" in st:
+        parts.append(f"{total(st['num_rejected_steps']):,} rejected")
+    if "wall_time_s" in st:
+        parts.append(f"{total(st['wall_time_s']):.2f} s")
+    ok = st.get("ok")
+    if ok is not None:
+        n_bad = sum(not o for o in ok) if isinstance(ok, list) else int(not ok)
+        parts.append("ok" if n_bad == 0 else f"NOT OK ({n_bad})" + (f": {st['message']}" if "message" in st else ""))
+    return ", ".join(parts) + (f" (over {runs} runs)" if runs else "")
+
+
+def _rel(p) -> str:
+    p = pathlib.Path(p)
+    try:
+        return str(p.resolve().relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

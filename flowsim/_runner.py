@@ -1,0 +1,209 @@
+"""Running a scenario: run → save → reload → claims and figures from the reloaded results → summary.
+
+`flowsim run` and `flowsim plot` both go through here, and both hand `plot` the results as read back
+from disk, so a figure drawn right after a run and one redrawn later from the run folder are the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+from ._plotting import save_figures, style
+from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario
+from ._store import (
+    FORMAT,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    StoreError,
+    flatten_results,
+    load_arrays,
+    load_run,
+    save_arrays,
+    start_run,
+    versions,
+    write_json,
+)
+
+_MAX_MESSAGE_LINES = 12
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def default_figures_dir(name: str, run_dir: pathlib.Path, full: bool) -> pathlib.Path:
+    """`figures/<name>/` for a full-config run; `<run_dir>/figures/` for `--quick` or `--set` runs.
+
+    So the committed figures only ever come from full configurations.
+    """
+    return pathlib.Path("figures") / name if full else run_dir / "figures"
+
+
+def run_scenario(
+    scenario: Scenario,
+    path: pathlib.Path,
+    *,
+    quick: bool = False,
+    overrides: Mapping[str, str] | None = None,
+    out: str | pathlib.Path = "runs",
+    figures: str | pathlib.Path | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> dict:
+    """Run `scenario` and write `out/<name>/` and its figures; return the summary (as written)."""
+    overrides = dict(overrides or {})
+    config = scenario.make_config(quick=quick, overrides=overrides)
+    run_dir = pathlib.Path(out) / scenario.name
+    full = not quick and not overrides
+    fig_dir = pathlib.Path(figures) / scenario.name if figures is not None else default_figures_dir(
+        scenario.name, run_dir, full
+    )
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    start_run(run_dir)
+    wall = {}
+
+    log(f"[{scenario.name}] running ({'quick' if quick else 'full'} config) …")
+    t_start = t0 = time.perf_counter()
+    raw = _call(scenario.run, path, "run", dict(config))
+    arrays, solver_stats = _call(flatten_results, path, "run", raw)
+    wall["run"] = time.perf_counter() - t0
+    del raw
+    log(f"[{scenario.name}] computed in {wall['run']:.1f} s; saving {len(arrays)} arrays, checking claims, "
+        "drawing figures …")
+
+    digest = save_arrays(run_dir / RESULTS_FILE, arrays)
+    results = load_arrays(run_dir / RESULTS_FILE)
+
+    t0 = time.perf_counter()
+    claims = evaluate_claims(scenario, path, results, config)
+    wall["claims"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    figure_paths = draw_figures(scenario, path, results, config, fig_dir)
+    wall["plot"] = time.perf_counter() - t0
+    wall["total"] = time.perf_counter() - t_start  # including saving and reloading
+
+    summary = {
+        "format": FORMAT,
+        "scenario": {"name": scenario.name, "title": scenario.title, "reference": scenario.reference,
+                     "file": str(path)},
+        "quick": quick,
+        "overrides": {k: config[k] for k in overrides},
+        "config": config,
+        "started_utc": started,
+        "versions": versions(),
+        "wall_time_s": wall,
+        "solver_stats": solver_stats,
+        "results": {
+            "file": RESULTS_FILE,
+            "sha256": digest,
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+        },
+        "figures": {"dir": str(fig_dir.resolve()), "files": [p.name for p in figure_paths]},
+        "claims": [c.to_json() for c in claims],
+        "all_claims_hold": all(c.holds for c in claims),
+        "solver_ok": all(_all_ok(st.get("ok", True)) for st in solver_stats.values()),
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)  # last: its presence marks the run complete
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def replot(
+    run_dir: str | pathlib.Path,
+    *,
+    figures: str | pathlib.Path | None = None,
+    scenario_file: str | pathlib.Path | None = None,
+) -> tuple[dict, list[pathlib.Path]]:
+    """Redraw the figures of a finished run from its saved results; `run` is never called."""
+    run_dir = pathlib.Path(run_dir)
+    results, summary = load_run(run_dir)
+    recorded = summary["scenario"]
+    file = pathlib.Path(scenario_file or recorded["file"])
+    if scenario_file is None and not file.is_file():  # the project moved: look in ./scenarios
+        file = pathlib.Path("scenarios") / pathlib.Path(recorded["file"]).name
+    if not file.is_file():
+        raise ScenarioError(
+            f"the scenario file of this run, {recorded['file']!r}, no longer exists; pass it with --scenario FILE."
+        )
+    scenario, path = load_scenario(file)
+    if scenario.name != recorded["name"]:
+        raise ScenarioError(
+            f"{path} defines scenario {scenario.name!r}, but {run_dir} holds a run of {recorded['name']!r}."
+        )
+    config = _restore_config(scenario, summary["config"])
+    if figures is not None:
+        fig_dir = pathlib.Path(figures) / scenario.name
+    elif summary.get("figures", {}).get("dir"):
+        fig_dir = pathlib.Path(summary["figures"]["dir"])
+    else:
+        fig_dir = default_figures_dir(scenario.name, run_dir, not summary["quick"] and not summary["overrides"])
+    return summary, draw_figures(scenario, path, results, config, fig_dir)
+
+
+def evaluate_claims(scenario: Scenario, path: pathlib.Path, results: dict, config: dict) -> list[Claim]:
+    if scenario.claims is None:
+        return []
+    claims = _call(scenario.claims, path, "claims", results, dict(config))
+    if claims is None:
+        return []
+    claims = list(claims) if not isinstance(claims, Claim) else [claims]
+    for c in claims:
+        if not isinstance(c, Claim):
+            raise ScenarioError(f"{path.name}: claims() must return a list of fs.Claim, got a {type(c).__name__}.")
+    names = [c.name for c in claims]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ScenarioError(f"{path.name}: claims() returned the names {dupes} more than once.")
+    return claims
+
+
+def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: dict, fig_dir) -> list[pathlib.Path]:
+    if scenario.plot is None:
+        return []
+    with style():
+        figs = _call(scenario.plot, path, "plot", results, dict(config))
+        if figs is None:
+            return []
+        try:
+            return save_figures(figs, fig_dir)
+        except StoreError as e:
+            raise ScenarioError(f"{path.name}: {e}") from None
+
+
+def _call(fn, path: pathlib.Path, what: str, *args):
+    """Call a scenario function; an exception becomes a ScenarioError naming the file and line."""
+    try:
+        return fn(*args)
+    except (ScenarioError, KeyboardInterrupt, SystemExit):
+        raise
+    except StoreError as e:
+        raise ScenarioError(f"{path.name}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - reported in words with file and line
+        message = describe_error(e, path, f"in {what}()")
+        lines = message.splitlines()
+        if len(lines) > _MAX_MESSAGE_LINES:
+            message = "\n".join(lines[:_MAX_MESSAGE_LINES] + ["    … (rerun with --debug for the full traceback)"])
+        raise ScenarioError(message) from e
+
+
+def _all_ok(ok) -> bool:
+    return all(_all_ok(o) for o in ok) if isinstance(ok, list) else bool(ok)
+
+
+def _restore_config(scenario: Scenario, saved: Mapping) -> dict:
+    """Undo what JSON did to the config: tuples came back as lists, non-finite floats as strings."""
+    config = dict(saved)
+    for key, value in config.items():
+        default = scenario.config.get(key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            config[key] = tuple(value)
+        elif isinstance(default, float) and isinstance(value, str):
+            config[key] = float(value)
+        elif isinstance(value, str) and value in ("nan", "inf", "-inf") and not isinstance(default, str):
+            config[key] = float(value)
+    return config
+

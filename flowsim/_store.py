@@ -1,0 +1,273 @@
+"""The results store: a run folder holding `results.npz` and `summary.json`, written atomically.
+
+Layout of `runs/<name>/` (see the README, "Stored results"):
+
+- `results.npz` — every array `run` returned, one `.npy` member per name, read back with
+  `numpy.load(..., allow_pickle=False)`; no pickle anywhere. Names are paths joined by "/":
+  a nested dict `{"a": {"b": x}}` is stored as `a/b`; an `fs.Trajectory` `flow` becomes
+  `flow/log_t`, `flow/loss`, `flow/log_loss`, `flow/ok`, `flow/status`, `flow/log_t_reached`,
+  `flow/message`, `flow/stats/<key>`
+  and one `flow/params/<leaf path>` per array leaf of the model (e.g. `flow/params/w`, with the
+  leading time axis).
+- `summary.json` — scenario, config, versions, wall times, solver statistics, claims, figures,
+  and the SHA-256 of `results.npz`. It is written last: a folder without it, or whose checksum
+  does not match, is an interrupted run and is refused by `load_run`.
+
+Every file is written to a temporary name in the same folder, flushed, and renamed over the
+target, so an interrupted write never leaves a complete-looking file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+RESULTS_FILE = "results.npz"
+SUMMARY_FILE = "summary.json"
+FORMAT = "flowsim-run/1"
+_TRAJECTORY_ARRAYS = ("log_t", "loss", "log_loss", "ok")
+_VERSIONED = ("flowsim", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy", "scipy",
+              "matplotlib", "cvxpy")
+
+
+class StoreError(Exception):
+    """A run folder that is missing, incomplete or corrupt, or results that cannot be stored."""
+
+
+# --------------------------------------------------------------------------------------------
+# Results → flat arrays
+
+
+def is_trajectory(x) -> bool:
+    """An `fs.Trajectory` (recognised by its public fields, so the store does not import the engine)."""
+    return all(hasattr(x, a) for a in ("log_t", "loss", "log_loss", "params", "ok", "stats")) and not isinstance(
+        x, Mapping
+    )
+
+
+def flatten_results(results: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Turn what `run` returned into (name → numpy array, trajectory name → solver statistics)."""
+    if not isinstance(results, Mapping):
+        raise StoreError(f"run(config) must return a dict of name -> array, got {type(results).__name__}.")
+    arrays: dict[str, np.ndarray] = {}
+    stats: dict[str, dict] = {}
+    _flatten_into(results, "", arrays, stats)
+    return arrays, stats
+
+
+def _flatten_into(obj: Mapping, prefix: str, arrays: dict, stats: dict) -> None:
+    for key, value in obj.items():
+        if not isinstance(key, str) or not key.strip("/") or key != key.strip("/") or "//" in key:
+            raise StoreError(f"result names must be non-empty strings without leading, trailing or double '/', "
+                             f"got {key!r}.")
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten_into(value, name + "/", arrays, stats)
+        elif is_trajectory(value):
+            stats[name] = _flatten_trajectory(value, name, arrays)
+        else:
+            _put(arrays, name, value)
+
+
+def _flatten_trajectory(traj, name: str, arrays: dict) -> dict:
+    for field in _TRAJECTORY_ARRAYS:
+        _put(arrays, f"{name}/{field}", getattr(traj, field))
+    for field in ("status", "log_t_reached"):
+        if hasattr(traj, field):
+            _put(arrays, f"{name}/{field}", getattr(traj, field))
+    message = getattr(traj, "message", "")
+    _put(arrays, f"{name}/message", np.asarray(message if message is not None else "", dtype=str))
+    leaves = jax.tree_util.tree_flatten_with_path(traj.params)[0]
+    for path, leaf in leaves:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            continue  # static parts of the model (activation functions, sizes) are not data
+        sub = jax.tree_util.keystr(path, simple=True, separator="/")
+        _put(arrays, f"{name}/params/{sub}" if sub else f"{name}/params", leaf)
+    out = {}
+    for key, value in dict(traj.stats).items():
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf":
+            _put(arrays, f"{name}/stats/{key}", arr)
+            out[key] = to_jsonable(arr)
+    out["ok"] = to_jsonable(np.asarray(traj.ok))
+    if message:
+        out["message"] = str(message)
+    info = getattr(traj, "info", None)
+    if isinstance(info, Mapping):
+        out["metadata"] = to_jsonable(info)  # solver, tolerances, horizon: what the numbers depend on
+    return out
+
+
+def _put(arrays: dict, name: str, value) -> None:
+    if name in arrays:
+        raise StoreError(f"two results are both stored as {name!r}; rename one of them.")
+    if value is None:
+        raise StoreError(f"result {name!r} is None; return an array, a number or a string.")
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - any conversion failure is the user's value
+        raise StoreError(f"result {name!r} ({type(value).__name__}) cannot be stored as an array: {e}") from None
+    if arr.dtype.kind not in "biufcUS":
+        raise StoreError(
+            f"result {name!r} has dtype {arr.dtype} ({type(value).__name__}); results are stored without pickle, "
+            "so return numeric/bool arrays, numbers or strings (ragged lists: one name per array)."
+        )
+    arrays[name] = arr
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(target: pathlib.Path):
+    """Yield a temporary path next to `target`; on success it is fsynced and renamed over `target`."""
+    target = pathlib.Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Write strict JSON atomically."""
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def save_arrays(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> str:
+    """Write `arrays` to an `.npz` atomically; return its SHA-256."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return sha256(path)
+
+
+def load_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Read an `.npz` written by `save_arrays` (no pickle); 0-d arrays come back as numpy scalars."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise StoreError(f"{path} cannot be read ({e}); rerun the scenario.") from None
+    return {k: (v[()] if v.ndim == 0 else v) for k, v in out.items()}
+
+
+def sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# A run folder
+
+
+def start_run(run_dir: pathlib.Path) -> None:
+    """Prepare `run_dir` for a new run: remove the previous summary first, so it never vouches for new files."""
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StoreError(f"{run_dir} exists and is not a folder; choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+
+
+def load_run(run_dir: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a finished run folder: (results as `plot`/`claims` see them, summary). Refuses incomplete runs."""
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise StoreError(f"no run folder {str(run_dir)!r}; `flowsim run FILE --out DIR` writes DIR/<name>/.")
+    summary_path = run_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        interrupted = (run_dir / RESULTS_FILE).exists()
+        hint = " (results.npz without summary.json: the run was interrupted)" if interrupted else ""
+        raise StoreError(f"{run_dir} has no {SUMMARY_FILE}{hint}; it is not a finished run — rerun the scenario.")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(
+            f"{summary_path} is not valid JSON ({e}); the run is incomplete — rerun the scenario."
+        ) from None
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
+        raise StoreError(f"{summary_path} is not a flowsim run summary (expected \"format\": \"{FORMAT}\").")
+    results_path = run_dir / summary.get("results", {}).get("file", RESULTS_FILE)
+    if not results_path.is_file():
+        raise StoreError(f"{run_dir} has no {results_path.name}; the run is incomplete — rerun the scenario.")
+    if sha256(results_path) != summary["results"].get("sha256"):
+        raise StoreError(
+            f"{results_path} does not match its checksum in {SUMMARY_FILE} (truncated or overwritten); "
+            "rerun the scenario."
+        )
+    return load_arrays(results_path), summary
+
+
+# --------------------------------------------------------------------------------------------
+# JSON helpers
+
+
+def to_jsonable(obj):
+    """numpy/JAX values → Python; tuples → lists; non-finite floats → "nan"/"inf"/"-inf" (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    if isinstance(obj, pathlib.Path):
+        return str(obj)
+    if hasattr(obj, "__array__") or isinstance(obj, np.generic):
+        arr = np.asarray(obj)
+        if arr.ndim == 0:
+            return to_jsonable(arr.item())
+        return [to_jsonable(v) for v in arr.tolist()]
+    return str(obj)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform, JAX's backend and the packages a result depends on."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        out["jax_backend"] = jax.default_backend()
+    except RuntimeError:
+        pass
+    return out
