@@ -132,6 +132,17 @@ def test_sign_constrained_l2():
     assert A_.max_margin_value(X, y, 2.0) > sol.margin * (1 + 1e-3)  # the constraint binds
 
 
+def test_scaled_dft_gives_the_unitary_direction_and_rescaled_margin():
+    # Convolutional networks' transform is d^{(L-1)/2}·DFT; the direction cannot depend on the scale.
+    X, y = _separable(6, 8, 31)
+    unit = A_.max_margin_solution(X, y, p=1.0, transform=_dft(8))
+    scaled = A_.max_margin_solution(X, y, p=1.0, transform=8.0 * _dft(8))
+    np.testing.assert_allclose(scaled.direction, unit.direction, atol=1e-10)
+    np.testing.assert_allclose(scaled.margin, 8.0 * unit.margin, rtol=1e-10)
+    margins = np.real(np.conj((y[:, None] * X) @ (8.0 * _dft(8)).T) @ scaled.rho)
+    assert abs(margins.min() - 1.0) < 1e-9
+
+
 def test_dft_socp_against_free_complex_formulation():
     # Full-length convolutional nets: min sum_j |rho_j| over complex rho (real inner product), S the unitary DFT.
     d = 8
@@ -385,7 +396,7 @@ def test_bad_inputs_are_refused():
         (lambda: A_.max_margin(X, y, sign=[1, 2, 0, 0]), r"\+1 \(rho_j >= 0\)"),
         (lambda: A_.max_margin(X, y, sign=[1, 0]), r"shape \(4,\)"),
         (lambda: A_.max_margin(X, y, transform=np.eye(3)), "transform must have shape"),
-        (lambda: A_.max_margin(X, y, transform=2 * _dft(4)), "orthonormal columns"),
+        (lambda: A_.max_margin(X, y, transform=_dft(4) * np.array([1.0, 2.0, 1.0, 1.0])), "orthonormal columns"),
         (lambda: A_.max_margin(X, y, transform=_dft(4), sign="nonnegative"), "real transform"),
         (lambda: A_.max_margin(np.array([[1.0], [1.0]]), np.array([1.0, -1.0])), "not linearly separable"),
         (lambda: A_.max_margin(np.array([[1.0, 0.0], [2.0, 0.0]]), np.array([1.0, -1.0])), "not linearly separable"),

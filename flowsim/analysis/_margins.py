@@ -160,7 +160,7 @@ def max_margin_solution(
     it to ~1e-13.
 
     Complex S (e.g. the unitary DFT F = np.fft.fft(np.eye(d)) / sqrt(d): full-length convolutional networks)
-    must have orthonormal columns (S^H S = I). The variable is then rho = S beta with beta real, the
+    must have orthonormal columns up to a scale (S^H S = c²I; the direction does not depend on c). The variable is then rho = S beta with beta real, the
     coordinates a real network reaches (conjugate-symmetric for the DFT): min sum_j |(F beta)_j| s.t.
     y_i <x_i, beta> >= 1. For the DFT this has the same optimal value as the free problem over all complex rho
     (symmetrising rho keeps the margins and cannot increase sum_j |rho_j|), but a unique, symmetric solution.
@@ -185,11 +185,18 @@ def max_margin_solution(
     m = S.shape[0]
     is_complex = np.iscomplexobj(S)
     sgn = as_sign(sign, m, is_complex)
-    if is_complex and not np.allclose(np.conj(S).T @ S, np.eye(d), rtol=0.0, atol=1e-10):
-        raise ValueError(
-            "a complex transform must have orthonormal columns (S^H S = I, e.g. the unitary DFT "
-            "np.fft.fft(np.eye(d)) / sqrt(d)); the given one does not."
-        )
+    # A scaled unitary S = c·U (e.g. Convolutional.transform = d^{(L-1)/2}·DFT) has the same max-margin
+    # direction as U; solve with U and map rho, the norm and the margin back at the end.
+    scale = 1.0
+    if is_complex:
+        gram = np.conj(S).T @ S
+        scale = float(np.sqrt(np.real(np.trace(gram)) / d))
+        if not (scale > 0 and np.allclose(gram / scale**2, np.eye(d), rtol=0.0, atol=1e-10)):
+            raise ValueError(
+                "a complex transform must be a multiple of a matrix with orthonormal columns (S^H S = c²I, "
+                "e.g. the unitary DFT np.fft.fft(np.eye(d)) / sqrt(d)); the given one is not."
+            )
+        transform_given, S = S, S / scale
     A = _signed_rows(X, y, S)
 
     if is_complex:
@@ -248,6 +255,9 @@ def max_margin_solution(
     direction = rho / norm
     beta = np.real(np.conj(S).T @ direction)
     active = np.real(np.conj(A) @ rho) <= 1.0 + 1e-7
+    if scale != 1.0:  # back to the given S = scale·U: <Sx, rho/scale> = <Ux, rho>
+        rho, norm = rho / scale, norm / scale
+        beta = np.real(np.conj(transform_given).T @ direction)
     return MaxMarginSolution(direction, beta, rho, 1.0 / norm, norm, active, p, status)
 
 
