@@ -7,6 +7,8 @@ from ._interpolation import mirror_map as mirror_map
 from ._kkt import KKTCertificate as KKTCertificate
 from ._kkt import kkt_certificate as kkt_certificate
 from ._kkt import kkt_residual as kkt_residual
+from ._limit import LimitDirection as LimitDirection
+from ._limit import limit_direction as limit_direction
 from ._margins import MaxMarginSolution as MaxMarginSolution
 from ._margins import max_margin as max_margin
 from ._margins import max_margin_solution as max_margin_solution
