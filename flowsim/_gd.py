@@ -2,7 +2,6 @@
 
 import math
 import numbers
-import time as _time
 
 import equinox as eqx
 import jax
@@ -10,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._flow import GradientFlowField, flatten_model
-from ._problem import Problem, is_concrete
-from ._trajectory import Status, Trajectory, log_t_from_time, saved_losses
+from ._problem import Problem
+from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_losses
 
 
 def gd_save_steps(steps: int, n_save: int) -> np.ndarray:
@@ -56,13 +55,8 @@ def gradient_descent(problem: Problem, lr: float, steps: int, n_save: int = 100)
         ("log_t1", math.log(float(lr) * int(steps))),
         ("num_params", int(flatten_model(problem.model)[0].shape[-1])),
     )
-    start = _time.perf_counter()
-    trajectory = _run(problem, jnp.asarray(float(lr)), jnp.asarray(np.diff(save_steps)), jnp.asarray(save_steps), metadata)
-    if is_concrete(trajectory.log_t):
-        jax.block_until_ready(trajectory)
-        wall_time = jnp.asarray(_time.perf_counter() - start)
-        trajectory = eqx.tree_at(lambda tr: tr.stats["wall_time_s"], trajectory, wall_time)
-    return trajectory
+    return run_timed(_run, problem, jnp.asarray(float(lr)), jnp.asarray(np.diff(save_steps)),
+                     jnp.asarray(save_steps), metadata)
 
 
 @eqx.filter_jit

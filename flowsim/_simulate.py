@@ -2,7 +2,6 @@
 
 import math
 import numbers
-import time as _time
 from typing import NamedTuple
 
 import diffrax
@@ -23,7 +22,7 @@ from ._solvers import (
     resolve_linear_solver,
     resolve_solver_name,
 )
-from ._trajectory import Status, Trajectory, log_t_from_log_time, log_t_from_time, saved_losses
+from ._trajectory import Status, Trajectory, log_t_from_log_time, log_t_from_time, run_timed, saved_losses
 
 # exp(709.78) is the largest float64; beyond it t is not representable and only log time works.
 _MAX_LINEAR_LOG_T = 700.0
@@ -189,13 +188,7 @@ def simulate(
     save_times = time_from_log_t(grid_log_t, log_time)
     target = jnp.asarray(0.0 if target_log_loss is None else float(target_log_loss))
 
-    start = _time.perf_counter()
-    trajectory = _solve(problem, save_times, target, config, metadata)
-    if is_concrete(trajectory.log_t):
-        jax.block_until_ready(trajectory)
-        wall_time = jnp.asarray(_time.perf_counter() - start)
-        trajectory = eqx.tree_at(lambda tr: tr.stats["wall_time_s"], trajectory, wall_time)
-    return trajectory
+    return run_timed(_solve, problem, save_times, target, config, metadata)
 
 
 @eqx.filter_jit

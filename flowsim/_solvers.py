@@ -1,7 +1,6 @@
 """Solver choice: explicit Runge–Kutta, or implicit (ESDIRK) with a full Newton root finder."""
 
 import diffrax
-import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
 from optimistix._misc import cauchy_termination

@@ -1,6 +1,7 @@
 """The result of a gradient-flow solve or a discrete GD run."""
 
 import enum
+import time
 
 import equinox as eqx
 import jax
@@ -115,6 +116,19 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
             "2/λ_max(∇²L) along the path: try a smaller lr."
         )
     return f"the solver failed ({info.get('solver_message', 'unknown reason')}): {where}."
+
+
+def run_timed(compiled_run, *args) -> Trajectory:
+    """Call a compiled run and record its wall time (compilation included) in ``stats``.
+
+    Under an outer jit or vmap the result is traced and no time can be measured: it stays NaN."""
+    start = time.perf_counter()
+    trajectory = compiled_run(*args)
+    if not isinstance(trajectory.log_t, jax.core.Tracer):
+        jax.block_until_ready(trajectory)
+        wall_time = jnp.asarray(time.perf_counter() - start)
+        trajectory = eqx.tree_at(lambda tr: tr.stats["wall_time_s"], trajectory, wall_time)
+    return trajectory
 
 
 def saved_losses(problem, models) -> tuple[Array, Array]:

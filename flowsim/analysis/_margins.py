@@ -122,7 +122,7 @@ def _polish_complex_l1(A: np.ndarray, rho: np.ndarray) -> np.ndarray | None:
     active = margins <= 1.0 + 1e-6
     support = np.abs(rho) > 1e-6 * np.max(np.abs(rho))
     AI = A[np.ix_(active, support)]
-    k, nI = int(support.sum()), int(active.sum())
+    k = int(support.sum())
 
     def residual(x):
         r = x[:k] + 1j * x[k : 2 * k]
