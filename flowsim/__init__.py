@@ -22,6 +22,7 @@ from ._scenario import Claim as Claim
 from ._scenario import Scenario as Scenario
 from ._sweep import show_progress as show_progress
 from ._sweep import sweep as sweep
+from . import _data as data
 from . import analysis as analysis
 from . import networks as networks
 

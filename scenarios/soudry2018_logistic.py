@@ -15,17 +15,6 @@ import numpy as np
 import flowsim as fs
 
 
-def make_data(seed, n, d, gap):
-    rng = np.random.default_rng(seed)
-    teacher = rng.standard_normal(d)
-    teacher /= np.linalg.norm(teacher)
-    X = np.empty((0, d))
-    while len(X) < n:
-        x = rng.standard_normal((n, d))
-        X = np.concatenate([X, x[np.abs(x @ teacher) >= gap]])[:n]
-    return X, np.sign(X @ teacher)
-
-
 def direction_error(W, reference):
     """‖w/‖w‖ − ŵ‖ along the trajectory (NaN where w = 0)."""
     norms = np.linalg.norm(W, axis=-1, keepdims=True)
@@ -34,7 +23,7 @@ def direction_error(W, reference):
 
 
 def run(config):
-    X, y = make_data(config["seed"], config["n"], config["d"], config["gap"])
+    X, y = fs.data.separable(config["n"], config["d"], seed=config["seed"], gap=config["gap"])
     reference = fs.analysis.max_margin(X, y, p=2.0)
     problem = fs.Problem(fs.networks.Linear(np.zeros(config["d"])), X, y, loss="logistic")
 
