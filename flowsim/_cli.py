@@ -14,6 +14,7 @@ Errors print one message naming the file and line; `--debug` or FLOWSIM_DEBUG=1 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -233,17 +234,24 @@ def _num(x) -> str:
 
 
 def _stats(st: dict) -> str:
-    def total(v):
-        return sum(v) if isinstance(v, list) else v
+    def total(v) -> float:
+        # Batched (vmapped) trajectories store lists; non-finite values arrive as the strings "nan"/"inf".
+        return float(sum(float(x) for x in (v if isinstance(v, list) else [v])))
+
+    def count(v) -> str:
+        value = total(v)
+        return f"{int(value):,}" if math.isfinite(value) else "?"
 
     runs = next((len(v) for v in st.values() if isinstance(v, list)), None)
     parts = []
     if "num_steps" in st:
-        parts.append(f"{total(st['num_steps']):,} steps")
+        parts.append(f"{count(st['num_steps'])} steps")
     if "num_rejected_steps" in st:
-        parts.append(f"{total(st['num_rejected_steps']):,} rejected")
+        parts.append(f"{count(st['num_rejected_steps'])} rejected")
     if "wall_time_s" in st:
-        parts.append(f"{total(st['wall_time_s']):.2f} s")
+        seconds = total(st["wall_time_s"])
+        # a solve inside jit/vmap cannot time itself: say so rather than print nan
+        parts.append(f"{seconds:.2f} s" if math.isfinite(seconds) else "time not measured (jit/vmap)")
     ok = st.get("ok")
     if ok is not None:
         n_bad = sum(not o for o in ok) if isinstance(ok, list) else int(not ok)

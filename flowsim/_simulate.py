@@ -191,6 +191,15 @@ def simulate(
     return run_timed(_solve, problem, save_times, target, config, metadata)
 
 
+class _TimeBisection(optx.Bisection):
+    """Bisection that stops when the time interval is below atol + rtol·|t| (optimistix's also
+    asks |f| < atol, which fails where log L is steep in s although the crossing is located)."""
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, args, options, tags
+        return jnp.abs(state.lower - state.upper) < self.atol + self.rtol * jnp.abs(y), optx.RESULTS.successful
+
+
 @eqx.filter_jit
 def _solve(problem: Problem, save_times, target, config: _Config, metadata) -> Trajectory:
     theta0, unravel, static_model = flatten_model(problem.model)
@@ -207,7 +216,11 @@ def _solve(problem: Problem, save_times, target, config: _Config, metadata) -> T
         time1 = jnp.where(already, 0.0, time1)
         event = diffrax.Event(
             lambda t, y, args, **kwargs: field.log_loss(y) - target,
-            root_finder=optx.Newton(rtol=config.rtol, atol=config.atol),
+            # Bisection on the step's time interval: Newton's test |log L − target| < atol cannot pass
+            # where log L falls steeply in s (its resolution there is slope × eps·s), and the root
+            # find then failed although the target was crossed.
+            root_finder=_TimeBisection(rtol=config.rtol, atol=config.atol),
+            direction=False,
         )
 
     meter = (

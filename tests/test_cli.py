@@ -207,3 +207,34 @@ def test_console_script_reports_file_and_line(tmp_path):
     assert proc.returncode == 2
     assert "crash.py:7 in run(): ValueError" in proc.stderr and "Traceback" not in proc.stderr
     assert 'x @ np.ones(config["n"])' in proc.stderr  # the offending line, quoted
+
+
+VMAPPED = '''
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import flowsim as fs
+
+def run(config):
+    X = np.array([[1.0, 0.0], [0.0, 1.0]]); y = np.array([1.0, -1.0])
+    problems = eqx.filter_vmap(lambda a: fs.Problem(fs.networks.Linear(a * jnp.ones(2)), X, y, loss="logistic"))
+    batch = eqx.filter_vmap(lambda p: fs.simulate(p, log_t1=5.0, n_save=4))(problems(jnp.array([0.1, 0.2])))
+    return {"batch": batch}
+
+def claims(results, config):
+    return [fs.Claim.at_most("final_log_loss", results["batch/log_loss"][:, -1].max(), -1.0, "both members trained")]
+
+scenario = fs.Scenario(name="NAME", title="a vmapped batch", reference="-", config={}, quick={},
+                       run=run, claims=claims, plot=lambda results, config: {})
+'''
+
+
+def test_a_vmapped_batch_of_trajectories_is_stored_and_summarised(project, capsys):
+    """Under vmap a solve cannot time itself (wall_time_s is NaN): the summary says so instead of crashing."""
+    path = write_scenario(project / "scenarios", "batch", VMAPPED)
+    code, out, err = run_cli(capsys, "run", path, "--strict")
+    assert code == 0, err
+    assert "over 2 runs" in out and "time not measured" in out
+    summary = json.loads((project / "runs" / "batch" / "summary.json").read_text())
+    assert summary["solver_ok"] is True
+    assert np.load(project / "runs" / "batch" / "results.npz", allow_pickle=False)["batch/log_t"].shape == (2, 4)

@@ -121,6 +121,21 @@ def test_target_log_loss_stops_at_the_crossing(quadratic):
     assert float(np.max(np.asarray(traj.log_t))) == pytest.approx(float(traj.log_t_reached))
 
 
+def test_target_log_loss_in_log_time_where_the_loss_falls_steeply():
+    """Regression in log time, where log L falls ~60 per unit of log t near the target and is
+    noisy at round-off: a Newton root find on |log L − target| < atol used to fail there. The
+    crossing time is checked with a tight linear-time Tsit5 solve (0.5 in log L ≈ 0.01 in log t)."""
+    X, y = fs.data.underdetermined_regression(5, 12, seed=0)
+    problem = fs.Problem(fs.networks.Diagonal.init(12, depth=2, scale=0.1, shape="last_zero"), X, y)
+    for target, rtol in [(-50.0, 1e-8), (-40.0, 1e-10)]:
+        traj = fs.simulate(problem, log_t1=100.0, target_log_loss=target, rtol=rtol, atol=rtol * 1e-2)
+        assert bool(traj.ok) and traj.status == fs.Status.TARGET_REACHED, traj.message
+        assert abs(float(traj.log_loss[-1]) - target) < 1e-4
+    check = fs.simulate(problem, t1=math.exp(float(traj.log_t_reached)), solver="tsit5", rtol=1e-12, atol=1e-14,
+                        max_steps=1_000_000)
+    assert abs(float(check.log_loss[-1]) + 40.0) < 0.5
+
+
 def test_multi_output_regression_matches_matrix_exponential():
     rng = np.random.default_rng(3)
     n = d = 4
