@@ -264,6 +264,19 @@ def test_vmapped_batch_equals_loop_with_own_steps_and_ok(diagonal_problem_maker)
     assert "max_steps" in capped.message and "member" in capped.message
 
 
+def test_vmap_over_stacked_problems_with_different_datasets_equals_loop():
+    """design.md: a Problem is a pytree, so stacked problems (here: different datasets) vmap."""
+    rng = np.random.default_rng(5)
+    problems = [fs.Problem(Linear(jnp.zeros(3)), rng.standard_normal((6, 3)), np.sign(rng.standard_normal(6)),
+                           loss="logistic") for _ in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *problems)
+    batch = eqx.filter_vmap(lambda p: fs.simulate(p, log_t1=8.0, n_save=6))(stacked)
+    for i, problem in enumerate(problems):
+        single = fs.simulate(problem, log_t1=8.0, n_save=6)
+        np.testing.assert_allclose(batch.params.w[i], single.params.w, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batch.log_loss[i], single.log_loss, rtol=1e-10)
+
+
 def test_jit_equals_eager_and_progress_shows_log_t(diagonal_problem_maker, capsys):
     problem = diagonal_problem_maker(0.1)
     eager = fs.simulate(problem, log_t1=50.0, n_save=8)
