@@ -6,6 +6,8 @@ the teacher norm; small problems (n = 10, d = 20; n = 6, d = 8 for convolutions)
 file fast.
 """
 
+import math
+
 import cvxpy as cp
 import equinox as eqx
 import jax.numpy as jnp
@@ -187,6 +189,93 @@ def test_convolutional_depth2_is_dft_l1_socp():
     # Hermitian symmetry (ρ is the DFT of a real vector), and β agrees with the reference's β
     np.testing.assert_allclose(res.direction[(-np.arange(d)) % d], np.conj(res.direction), atol=1e-12)
     np.testing.assert_allclose(res.beta, beta.value / np.linalg.norm(beta.value), atol=1e-6)
+
+
+def complex_l1_kkt_point(A, d, zero=()):
+    """min Σ_j |ρ_j| s.t. Re⟨a_i, ρ⟩ ≥ 1, ρ Hermitian-symmetric (the DFT of a real vector), ρ_j = 0 for j in
+    `zero`: an SOCP over a complex variable (cvxpy/Clarabel). Returns (ρ/‖ρ‖₂, μ) with μ the constraint duals."""
+    rho = cp.Variable(d, complex=True)
+    margins = cp.real(np.conj(A) @ rho) >= 1
+    constraints = [margins] + [rho[(-j) % d] == cp.conj(rho[j]) for j in range(d)] + [rho[j] == 0 for j in zero]
+    problem = cp.Problem(cp.Minimize(cp.sum(cp.abs(rho))), constraints)
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    assert problem.status == cp.OPTIMAL
+    return rho.value / np.linalg.norm(rho.value), np.asarray(margins.dual_value)
+
+
+@pytest.fixture(scope="module")
+def saddle_run():
+    """The classification scenario's convolutional instance: d = 6, seed 0, flat-spectrum last-layer-zero init."""
+    X, y = fs.data.separable(12, 6, 0, 0.1, 2)
+    net = fs.networks.Convolutional.init(6, depth=2, scale=0.5, shape="last_zero")
+    return X, y, net, run(net, X, y, 1e4)
+
+
+def test_convolutional_depth2_saddle_escape(saddle_run):
+    """On this instance the flow first converges to a saddle: the DFT-ℓ1 KKT point with the Nyquist coefficient
+    ρ_3 held at 0, where the dual |v_3| ≈ 1.045 > 1. ρ_3/max|ρ| grows like (log t)^{|v_3| − 1} (≈ 10^45 in log t to
+    reach the limit), so the last iterate stays 7e-3 from the SOCP minimiser; limit_direction identifies the
+    saddle and the escape rate and returns the minimiser. References: cvxpy SOCPs with and without ρ_3 = 0 and the
+    SOCP's own duals, independent of the KKT solves in limit_direction."""
+    X, y, net, traj = saddle_run
+    d = 6
+    res = fs.analysis.limit_direction(traj, X, y)
+    assert res.certified, res.message
+    assert "saddle" in res.message and res.kkt_residual < 1e-10
+    A = y[:, None] * (X @ np.asarray(net.transform).T)
+    reference, _ = complex_l1_kkt_point(A, d)
+    assert np.linalg.norm(res.direction - reference) < 1e-6
+    assert res.last_iterate_error > 1e-3  # the last iterate is at the saddle, not at the limit
+
+    saddle = res.saddle
+    assert saddle is not None and saddle.coordinates.tolist() == [3]
+    restricted, mu = complex_l1_kkt_point(A, d, zero=(3,))
+    assert np.linalg.norm(saddle.direction - restricted) < 1e-6
+    dual = abs((A.T @ mu)[3]) / np.max(np.abs((A.T @ mu)[[0, 1, 2, 4, 5]]))  # normalised: |v_j| = 1 on the support
+    assert dual > 1.01
+    np.testing.assert_allclose(saddle.dual, [dual], rtol=1e-5)
+    # the escape rate read from the flow against the dual's prediction
+    np.testing.assert_allclose(saddle.measured_exponent, saddle.predicted_exponent, rtol=0.05)
+    assert saddle.distance[-1] < 1e-4 < saddle.distance[np.argmax(traj.log_t >= 10.0)]
+    assert 30 < saddle.log10_escape_log_t < 60
+
+
+def test_saddle_escape_must_match_its_predicted_rate(saddle_run):
+    """The saddle certificate rests on the measured escape rate: demanding agreement to 1e-4 (the flow's slope
+    is ~3% off the asymptotic exponent at log t ≤ 10^4) withdraws it."""
+    X, y, _, traj = saddle_run
+    res = fs.analysis.limit_direction(traj, X, y, escape_rtol=1e-4)
+    assert not res.certified and res.saddle is None
+    assert "not approaching" in res.message
+    for bad in (0.0, -1.0, "x", True, math.inf):
+        with pytest.raises(ValueError, match="escape_rtol"):
+            fs.analysis.limit_direction(traj, X, y, escape_rtol=bad)
+
+
+def test_complex_l1_uniqueness_check():
+    """One sample whose spectrum ties at DC and Nyquist (x̂ = (1, 0.3e^{0.7i}, −1, conj)) has a segment of DFT-ℓ1
+    minimisers ρ = (t, 0, −(1 − t), 0), t ∈ [0, 1]: not unique. The check must say so; with a second sample that
+    breaks the tie it must accept the vertex."""
+    from flowsim.analysis._limit import _unique_complex_l1
+
+    d = 4
+    spectrum = np.array([1.0, 0.3 * np.exp(0.7j), -1.0, 0.3 * np.exp(-0.7j)])
+    x = np.real(np.fft.ifft(spectrum, norm="ortho"))
+    A = np.fft.fft(x, norm="ortho")[None, :]  # rows a_i = y_i S x_i, S the unitary DFT
+    rho, mu = np.array([0.5, 0.0, -0.5, 0.0], dtype=complex), np.array([1.0])
+    assert np.allclose(np.real(np.conj(A) @ rho), 1.0)
+    np.testing.assert_allclose((A.T @ mu)[[0, 2]], [1.0, -1.0], atol=1e-12)  # stationarity on the support
+    unique, why = _unique_complex_l1(A, rho, mu, np.array([0, 2]), np.zeros(d, dtype=bool), None)
+    assert not unique and "support pairs" in why
+    # two samples with (DC, Nyquist) parts (2, 1) and (1, 2): the vertex ρ = (1/3, 0, 1/3, 0) with μ = (1/3, 1/3)
+    # is the unique minimiser
+    A2 = np.fft.fft(np.real(np.fft.ifft([[2.0, 0.1j, 1.0, -0.1j], [1.0, 0.2, 2.0, 0.2]], norm="ortho")),
+                    norm="ortho")
+    rho2, mu2 = np.array([1.0, 0.0, 1.0, 0.0], dtype=complex) / 3.0, np.array([1.0, 1.0]) / 3.0
+    assert np.allclose(np.real(np.conj(A2) @ rho2), 1.0)
+    np.testing.assert_allclose((A2.T @ mu2)[[0, 2]], [1.0, 1.0], atol=1e-12)
+    unique, why = _unique_complex_l1(A2, rho2, mu2, np.array([0, 2]), np.zeros(d, dtype=bool), None)
+    assert unique, why
 
 
 def test_too_short_trajectory_is_not_certified():

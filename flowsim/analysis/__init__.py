@@ -8,6 +8,7 @@ from ._kkt import KKTCertificate as KKTCertificate
 from ._kkt import kkt_certificate as kkt_certificate
 from ._kkt import kkt_residual as kkt_residual
 from ._limit import LimitDirection as LimitDirection
+from ._limit import SaddleEscape as SaddleEscape
 from ._limit import limit_direction as limit_direction
 from ._margins import MaxMarginSolution as MaxMarginSolution
 from ._margins import max_margin as max_margin

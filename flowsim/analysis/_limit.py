@@ -23,7 +23,7 @@ from ..networks import AbstractOrthogonallyDecomposableNetwork, FullyConnected
 from ._checks import as_labels, as_real_matrix
 from ._kkt import kkt_certificate
 
-__all__ = ["LimitDirection", "limit_direction"]
+__all__ = ["LimitDirection", "SaddleEscape", "limit_direction"]
 
 # Coordinates below this fraction of the largest are at the noise floor of the solve.
 _NOISE = 1e-9
@@ -56,6 +56,8 @@ class LimitDirection(NamedTuple):
             trajectory identified it).
         certified: True when every check passed (see `limit_direction`).
         message: what was checked, and in words what failed.
+        saddle: a `SaddleEscape` when the trajectory was certified by escaping a saddle (step 6 of
+            `limit_direction`), else None.
     """
 
     direction: Shaped[np.ndarray, " m"]
@@ -77,10 +79,51 @@ class LimitDirection(NamedTuple):
     repairs: int
     certified: bool
     message: str
+    saddle: "SaddleEscape | None" = None
+
+
+class SaddleEscape(NamedTuple):
+    """A saddle the trajectory is passing on its way to the limit (q = 1; see `limit_direction`, step 6).
+
+    Fields:
+        direction: the saddle ρ_s/‖ρ_s‖₂, the max-margin KKT point with the escaping coordinates held at zero.
+        rho: the saddle scaled to smallest margin 1.
+        multipliers: its μ, shape (n,).
+        coordinates: the escaping coordinates J (with their conjugate partners).
+        dual: |v_j| = |Σ_i μ_i a_ij| on J (one per conjugate pair), all > 1: the saddle is not a minimiser.
+        predicted_exponent: |v_j| − 1, the power of log t at which ρ_j/max|ρ| grows near the saddle.
+        measured_exponent: the trajectory's log-log slope of |ρ_j|/max|ρ| over the tail.
+        distance: 1 − cos of each saved iterate to the saddle, shape (n_save,).
+        kkt_residual: the saddle's KKT residual (of the problem with ρ_J = 0).
+        log10_escape_log_t: log10 of the log t at which ρ_J would reach its share in the limit at this rate.
+    """
+
+    direction: Shaped[np.ndarray, " m"]
+    rho: Shaped[np.ndarray, " m"]
+    multipliers: Float[np.ndarray, " n"]
+    coordinates: Int[np.ndarray, " k"]
+    dual: Float[np.ndarray, " e"]
+    predicted_exponent: Float[np.ndarray, " e"]
+    measured_exponent: Float[np.ndarray, " e"]
+    distance: Float[np.ndarray, " n_save"]
+    kkt_residual: float
+    log10_escape_log_t: float
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Input handling
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
+    if not 0.0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    return value
 
 
 def _coordinates(traj: Trajectory, q, transform):
@@ -401,13 +444,20 @@ def _unique(A, rho, mu, S_idx, A_idx, q, sign_constraint, frozen, is_complex) ->
 
     q = 2: strictly convex, always. q = 1 (real): the LP optimum is unique when the vertex is non-degenerate and
     strictly complementary: Z_{A,S} square and well conditioned, μ_A > 0, and the dual bound strict off the
-    support (|v_j| < 1, or v_j < 1 one-sided) — then no direction keeps optimality. Complex q = 1 and q < 1: not
-    decided here (False).
+    support (|v_j| < 1, or v_j < 1 one-sided) — then no direction keeps optimality. q < 1: not decided (False).
+
+    Complex q = 1 (a group ℓ1 over conjugate pairs): with v = Σ_i μ_i a_i, every minimiser ρ' has
+    ρ'_j/|ρ'_j| = v_j on its support, so when |v_j| < 1 off the support ρ' = Σ_{pairs p ⊆ S} t_p v_p with t ≥ 0
+    (ρ' Hermitian-symmetric, as a real network's is) and, by complementary slackness, Re⟨a_i, ρ'⟩ = 1 for
+    every i with μ_i > 0. That linear system in t, M_{ip} = Σ_{j∈p} Re(conj(a_ij) v_j), has only the solution
+    t of ρ when M has full column rank: then ρ is the unique minimiser.
     """
     if q == 2.0:
         return True, "strictly convex"
-    if q != 1.0 or is_complex:
-        return False, "q < 1 is non-convex" if q < 1.0 else "uniqueness is not checked for complex coordinates"
+    if q != 1.0:
+        return False, "q < 1 is non-convex"
+    if is_complex:
+        return _unique_complex_l1(A, rho, mu, S_idx, frozen, sign_constraint)
     Z = A[np.ix_(A_idx, S_idx)]
     if Z.shape[0] != Z.shape[1]:
         return False, f"degenerate vertex ({Z.shape[0]} active samples, {Z.shape[1]} support coordinates)"
@@ -428,6 +478,33 @@ def _unique(A, rho, mu, S_idx, A_idx, q, sign_constraint, frozen, is_complex) ->
         if np.min(slack) <= 1e-9:
             return False, "the dual bound is tight off the support (not strictly complementary)"
     return True, "non-degenerate LP vertex"
+
+
+def _unique_complex_l1(A, rho, mu, S_idx, frozen, sign_constraint) -> tuple[bool, str]:
+    """The complex q = 1 branch of `_unique` (see there)."""
+    if sign_constraint is not None and np.any(sign_constraint != 0):
+        return False, "uniqueness is not checked for sign-constrained complex coordinates"
+    m = A.shape[1]
+    positive = mu > 1e-9 * max(np.max(mu), 1e-300)
+    if not np.any(positive):
+        return False, "no positive multiplier"
+    v = A.T @ mu
+    in_S = np.zeros(m, dtype=bool)
+    in_S[S_idx] = True
+    off = ~in_S & ~frozen
+    if np.any(off) and np.max(np.abs(v[off])) >= 1.0 - 1e-9:
+        return False, "the dual bound is tight off the support (|v_j| = 1 at a zero coordinate)"
+    partner = _partners(A)
+    reps = [j for j in S_idx if partner[j] >= j]
+    M = np.stack([np.real(np.conj(A[positive, j]) * v[j]) + (np.real(np.conj(A[positive, partner[j]]) * v[partner[j]])
+                                                             if partner[j] != j else 0.0) for j in reps], axis=1)
+    if M.shape[0] < M.shape[1]:
+        return False, f"more support pairs ({M.shape[1]}) than support vectors with μ_i > 0 ({M.shape[0]})"
+    sv = np.linalg.svd(M, compute_uv=False)
+    if sv[-1] <= 1e-10 * sv[0]:
+        return False, "the margin map on the support is not injective (a face of minimisers)"
+    return True, ("strictly complementary complex ℓ1 point with an injective margin map on its support "
+                  f"({M.shape[1]} conjugate pairs, {M.shape[0]} support vectors)")
 
 
 def _partners(A: np.ndarray) -> np.ndarray:
@@ -467,6 +544,7 @@ def limit_direction(
     max_repairs: int | None = None,
     search_width: int = 6,
     decay_slope: float = 0.2,
+    escape_rtol: float = 0.25,
 ) -> LimitDirection:
     """Estimate the limit direction of a classification trajectory from its late part, with a KKT certificate.
 
@@ -553,12 +631,8 @@ def limit_direction(
     for name, value in (("max_repairs", max_repairs), ("search_width", search_width)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
-    try:
-        decay_slope = float(decay_slope)
-    except (TypeError, ValueError):
-        raise ValueError(f"decay_slope must be a positive number; got {decay_slope!r}") from None
-    if not 0.0 < decay_slope < math.inf:
-        raise ValueError(f"decay_slope must be a positive number; got {decay_slope!r}")
+    decay_slope = _positive(decay_slope, "decay_slope")
+    escape_rtol = _positive(escape_rtol, "escape_rtol")
     is_complex = np.iscomplexobj(S) and np.max(np.abs(np.imag(S))) > 0
     if not is_complex:
         S = np.real(S)
@@ -615,16 +689,16 @@ def limit_direction(
             f"the last save does not separate the data (smallest margin {np.min(margins_tail[-1]):.3g}); "
             "the trajectory is not in the max-margin regime"
         )
-    read_S, read_A = in_S.copy(), in_A.copy()
+    read_S, read_A, read_signs = in_S.copy(), in_A.copy(), signs.copy()
 
     # (4) solve the restricted KKT system on the structure read off the trajectory; if it fails, search the
     # structures within two edits of it (borderline coordinates and samples first), then repair greedily
-    def evaluate(S_mask, A_mask):
+    def evaluate(S_mask, A_mask, fixed=frozen):
         S_idx, A_idx = np.flatnonzero(S_mask), np.flatnonzero(A_mask)
         sol = _solve_restricted(A, S_idx, signs, A_idx, q, last, is_complex, partner)
         mrg = np.real(np.conj(A) @ sol.rho)
         if sol.ok and np.all(np.isfinite(sol.rho)) and np.min(mrg) > 0:
-            chk = _check(A, sol.rho, sol.mu, S_idx, signs, q, sign_constraint, frozen, is_complex)
+            chk = _check(A, sol.rho, sol.mu, S_idx, signs, q, sign_constraint, fixed, is_complex)
         else:
             chk = _Check(math.inf, math.inf, math.inf, math.inf, math.inf, math.inf, -1, -1, -1, -1)
         return sol, chk, S_idx, A_idx
@@ -652,38 +726,44 @@ def limit_direction(
                 best = cand
             if cand[1].residual <= kkt_tol:
                 break
-    steps = 0
-    visited = set()
-    current = best
-    while current[1].residual > kkt_tol and steps < max_repairs:
-        sol, chk, S_idx, A_idx = current
-        in_S = np.zeros(m, dtype=bool)
-        in_S[S_idx] = True
-        in_A = np.zeros(n, dtype=bool)
-        in_A[A_idx] = True
-        key = (tuple(S_idx), tuple(A_idx))
-        if key in visited:
-            break
-        visited.add(key)
-        if chk.worst_sample >= 0 and chk.primal > kkt_tol:
-            in_A[chk.worst_sample] = True
-        elif chk.worst_mu >= 0 and chk.mu_negative > kkt_tol:
-            in_A[chk.worst_mu] = False
-        elif chk.wrong_sign >= 0:
-            in_S[[chk.wrong_sign, partner[chk.wrong_sign]]] = False
-        elif chk.worst_coord >= 0 and chk.dual > kkt_tol:
-            j = chk.worst_coord
-            in_S[[j, partner[j]]] = True
-            v = A.T @ sol.mu
-            signs[[j, partner[j]]] = _phase(v[[j, partner[j]]]) if is_complex else np.sign(np.real(v[j]))
-        else:
-            break
-        steps += 1
-        current = evaluate(in_S, in_A)
-        if not current[1].residual < math.inf:
-            break
-        if current[1].residual < best[1].residual:
-            best = current
+
+    def repair(current, fixed=frozen):
+        """Greedy active-set repairs from `current`; coordinates in `fixed` stay at zero. The best point found."""
+        best = current
+        steps = 0
+        visited = set()
+        while current[1].residual > kkt_tol and steps < max_repairs:
+            sol, chk, S_idx, A_idx = current
+            in_S = np.zeros(m, dtype=bool)
+            in_S[S_idx] = True
+            in_A = np.zeros(n, dtype=bool)
+            in_A[A_idx] = True
+            key = (tuple(S_idx), tuple(A_idx))
+            if key in visited:
+                break
+            visited.add(key)
+            if chk.worst_sample >= 0 and chk.primal > kkt_tol:
+                in_A[chk.worst_sample] = True
+            elif chk.worst_mu >= 0 and chk.mu_negative > kkt_tol:
+                in_A[chk.worst_mu] = False
+            elif chk.wrong_sign >= 0:
+                in_S[[chk.wrong_sign, partner[chk.wrong_sign]]] = False
+            elif chk.worst_coord >= 0 and chk.dual > kkt_tol:
+                j = chk.worst_coord
+                in_S[[j, partner[j]]] = True
+                v = A.T @ sol.mu
+                signs[[j, partner[j]]] = _phase(v[[j, partner[j]]]) if is_complex else np.sign(np.real(v[j]))
+            else:
+                break
+            steps += 1
+            current = evaluate(in_S, in_A, fixed)
+            if not current[1].residual < math.inf:
+                break
+            if current[1].residual < best[1].residual:
+                best = current
+        return best
+
+    best = repair(best)
 
     sol, chk, S_idx, A_idx = best
     final_S, final_A = np.zeros(m, dtype=bool), np.zeros(n, dtype=bool)
@@ -736,13 +816,52 @@ def limit_direction(
     approaching = bool(np.all(np.isfinite(dist_tail))) and (
         dist_tail[-1] <= 1e-13 or (dist_tail[-1] < dist_tail[0] and dslope < 0)
     )
+    structure_read = repairs == 0
+    unique, why = _unique(A, rho, mu, S_idx, A_idx, q, sign_constraint, frozen, is_complex) if ok_kkt else (False, "")
+
+    # (6) saddle escape: a trajectory that is not (yet) approaching the unique minimiser may be passing a saddle,
+    # the KKT point with some support coordinates J of the estimate held at zero. There v_j = Σ_i μ_i a_ij has
+    # |v_j| > 1 on J, so ρ_J grows relative to the support like (log t)^{|v_j| − 1}; the limit cannot be the
+    # saddle, and the unique minimiser is the only candidate left.
+    saddle = None
+    if ok_kkt and unique and separated and not approaching and q == 1.0 and not fallback:
+        share_last = rel[-1]
+        share_est = np.abs(rho) / np.max(np.abs(rho))
+        lagging = sorted((share_last[j] / share_est[j], j) for j in S_idx
+                         if partner[j] >= j and share_last[j] < 0.5 * share_est[j])
+        signs[:] = read_signs
+        for count in range(1, min(3, len(lagging)) + 1):
+            escaping = np.array([j for _, j in lagging[:count]], dtype=int)
+            J = np.zeros(m, dtype=bool)
+            J[escaping] = True
+            J[partner[escaping]] = True
+            fixed = frozen | J
+            s_sol, s_chk, s_S, s_A = repair(evaluate(final_S & ~J, read_A, fixed), fixed)
+            if not (s_chk.residual <= kkt_tol and np.any(s_sol.rho != 0)):
+                continue
+            s_dir = s_sol.rho / np.linalg.norm(s_sol.rho)
+            s_dist = _cosine_distance(coords, s_dir)
+            s_tail = s_dist[idx]
+            s_slope = float(_slopes(tau, np.maximum(np.nan_to_num(s_tail, nan=1.0), 1e-300)[:, None])[0])
+            toward = bool(np.all(np.isfinite(s_tail))) and s_tail[-1] < s_tail[0] and s_slope < 0 \
+                and s_tail[-1] < dist_tail[-1]
+            dual = np.abs(A.T @ s_sol.mu)[escaping]
+            predicted, measured = dual - 1.0, slope_c[escaping]
+            agree = bool(np.all(predicted > 0) and np.all(np.abs(measured - predicted) <= escape_rtol * predicted))
+            if toward and agree:
+                with np.errstate(divide="ignore"):
+                    reach = np.log10(tau[-1]) + np.log10(share_est[escaping] / share_last[escaping]) / predicted
+                saddle = SaddleEscape(direction=s_dir, rho=s_sol.rho, multipliers=s_sol.mu, coordinates=np.flatnonzero(J),
+                                      dual=dual, predicted_exponent=predicted, measured_exponent=measured,
+                                      distance=s_dist, kkt_residual=float(s_chk.residual),
+                                      log10_escape_log_t=float(np.max(reach)))
+                break
     if not approaching:
         msgs.append(
             f"the trajectory is not approaching the estimate over the tail (1 − cos from {dist_tail[0]:.2e} to "
             f"{dist_tail[-1]:.2e}, log-log slope {dslope:.2f})"
+            + ("" if saddle is None else "; it is passing a saddle instead (below)")
         )
-    structure_read = repairs == 0
-    unique, why = _unique(A, rho, mu, S_idx, A_idx, q, sign_constraint, frozen, is_complex) if ok_kkt else (False, "")
     structure_ok = structure_read or unique
     repair_note = (f"the structure read from the trajectory ({n_read}) needed {repairs} correction(s) to reach "
                    f"the KKT point (support {len(S_idx)}, active set {len(A_idx)})")
@@ -753,7 +872,17 @@ def limit_direction(
         msgs.append("every restricted KKT solve failed, so `direction` is just the last iterate")
     if not separated:
         msgs.extend(notes)
-    certified = bool(ok_kkt and approaching and structure_ok and separated)
+    certified = bool(ok_kkt and (approaching or saddle is not None) and structure_ok and separated)
+    if saddle is not None:
+        msgs.append(
+            f"the trajectory approaches a saddle, the KKT point with ρ_j = 0 for j in {saddle.coordinates.tolist()} "
+            f"(residual {saddle.kkt_residual:.1e}; 1 − cos from {saddle.distance[idx][0]:.2e} to "
+            f"{saddle.distance[-1]:.2e}), where |v_j| = {np.array2string(saddle.dual, precision=4)} > 1, so those "
+            f"coordinates grow relative to the support like (log t)^(|v_j| − 1): measured log-log slope "
+            f"{np.array2string(saddle.measured_exponent, precision=4)} vs predicted "
+            f"{np.array2string(saddle.predicted_exponent, precision=4)}; the limit is not the saddle"
+            f" (at this rate they reach their share of the estimate near log t ≈ 10^{saddle.log10_escape_log_t:.0f})"
+        )
     if certified and not structure_read:
         msgs.append(f"{repair_note}; it is the unique minimiser of the convex problem ({why}), hence the limit")
     sign_desc = "free" if sign_constraint is None else f"{int(np.sum(sign_constraint != 0))} sign-locked"
@@ -787,4 +916,5 @@ def limit_direction(
         repairs=int(repairs),
         certified=certified,
         message=message,
+        saddle=saddle,
     )
