@@ -582,8 +582,16 @@ def limit_direction(
        `kkt_certificate` for ODNs; the data separated at the last save; the trajectory's distance 1 − cos to
        the estimate decreasing over the tail; and either the structure was read off the trajectory unchanged
        (`repairs` = 0) or the problem is convex with a provably unique minimiser (q = 2; q = 1 real at a
-       non-degenerate, strictly complementary vertex), which by the theorem is then the limit. Otherwise
-       `certified=False` and `message` says in words which check failed; the best point found is returned.
+       non-degenerate, strictly complementary vertex; complex q = 1 strictly complementary with an injective
+       margin map on the support), which by the theorem is then the limit. Otherwise `certified=False` and
+       `message` says in words which check failed; the best point found is returned.
+    6. saddle escape (q = 1, unique minimiser): when some support coordinates J of the estimate have at the last
+       save less than half their share of max|ρ| in the estimate, the KKT point with ρ_J held at zero is solved.
+       If the trajectory approaches it, its duals |v_j| = |Σ_i μ_i a_ij| exceed 1 on J and ρ_J/max|ρ| grows over
+       the tail at the rate they predict, (log t)^(|v_j| − 1) (within `escape_rtol`, relative), the flow is
+       passing that saddle: it cannot be the limit (ρ_J would outgrow the support), so the unique minimiser is,
+       even when the trajectory is not yet approaching it (which may take until log t ~ 10^45: the rate is a
+       power of log t). Reported in `saddle`; it can stand in for the "approaching" check of step 5.
 
     **Sign constraints** (`sign`): a balanced same-sign initialisation keeps the sign of ρ_j forever (science.md
     §2), so its limit is a KKT point of the *sign-constrained* problem (which matters for q = 1). ``"auto"``
@@ -595,7 +603,7 @@ def limit_direction(
     `X` (n, d), `y` (n,) of ±1; `q` or `depth` (q = 2/depth) to override the exponent; `transform` to override S;
     `tail` a fraction of the finite saves (at least 3 saves) or a (lo, hi) window of log t; `kkt_tol`;
     `max_repairs` (greedy repairs, default 2(n + m)); `search_width` (borderline coordinates and samples each
-    in the two-edit search); `decay_slope` (the support threshold of step 1).
+    in the two-edit search); `decay_slope` (the support threshold of step 1); `escape_rtol` (step 6).
 
     For a fully connected network `depth` still means q = 2/depth; leave it unset (q = 2 is the theory there).
     """
