@@ -192,7 +192,7 @@ def plot_saddle(results, keys):
     """The slowest coordinate of each depth-2 ODN limit: its share of max|ρ| along the flow against its share in
     the limit; for a flow passing a saddle, the predicted (log t)^(|v_j| − 1) growth extrapolated to the limit."""
     keys = [k for k in keys if k.endswith("_L2") and not k.startswith("fully")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         log_t = results[f"{key}/flow/log_t"]
         keep = np.isfinite(log_t) & (log_t > 0)
@@ -215,7 +215,6 @@ def plot_saddle(results, keys):
         ax.set(xlabel="log t", ylabel="share of the largest coordinate")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("The coordinate the flow is missing: escape from a saddle on the log log t scale")
-    fig.tight_layout()
     return fig
 
 
