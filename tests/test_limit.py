@@ -252,6 +252,23 @@ def test_saddle_escape_must_match_its_predicted_rate(saddle_run):
             fs.analysis.limit_direction(traj, X, y, escape_rtol=bad)
 
 
+def test_limit_coordinate_started_small_falls_back_to_the_convex_structure():
+    """A sign-free depth-2 diagonal net whose coordinate 13 (in the ℓ1 LP's support, share 0.1) starts 100×
+    smaller than the others: at log t = 10^3 the trajectory is still 5e-2 away and its support (11 coordinates)
+    leads to no KKT point; the structure then comes from the convex solver, and the estimate must equal the
+    HiGHS LP (perturbation-checked unique) while the trajectory approaches it."""
+    X, y = planted(0)
+    direction = np.ones(20)
+    direction[13] = 1e-2
+    net = fs.networks.Diagonal.init(20, depth=2, scale=0.1, shape="last_zero", direction=jnp.asarray(direction))
+    res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
+    reference = unique_l1_direction(X, y, nonnegative=False)
+    assert res.certified, res.message
+    assert "convex solver" in res.message and res.repairs > 0
+    assert_much_better(res, reference, 1e-12)
+    assert res.last_iterate_error > 1e-2
+
+
 def test_complex_l1_uniqueness_check():
     """One sample whose spectrum ties at DC and Nyquist (x̂ = (1, 0.3e^{0.7i}, −1, conj)) has a segment of DFT-ℓ1
     minimisers ρ = (t, 0, −(1 − t), 0), t ∈ [0, 1]: not unique. The check must say so; with a second sample that

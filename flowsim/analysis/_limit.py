@@ -22,6 +22,7 @@ from .._trajectory import Trajectory
 from ..networks import AbstractOrthogonallyDecomposableNetwork, FullyConnected
 from ._checks import as_labels, as_real_matrix
 from ._kkt import kkt_certificate
+from ._margins import max_margin_solution
 
 __all__ = ["LimitDirection", "SaddleEscape", "limit_direction"]
 
@@ -772,6 +773,23 @@ def limit_direction(
         return best
 
     best = repair(best)
+    notes_structure = []
+    if best[1].residual > kkt_tol and q in (1.0, 2.0) and separated and not np.any(frozen):
+        # The trajectory's structure led to no KKT point (typically: it is still far from the limit, e.g. at a
+        # saddle). The problem is convex: take the structure of its minimiser from a convex solver instead; the
+        # certificate then rests on uniqueness and on the trajectory's behaviour (steps 5 and 6).
+        try:
+            convex = max_margin_solution(X, y, p=q, transform=S, sign=sign_constraint)
+        except (ValueError, RuntimeError):
+            convex = None
+        if convex is not None:
+            signs[:] = _phase(convex.rho) if is_complex else np.sign(np.real(convex.rho))
+            cand = evaluate(np.abs(convex.rho) > 1e-9 * np.max(np.abs(convex.rho)), convex.active)
+            cand = repair(cand)
+            if cand[1].residual < best[1].residual:
+                best = cand
+                notes_structure.append("the structure was taken from a convex solver (fs.analysis.max_margin), as "
+                                       "none near the trajectory's gave a KKT point")
 
     sol, chk, S_idx, A_idx = best
     final_S, final_A = np.zeros(m, dtype=bool), np.zeros(n, dtype=bool)
@@ -819,7 +837,7 @@ def limit_direction(
     beta = beta / np.linalg.norm(beta) if np.any(beta != 0) else beta
     distance = _cosine_distance(coords, direction) if np.any(direction != 0) else np.full(log_t.shape, np.nan)
     dist_tail = distance[idx]
-    last_err = float(distance[-1])
+    last_err = float(distance[idx[-1]])  # the tail's last save (a window may end before the trajectory does)
     dslope = float(_slopes(tau, np.maximum(np.nan_to_num(dist_tail, nan=1.0), 1e-300)[:, None])[0])
     approaching = bool(np.all(np.isfinite(dist_tail))) and (
         dist_tail[-1] <= 1e-13 or (dist_tail[-1] < dist_tail[0] and dslope < 0)
@@ -885,7 +903,7 @@ def limit_direction(
         msgs.append(
             f"the trajectory approaches a saddle, the KKT point with ρ_j = 0 for j in {saddle.coordinates.tolist()} "
             f"(residual {saddle.kkt_residual:.1e}; 1 − cos from {saddle.distance[idx][0]:.2e} to "
-            f"{saddle.distance[-1]:.2e}), where |v_j| = {np.array2string(saddle.dual, precision=4)} > 1, so those "
+            f"{saddle.distance[idx[-1]]:.2e}), where |v_j| = {np.array2string(saddle.dual, precision=4)} > 1, so those "
             f"coordinates grow relative to the support like (log t)^(|v_j| − 1): measured log-log slope "
             f"{np.array2string(saddle.measured_exponent, precision=4)} vs predicted "
             f"{np.array2string(saddle.predicted_exponent, precision=4)}; the limit is not the saddle"
@@ -893,6 +911,7 @@ def limit_direction(
         )
     if certified and not structure_read:
         msgs.append(f"{repair_note}; it is the unique minimiser of the convex problem ({why}), hence the limit")
+    msgs.extend(notes_structure)
     sign_desc = "free" if sign_constraint is None else f"{int(np.sum(sign_constraint != 0))} sign-locked"
     head = (f"{kind}, q = {q:g}, tail log t in [{tau[0]:.4g}, {tau[-1]:.4g}] ({idx.size} saves), {sign_desc} "
             f"coordinates; support {len(S_idx)}, active set {len(A_idx)}, KKT residual {residual:.1e}, "
