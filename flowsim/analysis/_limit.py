@@ -577,7 +577,9 @@ def limit_direction(
        log|ρ_j|, phases and μ, from the rescaled last iterate with μ from NNLS; ρ kept Hermitian-symmetric).
        If the KKT checks fail, structures within two edits of the one read (the `search_width` most borderline
        coordinates and samples) are tried, then greedy active-set repairs (add the most violated sample or
-       off-support coordinate, drop a negative multiplier or a flipped sign), at most `max_repairs`;
+       off-support coordinate, drop a negative multiplier or a flipped sign), at most `max_repairs`. If still no
+       KKT point is found and the problem is convex (q = 1 or 2, no frozen coordinate), the structure of the
+       convex solver's minimiser (`max_margin_solution`) is used instead (said in `message`);
     5. certificate (`certified`): `kkt_residual` ≤ `kkt_tol` (stationarity, dual feasibility off the support,
        μ ≥ 0, primal feasibility of *every* sample, sign constraints), agreed by the independent
        `kkt_certificate` for ODNs; the data separated at the last save; the trajectory's distance 1 − cos to
