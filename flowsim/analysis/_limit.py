@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float, Int, Shaped
 
 from .._trajectory import Trajectory
 from ..networks import AbstractOrthogonallyDecomposableNetwork, FullyConnected
-from ._checks import as_labels, as_real_matrix
+from ._checks import as_labels, as_positive, as_real_matrix
 from ._kkt import kkt_certificate
 from ._margins import max_margin_solution
 
@@ -116,15 +116,10 @@ class SaddleEscape(NamedTuple):
 
 
 def _positive(value, name: str) -> float:
+    """`as_positive`, refusing booleans (True would read as 1.0)."""
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be a positive number; got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
-    if not 0.0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive number; got {value!r}")
-    return value
+    return as_positive(value, name)
 
 
 def _coordinates(traj: Trajectory, q, transform):
