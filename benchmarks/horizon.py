@@ -114,7 +114,7 @@ def run(log_t1: float, scale: float = 0.1):
 def scipy_lsoda(problem, X, y, reference, log_horizon, budget):
     """LSODA on the same field (jitted), linear time, stopped once `budget` seconds pass."""
     theta0, unravel, static = fs._flow.flatten_model(problem.model)
-    field = fs._flow.GradientFlowField(problem, unravel, static, log_time=False)
+    _, field = fs._flow.make_field(problem, log_time=False)
     rhs = jax.jit(lambda theta: field(0.0, theta))
     rhs(theta0).block_until_ready()
     state = dict(evals=0, t=0.0, theta=np.asarray(theta0))

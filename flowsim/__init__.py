@@ -9,6 +9,8 @@ import jax as _jax
 # Tolerances below 1e-7 and horizons like t = e^(10^6) are meaningless in float32.
 _jax.config.update("jax_enable_x64", True)
 
+from ._flow import ModifiedFlow as ModifiedFlow
+from ._flow import modified_flow as modified_flow
 from ._gd import gradient_descent as gradient_descent
 from ._losses import AbstractLoss as AbstractLoss
 from ._losses import Exponential as Exponential

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._flow import GradientFlowField, flatten_model
+from ._flow import make_field
 from ._problem import Problem
 from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_losses
 
@@ -53,7 +53,7 @@ def gradient_descent(problem: Problem, lr: float, steps: int, n_save: int = 100)
         ("steps", int(steps)),
         ("t1", float(lr) * int(steps)),
         ("log_t1", math.log(float(lr) * int(steps))),
-        ("num_params", int(flatten_model(problem.model)[0].shape[-1])),
+        ("num_params", int(make_field(problem, False)[0].shape[-1])),
     )
     return run_timed(_run, problem, jnp.asarray(float(lr)), jnp.asarray(np.diff(save_steps)),
                      jnp.asarray(save_steps), metadata)
@@ -61,8 +61,7 @@ def gradient_descent(problem: Problem, lr: float, steps: int, n_save: int = 100)
 
 @eqx.filter_jit
 def _run(problem, lr, segment_lengths, save_steps, metadata) -> Trajectory:
-    theta0, unravel, static_model = flatten_model(problem.model)
-    field = GradientFlowField(problem, unravel, static_model, log_time=False)
+    theta0, field = make_field(problem, log_time=False)
 
     def loss_is_finite(predictions):
         return jnp.isfinite(problem.loss.value(predictions, problem.y))

@@ -21,6 +21,34 @@ def _to_double(leaf):
     return leaf
 
 
+def _trainable_mask(model, trainable) -> tuple[bool, ...]:
+    """Resolve an Equinox filter spec into one bool per leaf: inexact arrays it selects."""
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    if trainable is None:
+        return tuple(bool(eqx.is_inexact_array(leaf)) for leaf in leaves)
+    if callable(trainable) and not isinstance(trainable, eqx.Module):
+        chosen = []
+        for leaf in leaves:
+            pick = trainable(leaf)
+            if not isinstance(pick, (bool, np.bool_)):
+                raise TypeError(f"trainable(leaf) must return True or False, got {pick!r}")
+            chosen.append(bool(pick))
+    else:
+        try:
+            spec_leaves = treedef.flatten_up_to(trainable)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "trainable must be a callable leaf -> bool, or a pytree of bools with the model's structure "
+                f"(e.g. from jax.tree.map(lambda _: False, model)); it does not match the model: {error}"
+            ) from error
+        chosen = []
+        for spec in spec_leaves:
+            if not isinstance(spec, (bool, np.bool_)):
+                raise TypeError(f"trainable must hold True/False for every leaf, got {spec!r}")
+            chosen.append(bool(spec))
+    return tuple(pick and bool(eqx.is_inexact_array(leaf)) for pick, leaf in zip(chosen, leaves))
+
+
 def _require_finite(name: str, value) -> None:
     if is_concrete(value):
         array = np.asarray(value)
@@ -41,6 +69,9 @@ class Problem(eqx.Module):
     - ``y``: targets, shape (n,) (labels ±1 for classification) or (n, k).
     - ``loss``: ``"squared"`` (ℓ = ½‖f − y‖²), ``"logistic"`` (ℓ = log(1 + e^{−yf})) or
       ``"exponential"`` (ℓ = e^{−yf}), or an ``AbstractLoss`` instance.
+    - ``trainable``: which leaves are θ — an Equinox filter spec, i.e. a callable leaf → bool or
+      a pytree of bools shaped like ``model`` (default: every inexact-array leaf). Leaves it
+      excludes stay fixed exactly (e.g. the fixed outer layer of Frei et al. 2023).
 
     A ``Problem`` is a pytree: stack several with ``jax.tree.map(jnp.stack, …)`` and
     ``eqx.filter_vmap`` over them.
@@ -50,16 +81,20 @@ class Problem(eqx.Module):
     X: Float[Array, "n d"]
     y: Float[Array, "n *k"]
     loss: AbstractLoss
+    # One bool per leaf of `model` (in tree order): which leaves are θ. Static, so stacked
+    # problems (vmap) share it and it never becomes an array.
+    trainable_mask: tuple[bool, ...] = eqx.field(static=True)
 
-    def __init__(self, model, X, y, loss: "str | AbstractLoss" = "squared"):
+    def __init__(self, model, X, y, loss: "str | AbstractLoss" = "squared", trainable=None):
         self.loss = loss_from_name(loss)
         if not isinstance(model, eqx.Module):
             raise TypeError(f"model must be an equinox.Module, got {type(model).__name__}")
-        leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
-        if not leaves:
+        self.trainable_mask = _trainable_mask(model, trainable)
+        if not any(self.trainable_mask):
             raise ValueError(
-                f"model {type(model).__name__} has no trainable arrays: gradient flow needs at least one "
-                "floating-point array leaf (θ)"
+                f"model {type(model).__name__} has no trainable arrays"
+                + ("" if trainable is None else " selected by `trainable`")
+                + ": gradient flow needs at least one floating-point array leaf (θ)"
             )
         X = jnp.asarray(X, dtype=jnp.float64) if is_concrete(X) else X
         y = jnp.asarray(y, dtype=jnp.float64) if is_concrete(y) else y
@@ -100,6 +135,13 @@ class Problem(eqx.Module):
         self.model = jax.tree_util.tree_map(_to_double, model)
         self.X = X
         self.y = y
+
+    def partition(self, model=None) -> tuple[PyTree, PyTree]:
+        """(θ leaves, the fixed rest) of ``model`` (default: the problem's), as ``eqx.partition``."""
+        model = self.model if model is None else model
+        leaves, treedef = jax.tree_util.tree_flatten(model)
+        spec = jax.tree_util.tree_unflatten(treedef, list(self.trainable_mask[: len(leaves)]))
+        return eqx.partition(model, spec)
 
     @property
     def num_samples(self) -> int:

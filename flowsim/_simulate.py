@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from ._flow import GradientFlowField, flatten_model, time_from_log_t
+from ._flow import ModifiedFlow, base_problem, make_field, time_from_log_t
 from ._problem import Problem, is_concrete
 from ._progress import LogTimeProgressMeter
 from ._solvers import (
@@ -124,8 +124,8 @@ def simulate(
     Pure: works under ``jax.jit`` and ``eqx.filter_vmap`` (one compiled solve for a batch;
     each member keeps its own step sizes and its own ``ok``).
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
+    if not isinstance(problem, (Problem, ModifiedFlow)):
+        raise TypeError(f"problem must be a flowsim.Problem (or fs.modified_flow(...)), got {type(problem).__name__}")
     if (t1 is None) == (log_t1 is None):
         raise ValueError("give exactly one horizon: t1 (physical time) or log_t1 (t1 = e^log_t1), "
                          f"got t1={t1!r}, log_t1={log_t1!r}")
@@ -160,7 +160,7 @@ def simulate(
         raise ValueError(f"target_log_loss must be a finite real number (log ε), got {target_log_loss!r}")
     grid_log_t = _save_grid(log_horizon, n_save, save_log_t)
 
-    theta0, _, _ = flatten_model(problem.model)
+    theta0, _ = make_field(problem, log_time)
     solver_name = resolve_solver_name(solver, log_time)
     config = _Config(
         solver=solver_name,
@@ -202,8 +202,8 @@ class _TimeBisection(optx.Bisection):
 
 @eqx.filter_jit
 def _solve(problem: Problem, save_times, target, config: _Config, metadata) -> Trajectory:
-    theta0, unravel, static_model = flatten_model(problem.model)
-    field = GradientFlowField(problem, unravel, static_model, config.log_time)
+    theta0, field = make_field(problem, config.log_time)
+    problem = base_problem(problem)
     solver = make_solver(config.solver, config.rtol, config.atol, config.linear_solver)
     terms = make_terms(config.solver, field)
     time1 = jnp.asarray(config.time1)
