@@ -1,13 +1,14 @@
 """Discrete gradient descent θ_{k+1} = θ_k − η ∇L(θ_k), as a compiled loop."""
 
+import dataclasses
 import math
-import numbers
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import as_int, as_real_scalar, is_traced
 from ._flow import make_field
 from ._problem import Problem
 from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_losses
@@ -28,39 +29,102 @@ def gd_save_steps(steps: int, n_save: int) -> np.ndarray:
     return ks
 
 
-def gradient_descent(problem: Problem, lr: float, steps: int, n_save: int = 100) -> Trajectory:
-    """Plain gradient descent with step ``lr`` for ``steps`` steps; t = k·lr.
+def _explicit_save_steps(save_steps, steps) -> np.ndarray:
+    """``save_steps`` checked: 1-d, integers, ≥ 0, strictly increasing, ending at ``steps`` (if given)."""
+    if is_traced(save_steps):
+        raise TypeError("save_steps must be concrete step indices (they fix the save grid), not a traced value")
+    grid = np.asarray(save_steps)
+    if grid.ndim != 1 or grid.size == 0:
+        raise ValueError(f"save_steps must be a non-empty 1-d array of step indices, got shape {grid.shape}")
+    if grid.dtype.kind not in "iu":
+        as_float = grid.astype(np.float64) if grid.dtype.kind == "f" else None
+        if as_float is None or not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+            raise TypeError(f"save_steps must be integer step indices, got {grid[:6].tolist()} (dtype {grid.dtype})")
+    grid = grid.astype(np.int64)
+    if grid[0] < 0:
+        raise ValueError(f"save_steps must be ≥ 0, got {int(grid[0])}")
+    if np.any(np.diff(grid) <= 0):
+        bad = int(np.argmax(np.diff(grid) <= 0))
+        raise ValueError(
+            f"save_steps must be strictly increasing, got {int(grid[bad])} then {int(grid[bad + 1])} at index {bad}"
+        )
+    if steps is not None and int(grid[-1]) != steps:
+        raise ValueError(f"save_steps must end at steps = {steps} (the run's last step), got {int(grid[-1])}")
+    if grid[-1] < 1:
+        raise ValueError(f"save_steps must reach at least step 1, got {grid.tolist()}")
+    return grid
 
-    Returns the same ``Trajectory`` type as ``simulate``, saved at log-spaced steps
-    (k = 0, …, steps). If the loss becomes non-finite the run stops there: ``ok`` is False,
-    ``message`` gives the step, and saves from that point on are NaN (never numbers that
-    look like results). Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
+
+def _check_lr(lr):
+    """lr as a float64 0-d array; concrete values are checked now, traced ones inside the run."""
+    lr = as_real_scalar("lr", lr, finite=False)
+    if not is_traced(lr):
+        value = float(lr)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"lr must be positive and finite, got {value}")
+    return lr
+
+
+def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int | None = None, *,
+                     save_steps=None) -> Trajectory:
+    """Plain gradient descent θ_{k+1} = θ_k − η ∇L(θ_k) with step η = ``lr``; time t = k·η.
+
+    **Arguments:**
+
+    - ``problem``: a ``fs.Problem``.
+    - ``lr``: the step η > 0. A number or a 0-d array; it is a traced value, so a new ``lr``
+      does not recompile and ``eqx.filter_vmap`` over ``lr`` runs several steps at once (a
+      traced ``lr`` that is not positive and finite raises at run time).
+    - ``steps``: number of steps K (optional when ``save_steps`` is given: then its last entry).
+    - ``n_save``: save at most this many log-spaced steps 0 = k_0 < … < k_m = K (default 100;
+      small integers are de-duplicated, so fewer than ``n_save`` may come back).
+    - ``save_steps``: the step indices to save, exactly (strictly increasing integers ≥ 0,
+      ending at K), instead of ``n_save``. The trajectory then has exactly
+      ``len(save_steps)`` states, at times t_j = k_j·η — the grid to line GD up with
+      gradient flow at the same times (``fs.analysis.gf_vs_gd``).
+
+    **Returns:**
+
+    The same ``Trajectory`` type as ``simulate``. If the loss becomes non-finite the run stops
+    there: ``ok`` is False, ``message`` gives the step, and saves from that point on are NaN
+    (never numbers that look like results). Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"lr must be a positive real number, got {lr!r}")
-    if not math.isfinite(float(lr)) or lr <= 0:
-        raise ValueError(f"lr must be positive and finite, got {lr}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-    if isinstance(n_save, bool) or not isinstance(n_save, numbers.Integral) or n_save < 2:
-        raise ValueError(f"n_save must be an integer ≥ 2, got {n_save!r}")
-    save_steps = gd_save_steps(int(steps), int(n_save))
+    lr = _check_lr(lr)
+    if steps is not None:
+        steps = as_int("steps", steps, minimum=1)
+    if save_steps is not None:
+        if n_save is not None:
+            raise ValueError(f"give n_save or save_steps, not both (got n_save={n_save!r} and save_steps)")
+        grid = _explicit_save_steps(save_steps, steps)
+        steps = int(grid[-1])
+    else:
+        if steps is None:
+            raise ValueError("steps must be given (an integer ≥ 1) unless save_steps is")
+        n_save = as_int("n_save", 100 if n_save is None else n_save, minimum=2)
+        grid = gd_save_steps(steps, n_save)
+    concrete_lr = None if is_traced(lr) else float(lr)
     metadata = (
         ("solver", "gradient_descent"),
-        ("lr", float(lr)),
-        ("steps", int(steps)),
-        ("t1", float(lr) * int(steps)),
-        ("log_t1", math.log(float(lr) * int(steps))),
+        ("lr", concrete_lr),
+        ("steps", steps),
+        ("t1", None if concrete_lr is None else concrete_lr * steps),
+        ("log_t1", None if concrete_lr is None else math.log(concrete_lr * steps)),
         ("num_params", int(make_field(problem, False)[0].shape[-1])),
     )
-    return run_timed(_run, problem, jnp.asarray(float(lr)), jnp.asarray(np.diff(save_steps)),
-                     jnp.asarray(save_steps), metadata)
+    segment_lengths = np.diff(np.concatenate([[0], grid]))
+
+    def run(*args):
+        # The compiled loop sees only arrays (lr, the grid): metadata is attached outside it,
+        # so a new lr or a new grid of the same length does not recompile.
+        return dataclasses.replace(_run(*args), metadata=metadata)
+
+    return run_timed(run, problem, lr, jnp.asarray(segment_lengths), jnp.asarray(grid))
 
 
-@eqx.filter_jit
-def _run(problem, lr, segment_lengths, save_steps, metadata) -> Trajectory:
+def _gd_loop(problem, lr, segment_lengths, save_steps) -> Trajectory:
+    lr = eqx.error_if(lr, ~(jnp.isfinite(lr) & (lr > 0)), "gradient_descent: lr must be positive and finite")
     theta0, field = make_field(problem, log_time=False)
 
     def loss_is_finite(predictions):
@@ -88,9 +152,7 @@ def _run(problem, lr, segment_lengths, save_steps, metadata) -> Trajectory:
         return state, state
 
     init = (theta0, jnp.asarray(0, dtype=jnp.int64), jnp.asarray(-1, dtype=jnp.int64))
-    (theta_end, _, stopped_at), (thetas, _, stops) = jax.lax.scan(segment, init, segment_lengths)
-    thetas = jnp.concatenate([theta0[None], thetas])
-    stops = jnp.concatenate([jnp.asarray([-1]), stops])
+    (_, _, stopped_at), (thetas, _, stops) = jax.lax.scan(segment, init, segment_lengths)
     diverged = stopped_at >= 0
     # Saves at or after the divergence are NaN: a diverged run returns no numbers that look like results.
     invalid = stops >= 0
@@ -115,5 +177,39 @@ def _run(problem, lr, segment_lengths, save_steps, metadata) -> Trajectory:
         stats=stats,
         status=status,
         log_t_reached=log_t_from_time(num_steps * lr),
-        metadata=metadata,
+        metadata=(),
     )
+
+
+_run = eqx.filter_jit(_gd_loop)
+
+
+def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
+    """GD for several steps η_i at once, member i saved at its own step indices ``save_steps[i]``.
+
+    One compiled, vmapped loop (private: ``fs.analysis.gf_vs_gd`` lines GD up with the flow
+    through it). ``lrs``: shape (r,); ``save_steps``: integer array (r, m), each row as
+    ``gradient_descent``'s ``save_steps``. Returns a Trajectory with a leading axis of length r.
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
+    lrs = np.asarray(lrs, dtype=np.float64)
+    grid = np.asarray(save_steps)
+    if lrs.ndim != 1 or grid.ndim != 2 or grid.shape[0] != lrs.shape[0]:
+        raise ValueError(f"lrs must have shape (r,) and save_steps (r, m); got {lrs.shape} and {grid.shape}")
+    for lr in lrs:
+        _check_lr(float(lr))
+    grid = np.stack([_explicit_save_steps(row, None) for row in grid])
+    segment_lengths = np.diff(np.concatenate([np.zeros((grid.shape[0], 1), np.int64), grid], axis=1), axis=1)
+    metadata = (
+        ("solver", "gradient_descent"),
+        ("lr", tuple(float(lr) for lr in lrs)),
+        ("steps", tuple(int(k) for k in grid[:, -1])),
+        ("num_params", int(make_field(problem, False)[0].shape[-1])),
+    )
+
+    def run(*args):
+        batch = eqx.filter_vmap(_run, in_axes=(None, 0, 0, 0))(*args)
+        return dataclasses.replace(batch, metadata=metadata)
+
+    return run_timed(run, problem, jnp.asarray(lrs), jnp.asarray(segment_lengths), jnp.asarray(grid))

@@ -16,3 +16,17 @@ from ._margins import max_margin_solution as max_margin_solution
 from ._margins import max_margin_value as max_margin_value
 from ._margins import normalized_margin as normalized_margin
 from ._ranks import stable_rank as stable_rank
+from ._scale_accuracy import QMinimizer as QMinimizer
+from ._scale_accuracy import ReducedScaleFlow as ReducedScaleFlow
+from ._scale_accuracy import log_regime_parameter as log_regime_parameter
+from ._scale_accuracy import mean_log_loss as mean_log_loss
+from ._scale_accuracy import q_minimizer as q_minimizer
+from ._scale_accuracy import q_potential as q_potential
+from ._scale_accuracy import reduced_scale_flow as reduced_scale_flow
+from ._scale_accuracy import signed_diagonal_beta as signed_diagonal_beta
+from ._scale_accuracy import summed_log_loss as summed_log_loss
+from ._scale_accuracy import woodworth_q as woodworth_q
+from ._gf_vs_gd import GDFlowComparison as GDFlowComparison
+from ._gf_vs_gd import fitted_order as fitted_order
+from ._gf_vs_gd import gf_vs_gd as gf_vs_gd
+from ._sharpness import sharpness as sharpness
