@@ -143,10 +143,63 @@ class Squared(AbstractLoss):
         return jnp.where(positive, scaled, 0.0)
 
 
+class SoftmaxCrossEntropy(AbstractLoss):
+    """Multi-class cross-entropy of the softmax, ℓ_i = −Σ_c y_ic log softmax(f_i)_c, for logits
+    f_i ∈ R^k (k ≥ 2) and targets y_i that are one-hot rows (or probability vectors, Σ_c y_ic = 1).
+
+    As ℓ_i = Σ_c y_ic softplus(u_ic) with u_ic = logsumexp_{c'≠c}(f_ic' − f_ic), both ℓ_i and
+    log ℓ_i = logsumexp_c(log y_ic + log softplus(u_ic)) are formed from the logit gaps, so log ℓ_i
+    stays finite where ℓ_i underflows (separable data trained long, as for the logistic loss).
+    The scaled gradient e^s (softmax(f_i) − y_i) is split into its positive part
+    e^{s + log p_ic + log(1 − y_ic)} and its negative part e^{s + log y_ic + log(1 − p_ic)}, both in log
+    space. For k = 2 and one-hot targets it equals the logistic loss of the margin f_i,y − f_i,other.
+    """
+
+    name: ClassVar[str] = "cross_entropy"
+    is_classification: ClassVar[bool] = False  # targets are rows (n, k), not the ±1 labels of margin losses
+
+    @staticmethod
+    def _gaps(prediction):
+        # u_ic = logsumexp_{c' ≠ c}(f_ic' − f_ic): the other classes' logits, the own class masked out.
+        k = prediction.shape[-1]
+        diff = prediction[..., None, :] - prediction[..., :, None]  # [i, c, c'] = f_ic' − f_ic
+        masked = jnp.where(jnp.eye(k, dtype=bool), -jnp.inf, diff)
+        return jax.nn.logsumexp(masked, axis=-1)
+
+    @staticmethod
+    def _log_targets(target):
+        positive = target > 0
+        return jnp.where(positive, jnp.log(jnp.where(positive, target, 1.0)), -jnp.inf)
+
+    def per_sample(self, prediction, target):
+        return jnp.sum(target * jax.nn.softplus(self._gaps(prediction)), axis=-1)
+
+    def log_per_sample(self, prediction, target):
+        u = self._gaps(prediction)
+        # log softplus(u): direct for u > −30, else u − e^u/2 (log1p(e^u) = e^u(1 − e^u/2 + …)).
+        small = u < -30.0
+        direct = jnp.log(jax.nn.softplus(jnp.where(small, 0.0, u)))
+        safe = jnp.where(small, u, -30.0)
+        log_softplus = jnp.where(small, safe - 0.5 * jnp.exp(safe), direct)
+        return jax.nn.logsumexp(self._log_targets(target) + log_softplus, axis=-1)
+
+    def scaled_gradient(self, prediction, target, log_scale):
+        log_p = jax.nn.log_softmax(prediction, axis=-1)
+        # 1 − p_ic = Σ_{c'≠c} p_ic' = σ(u_ic), so log(1 − p_ic) = −softplus(−u_ic), exact where p_ic → 1.
+        log_rest = -jax.nn.softplus(-self._gaps(prediction))
+        rest_target = 1.0 - target
+        positive = rest_target > 0
+        log_rest_target = jnp.where(positive, jnp.log(jnp.where(positive, rest_target, 1.0)), -jnp.inf)
+        up = jnp.exp(log_scale + log_p + log_rest_target)
+        down = jnp.exp(log_scale + self._log_targets(target) + log_rest)
+        return up - down
+
+
 _LOSSES: dict[str, type[AbstractLoss]] = {
     "squared": Squared,
     "logistic": Logistic,
     "exponential": Exponential,
+    "cross_entropy": SoftmaxCrossEntropy,
 }
 
 

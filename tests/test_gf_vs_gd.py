@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.special
 
 import flowsim as fs
 from flowsim import _gd
@@ -241,3 +242,65 @@ def test_sharpness_refuses_bad_input(quadratic):
         fs.analysis.sharpness(problem, num_iters=0)
     with pytest.raises(TypeError, match="flowsim.Problem"):
         fs.analysis.sharpness(problem.model)
+
+
+# --- softmax cross-entropy (the loss of the Elkabetz & Cohen scenario) ---------------------------------
+
+def test_softmax_cross_entropy_against_direct_formulas():
+    rng = np.random.default_rng(5)
+    ce = fs._losses.loss_from_name("cross_entropy")
+    assert isinstance(ce, fs._losses.SoftmaxCrossEntropy)
+    logits = jnp.asarray(3 * rng.standard_normal((6, 4)))
+    labels = rng.integers(0, 4, 6)
+    onehot = jnp.asarray(np.eye(4)[labels])
+    soft = jnp.asarray(rng.dirichlet(np.ones(4), 6))
+    for target in (onehot, soft):
+        direct = -np.sum(np.asarray(target) * np.asarray(jax.nn.log_softmax(logits)), axis=1)
+        np.testing.assert_allclose(ce.per_sample(logits, target), direct, rtol=1e-13)
+        np.testing.assert_allclose(ce.log_per_sample(logits, target), np.log(direct), rtol=1e-12)
+        np.testing.assert_allclose(ce.scaled_gradient(logits, target, 0.0), jax.nn.softmax(logits) - target, atol=1e-15)
+        np.testing.assert_allclose(ce.scaled_gradient(logits, target, 2.0),
+                                   np.exp(2.0) * (jax.nn.softmax(logits) - target), rtol=1e-12, atol=1e-14)
+    # The gradient's Jacobian (what implicit solvers use) is the softmax Jacobian.
+    jac = jax.jacfwd(lambda f: ce.scaled_gradient(f, onehot, 0.0)[0])(logits)[:, 0]
+    p = np.asarray(jax.nn.softmax(logits[0]))
+    np.testing.assert_allclose(jac, np.diag(p) - np.outer(p, p), atol=1e-15)
+
+
+def test_softmax_cross_entropy_is_logistic_for_two_classes_and_finite_where_it_underflows():
+    margins = jnp.asarray([-3.0, 0.5, 40.0, 800.0, 1e5])
+    logits = jnp.stack([margins, jnp.zeros_like(margins)], axis=1)  # class 0 is the true one
+    onehot = jnp.asarray(np.tile([1.0, 0.0], (5, 1)))
+    ce, logistic = fs._losses.SoftmaxCrossEntropy(), fs.Logistic()
+    ones = jnp.ones(5)
+    np.testing.assert_allclose(ce.per_sample(logits, onehot), logistic.per_sample(margins, ones), rtol=1e-14)
+    np.testing.assert_allclose(ce.log_per_sample(logits, onehot), logistic.log_per_sample(margins, ones), rtol=1e-14)
+    assert np.all(np.isfinite(np.asarray(ce.log_per_sample(logits, onehot))))
+    assert float(ce.log_per_sample(logits, onehot)[-1]) == pytest.approx(-1e5, rel=1e-12)
+    # log time: e^s·|ℓ'| with s = 1e5 + 3 and margin 1e5 is e^3 (neither factor formed on its own).
+    grad = ce.scaled_gradient(logits, onehot, 1e5 + 3.0)
+    np.testing.assert_allclose(grad[-1], [-np.exp(3.0), np.exp(3.0)], rtol=1e-10)
+
+
+def test_cross_entropy_problem_gd_matches_a_hand_written_loop():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((10, 4))
+    Y = np.eye(3)[rng.integers(0, 3, 10)]
+
+    class Multi(eqx.Module):
+        W: jax.Array
+
+        def __call__(self, x):
+            return x @ self.W
+
+    W0 = rng.standard_normal((4, 3))
+    problem = fs.Problem(Multi(jnp.asarray(W0)), X, Y, loss="cross_entropy")
+    gd = fs.gradient_descent(problem, lr=0.3, save_steps=[0, 25])
+    W = W0.copy()
+    for _ in range(25):
+        P = np.exp(X @ W - (X @ W).max(1, keepdims=True))
+        P /= P.sum(1, keepdims=True)
+        W -= 0.3 * X.T @ (P - Y) / 10
+    np.testing.assert_allclose(gd.final.W, W, atol=1e-12)
+    logp = X @ W - scipy.special.logsumexp(X @ W, axis=1, keepdims=True)
+    assert float(gd.loss[-1]) == pytest.approx(-np.mean(np.sum(Y * logp, axis=1)), rel=1e-12)
