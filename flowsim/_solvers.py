@@ -1,10 +1,19 @@
-"""Solver choice: explicit Runge–Kutta, or implicit (ESDIRK) with a full Newton root finder."""
+"""Solver choice: explicit Runge–Kutta, or implicit (ESDIRK) with a Newton root finder of our own.
+
+The root finders here subclass Optimistix's public ``AbstractRootFinder`` (not its ``Newton`` or
+``Bisection``), so flowsim relies on no private field or helper of Optimistix.
+"""
+
+from collections.abc import Callable
+from typing import Any
 
 import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
-from optimistix._misc import cauchy_termination
-from optimistix._solution import RESULTS as _OPTX_RESULTS
+from jaxtyping import Array, PyTree, Scalar
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -25,34 +34,124 @@ LINEAR_SOLVER_NAMES = ("auto", "dense", "krylov")
 # Hessian-vector products) instead of materialising the p×p Jacobian.
 DENSE_MAX_PARAMS = 512
 NEWTON_TOLERANCE_FACTOR = 100.0
+# Inexact Newton (Dembo, Eisenstat & Steihaug 1982): each Newton system is solved by GMRES only
+# to this relative residual. Newton still converges (linearly, by this factor per iteration),
+# and the Krylov work per step drops several-fold against solving to the step tolerance.
+KRYLOV_FORCING = 1e-3
+KRYLOV_RESTART = 30
+KRYLOV_MAX_ITERATIONS = 300
 
 
-class RelativeNewton(optx.Newton):
-    """Full Newton whose residual test is relative: ‖F(y)‖ ≤ atol + rtol·|y| as well as
-    ‖Δy‖ ≤ atol + rtol·|y| (optimistix's Cauchy test compares ‖F‖ with atol alone).
+class _NewtonState(eqx.Module):
+    residual: Array
+    diff: Array
+    step: Array
+    result: optx.RESULTS
+
+
+class StageNewton(optx.AbstractRootFinder):
+    """Newton's method for the ESDIRK stage equations, with a relative residual test.
 
     Diffrax's ESDIRK stages solve F(f_i) = f_i − v(t_i, y_i + h a_ii f_i) = 0 for the stage
-    slope f_i. Along a long classification horizon the slopes and parameters grow, and the
-    round-off in F grows with them; an absolute test then never passes, every step is
-    rejected and the solve stalls (seen on linear logistic regression at log t ≈ 2·10^5).
+    slope f_i. Each iteration linearises F at the current iterate (``jax.linearize``: the exact
+    Jacobian, i.e. Hessian–vector products of L) and solves the Newton system densely or with
+    GMRES to a relative residual ``forcing`` (inexact Newton). The iteration stops when both the
+    update and the residual are below atol + rtol·|y|: an absolute residual test (Optimistix's
+    Cauchy test) never passes on long classification horizons, where slopes and parameters grow
+    and the round-off in F grows with them (seen on linear logistic regression at log t ≈ 2·10^5).
     """
+
+    rtol: Any
+    atol: Any
+    krylov: bool = eqx.field(static=True, default=False)
+    forcing: float = eqx.field(static=True, default=KRYLOV_FORCING)
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del fn, args, options, aux_struct, tags
+        return _NewtonState(
+            residual=jnp.full(f_struct.shape, jnp.inf, f_struct.dtype),
+            diff=jnp.full_like(y, jnp.inf),
+            step=jnp.asarray(0),
+            result=optx.RESULTS.successful,
+        )
+
+    def step(self, fn, y, args, options, state, tags):
+        del options
+        residual, linear_fn, aux = jax.linearize(lambda z: fn(z, args), y, has_aux=True)
+        operator = lx.FunctionLinearOperator(linear_fn, jax.eval_shape(lambda: y), tags=tags)
+        if self.krylov:
+            # Scale the system so ‖b‖∞ = 1: GMRES's test |r| ≤ atol + rtol|b| is then a relative
+            # residual ≤ forcing, whatever the size of F.
+            size = jnp.max(jnp.abs(residual))
+            safe = jnp.where(size > 0, size, 1.0)
+            gmres = lx.GMRES(rtol=self.forcing, atol=self.forcing, restart=KRYLOV_RESTART,
+                             stagnation_iters=KRYLOV_RESTART, max_steps=KRYLOV_MAX_ITERATIONS)
+            # A Krylov solve that stops short still gives an improving direction; Newton's own
+            # test below decides whether the stage converged.
+            diff = lx.linear_solve(operator, residual / safe, gmres, throw=False).value * safe
+            linear_ok = jnp.all(jnp.isfinite(diff))
+        else:
+            solution = lx.linear_solve(operator, residual, lx.AutoLinearSolver(well_posed=None), throw=False)
+            diff = solution.value
+            linear_ok = (solution.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(diff))
+        result = optx.RESULTS.where(linear_ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
+        new_state = _NewtonState(residual=residual, diff=diff, step=state.step + 1, result=result)
+        return y - diff, new_state, aux
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, args, options, tags
-        converged = cauchy_termination(
-            self.rtol, self.atol, self.norm, y, state.diff, y, state.f
+        scale = self.atol + self.rtol * jnp.abs(y)
+        small_update = self.norm(state.diff / scale) < 1
+        small_residual = self.norm(state.residual / scale) < 1
+        failed = state.result != optx.RESULTS.successful
+        return failed | (small_update & small_residual), state.result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
+
+
+class _BisectionState(eqx.Module):
+    lower: Array
+    upper: Array
+
+
+class TimeBisection(optx.AbstractRootFinder):
+    """Bisection on the step's time interval [lower, upper] for a decreasing event function.
+
+    It stops when the interval is below atol + rtol·|t| (Optimistix's Bisection also asks
+    |f| < atol, which fails where log L is steep in s although the crossing is located) and it
+    never raises: if round-off leaves the interval without a sign change it converges to the
+    step's end, where Diffrax detected the crossing.
+    """
+
+    rtol: Any
+    atol: Any
+    norm: Callable[[PyTree], Scalar] = jnp.abs
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del fn, y, args, aux_struct, tags
+        return _BisectionState(
+            lower=jnp.asarray(options["lower"], f_struct.dtype), upper=jnp.asarray(options["upper"], f_struct.dtype)
         )
-        linsolve_fail = state.result != _OPTX_RESULTS.successful
-        result = _OPTX_RESULTS.where(linsolve_fail, state.result, _OPTX_RESULTS.successful)
-        return linsolve_fail | converged, result
 
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        value, aux = fn(y, args)
+        # Past the crossing (value < 0, or not a number) the root lies below y.
+        below = ~(value >= 0)
+        lower = jnp.where(below, state.lower, y)
+        upper = jnp.where(below, y, state.upper)
+        return lower + 0.5 * (upper - lower), _BisectionState(lower=lower, upper=upper), aux
 
-def resolve_solver_name(solver: str, log_time: bool) -> str:
-    """``"auto"``: Kvaerno5 in log time (the log-time flow is stiff: the loss weights are a
-    fast, self-correcting variable, science.md §1), Tsit5 in linear time."""
-    if solver == "auto":
-        return "kvaerno5" if log_time else "tsit5"
-    return solver
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, args, options, tags
+        small = jnp.abs(state.upper - state.lower) < self.atol + self.rtol * jnp.abs(y)
+        return small, optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        # Return the end known to be past the crossing.
+        return state.upper, aux, {}
 
 
 def resolve_linear_solver(linear_solver: str, num_params: int) -> str:
@@ -61,22 +160,18 @@ def resolve_linear_solver(linear_solver: str, num_params: int) -> str:
     return linear_solver
 
 
-def make_solver(name: str, rtol: float, atol: float, linear_solver: str):
+def make_solver(name: str, rtol, atol, linear_solver: str):
+    """The Diffrax solver ``name``; implicit ones get ``StageNewton`` (tolerances may be traced)."""
     if name in EXPLICIT_SOLVERS:
         return EXPLICIT_SOLVERS[name]()
-    if linear_solver == "dense":
-        linear = lx.AutoLinearSolver(well_posed=None)
-    else:
-        # Inexact Newton: GMRES to the same tolerances as Newton itself; each iteration is
-        # one Jacobian–vector product of the field, i.e. a Hessian–vector product of L.
-        linear = lx.GMRES(rtol=rtol, atol=atol, restart=40, stagnation_iters=40)
-    # Full Newton (the Jacobian re-evaluated at every iterate): the default VeryChord needs
-    # ~20× more steps on log-time classification (science.md §1).
-    # Newton stops at 100× the step tolerances: in log time the field's own relative precision
-    # is only ~s·eps (the weights are e^{s − m} with s up to 10^6), so a Newton tolerance equal
-    # to a tight rtol is unreachable and stalls the solve; the step-size controller's error
-    # estimate still holds each step to rtol/atol.
-    root_finder = RelativeNewton(rtol=NEWTON_TOLERANCE_FACTOR * rtol, atol=NEWTON_TOLERANCE_FACTOR * atol, linear_solver=linear)
+    # Full Newton (the Jacobian re-linearised at every iterate): the default VeryChord needs
+    # ~20× more steps on log-time classification. Newton stops at 100× the step tolerances: in
+    # log time the field's own relative precision is only ~s·eps (the weights are e^{s − m} with
+    # s up to 10^6), so a Newton tolerance equal to a tight rtol is unreachable; the step-size
+    # controller's error estimate still holds each step to rtol/atol.
+    root_finder = StageNewton(
+        rtol=NEWTON_TOLERANCE_FACTOR * rtol, atol=NEWTON_TOLERANCE_FACTOR * atol, krylov=linear_solver == "krylov"
+    )
     return IMPLICIT_SOLVERS[name](root_finder=root_finder)
 
 
@@ -85,6 +180,43 @@ def make_terms(name: str, vector_field):
     if name in IMEX_SOLVERS:
         # KenCarp is an IMEX pair; the whole field is treated implicitly (its ESDIRK half),
         # with a zero explicit part, since gradient flow has no natural non-stiff split.
-        zero = diffrax.ODETerm(lambda t, y, args: 0.0 * y)
+        zero = diffrax.ODETerm(lambda t, y, args: jnp.zeros_like(y))
         return diffrax.MultiTerm(zero, term)
     return term
+
+
+class RecordingController(diffrax.AbstractAdaptiveStepSizeController):
+    """Diffrax's PID controller, with the proposed next step size kept in the controller state.
+
+    A solve continued from a saved state (segments, checkpoints, a solver switch) then starts
+    with exactly the step the uninterrupted solve would have taken next: Diffrax's ``Solution``
+    returns the controller state but not the next step size.
+    """
+
+    pid: diffrax.PIDController
+
+    @property
+    def rtol(self):
+        return self.pid.rtol
+
+    @property
+    def atol(self):
+        return self.pid.atol
+
+    @property
+    def norm(self):
+        return self.pid.norm
+
+    def wrap(self, direction):
+        return RecordingController(self.pid.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return tnext, (state, jnp.asarray(tnext - t0, dtype=jnp.result_type(float)))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        inner, _ = controller_state
+        keep, tprev, tnext, made_jump, inner, result = self.pid.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        return keep, tprev, tnext, made_jump, (inner, jnp.asarray(tnext - tprev, dtype=jnp.result_type(float))), result

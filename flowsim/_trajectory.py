@@ -20,6 +20,9 @@ class Status(enum.IntEnum):
     STEP_SIZE_UNDERFLOW = 4
     SOLVER_FAILURE = 5
     DIVERGED = 6
+    NON_FINITE_FIELD = 7
+    INVALID_INPUT = 8
+    TARGET_AT_START = 9
 
 
 _SUCCESS = (Status.HORIZON_REACHED, Status.TARGET_REACHED)
@@ -52,6 +55,8 @@ class Trajectory(eqx.Module):
     status: Int[Array, ""]
     log_t_reached: Float[Array, ""]
     metadata: tuple = eqx.field(static=True)
+    # Values the run depended on that may be traced or batched (tolerances, horizon, target, lr).
+    settings: dict = eqx.field(default_factory=dict)
 
     @property
     def ok(self) -> Bool[Array, ""]:
@@ -59,8 +64,20 @@ class Trajectory(eqx.Module):
 
     @property
     def info(self) -> dict:
-        """``metadata`` as a dict."""
-        return dict(self.metadata)
+        """What the numbers depend on: solver, tolerances, horizon, target, what "auto" ran.
+
+        Settings that were batched (vmapped) come back as arrays, one value per member."""
+        info = dict(self.metadata)
+        for key, value in self.settings.items():
+            if isinstance(value, jax.core.Tracer):
+                continue
+            array = np.asarray(value)
+            if array.ndim == 0:
+                number = float(array)
+                info[key] = None if (key == "target_log_loss" and np.isnan(number)) else number
+            else:
+                info[key] = array
+        return info
 
     @property
     def message(self) -> str:
@@ -71,9 +88,13 @@ class Trajectory(eqx.Module):
         status = np.atleast_1d(np.asarray(self.status))
         reached = np.atleast_1d(np.asarray(self.log_t_reached))
         batched = np.ndim(self.status) > 0
+        info = self.info
         lines = []
         for index, (code, log_t) in enumerate(zip(status.ravel(), reached.ravel())):
-            text = _describe(Status(int(code)), float(log_t), self.info)
+            member = {k: (v.ravel()[index] if isinstance(v, np.ndarray) and v.size == status.size else v)
+                      for k, v in info.items()}
+            member["rejected_fraction"] = _rejected_fraction(self.stats, index, status.size)
+            text = _describe(Status(int(code)), float(log_t), member)
             if text and batched:
                 text = f"member {index}: {text}"
             if text:
@@ -84,38 +105,78 @@ class Trajectory(eqx.Module):
         return self.log_t.shape[-1]
 
 
+def _rejected_fraction(stats: dict, index: int, size: int) -> float:
+    try:
+        steps = np.asarray(stats["num_steps"]).ravel()
+        rejected = np.asarray(stats["num_rejected_steps"]).ravel()
+        if steps.size == size and steps[index] > 0:
+            return float(rejected[index] / steps[index])
+    except (KeyError, TypeError):
+        pass
+    return float("nan")
+
+
+def _solver_advice(info: dict) -> str:
+    """What to try next, fitted to what was running."""
+    solver = info.get("solver")
+    implicit = isinstance(solver, str) and solver.startswith(("kvaerno", "kencarp"))
+    if solver == "auto" or info.get("auto"):
+        return "loosen rtol/atol, or fix the solver (solver='tsit5' or 'kvaerno5') and compare"
+    if implicit:
+        return ("try the explicit solver='tsit5' (cheaper per step when the flow is not stiff, and at large "
+                "parameter counts) or solver='auto'")
+    if info.get("time") == "linear":
+        return "for long classification horizons use log time (log_t1=…); for a stiff flow try solver='kvaerno5' or 'auto'"
+    return "the flow may be stiff here: try solver='kvaerno5' or solver='auto'"
+
+
 def _describe(status: Status, log_t: float, info: dict) -> str:
     where = f"stopped at log t = {log_t:.6g}"
     horizon = info.get("log_t1")
-    if horizon is not None:
-        where += f" of log t1 = {horizon:.6g}"
+    if horizon is not None and np.ndim(horizon) == 0:
+        where += f" of log t1 = {float(horizon):.6g}"
     if status == Status.HORIZON_REACHED:
         return ""
     if status == Status.TARGET_REACHED:
         return f"target log loss {info.get('target_log_loss')} reached at log t = {log_t:.6g}"
     if status == Status.MAX_STEPS:
-        return (
-            f"max_steps = {info.get('max_steps')} reached: {where}. Increase max_steps, "
-            "loosen rtol/atol, or (for long classification horizons) use log time and a stiff solver "
-            "(solver='kvaerno5'). If most steps were rejected (traj.stats), the gradient is probably "
-            "non-finite just past this state (a singular model or overflow)."
-        )
+        rejected = info.get("rejected_fraction", float("nan"))
+        text = f"max_steps = {info.get('max_steps')} reached: {where}."
+        if info.get("pairs_at_kink"):
+            text += (f" {int(info['pairs_at_kink'])} (neuron, sample) pairs sit at a ReLU kink at the last state: the "
+                     "flow is sliding along a kink.")
+        if rejected == rejected and rejected > 0.3:
+            text += (f" {100 * rejected:.0f}% of the steps were rejected: the field changes abruptly here "
+                     "(a kink of the model, or a field that is not finite just past this state).")
+        return text + f" Increase max_steps, or {_solver_advice(info)}."
     if status == Status.NON_FINITE:
         return (
             f"the state became non-finite (NaN/Inf): {where}. Check the model and data for overflow; "
-            "tighter tolerances or a stiff solver may help."
+            "tighter tolerances may help."
+        )
+    if status == Status.NON_FINITE_FIELD:
+        return (
+            f"the gradient field is not finite (NaN/Inf) at the last state: {where}. The model or the loss "
+            "overflows or divides by zero there; the solver cannot step past it."
         )
     if status == Status.STEP_SIZE_UNDERFLOW:
         return (
-            f"the step size underflowed: {where}. The flow may blow up in finite time, or the problem is stiff "
-            "for this solver: try solver='kvaerno5'."
+            f"the step size underflowed: {where}. The flow may blow up in finite time; otherwise "
+            f"{_solver_advice(info)}."
         )
     if status == Status.DIVERGED:
         return (
             f"gradient descent diverged (non-finite loss): {where}. The step lr = {info.get('lr')} likely exceeds "
             "2/λ_max(∇²L) along the path: try a smaller lr."
         )
-    return f"the solver failed ({info.get('solver_message', 'unknown reason')}): {where}."
+    if status == Status.INVALID_INPUT:
+        return ("refused before solving: a traced (vmapped) value was invalid for this member — rtol/atol must be "
+                "positive and finite, the horizon finite, and classification labels exactly ±1")
+    if status == Status.TARGET_AT_START:
+        target = info.get("target_log_loss")
+        return (f"refused before solving: target_log_loss = {target} is not below the starting log loss, so the "
+                "run would stop at t = 0 (pass log ε, not ε)")
+    return f"the solver failed (Diffrax reported a failure other than max_steps or step-size underflow): {where}."
 
 
 def run_timed(compiled_run, *args) -> Trajectory:

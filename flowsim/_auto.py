@@ -1,0 +1,262 @@
+"""Segment drivers for eager solves: ``solver="auto"`` on evidence, progress in log t, checkpoints.
+
+``solver="auto"`` (outside ``jit``/``vmap``) runs the solve in segments of at most
+``SEGMENT_STEPS`` steps and decides, after each, which solver is cheaper for what comes next:
+
+1. Start explicit (Tsit5): it wins whenever the flow is not stiff, and its steps are cheap.
+2. After an explicit segment, estimate the spectral radius ρ of the field's Jacobian by power
+   iteration on Jacobian–vector products (Hessian–vector products of L) at the segment's end.
+   If the step h the controller proposes next satisfies h·ρ ≥ ``STIFF_STEP_RATIO``, the steps
+   are held by stability, not accuracy (Tsit5's real stability boundary is ≈ 3.5): the flow is
+   stiff there. Then try the implicit solver (Kvaerno5) over ``TRIAL_SPANS`` times the span the
+   explicit segment covered.
+3. Costs are compared per unit of solver time at the step each solver proposes next:
+   (measured wall per step) / h. A trial whose cost is not below the explicit one is undone, and
+   the next trial waits until the solver time has grown ``RETRY_FACTOR``-fold (so trials cost a
+   bounded fraction of the run).
+4. While implicit, the explicit cost is predicted from its measured cost per step and the step
+   it could take, min(h_implicit, ``EXPLICIT_STABLE_STEP``/ρ); below half the implicit cost,
+   auto switches back.
+
+Compilation is kept out of the measurements (each solver is compiled on an empty interval first).
+"""
+
+import dataclasses
+import hashlib
+import math
+import sys
+import time as _time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._flow import base_problem, make_field
+from ._solvers import EXPLICIT_SOLVERS
+
+SEGMENT_STEPS = 256
+STIFF_STEP_RATIO = 1.0
+EXPLICIT_STABLE_STEP = 3.0
+POWER_ITERATIONS = 20
+TRIAL_SPANS = 4.0  # an implicit trial covers this many times the span of the explicit segment before it
+RETRY_FACTOR = 4.0  # after a lost trial, the next one waits until the solver time has grown this much
+AUTO_EXPLICIT = "tsit5"
+AUTO_IMPLICIT = "kvaerno5"
+
+
+@eqx.filter_jit
+def spectral_radius(problem, theta, time, log_time: bool):
+    """ρ(∂v/∂θ) of the field v at (time, θ), by power iteration on Jacobian–vector products.
+
+    In linear time ∂v/∂θ = −∇²L (symmetric), in log time −e^s ∇²L: the iteration's norm ratio
+    converges to the largest |eigenvalue|; 20 iterations give the order of magnitude a solver
+    choice needs."""
+    _, field = make_field(problem, log_time)
+    _, jvp = jax.linearize(lambda th: field(time, th), theta)
+    p = theta.shape[0]
+    start = 1.0 + 0.1 * jnp.cos(jnp.arange(p, dtype=theta.dtype))  # deterministic, generic
+    start = start / jnp.linalg.norm(start)
+
+    def body(_, carry):
+        vector, _ = carry
+        image = jvp(vector)
+        size = jnp.linalg.norm(image)
+        return jnp.where(size > 0, image / jnp.where(size > 0, size, 1.0), vector), size
+
+    _, rho = jax.lax.fori_loop(0, POWER_ITERATIONS, body, (start, jnp.asarray(0.0, theta.dtype)))
+    return jnp.where(jnp.isfinite(rho), rho, jnp.inf)
+
+
+class _Timer:
+    """Wall time of a compiled call, with its first (compiling) call kept out of the measurement."""
+
+    def __init__(self):
+        self.compiled = set()
+        self.compile_s = 0.0
+
+    def warm(self, key, fn):
+        if key not in self.compiled:
+            start = _time.perf_counter()
+            jax.block_until_ready(fn())
+            self.compile_s += _time.perf_counter() - start
+            self.compiled.add(key)
+
+    @staticmethod
+    def run(fn):
+        start = _time.perf_counter()
+        out = jax.block_until_ready(fn())
+        return out, _time.perf_counter() - start
+
+
+def _log_t(time_value: float, log_time: bool) -> float:
+    if time_value <= 0:
+        return -math.inf
+    if log_time:
+        return time_value + math.log(-math.expm1(-time_value))
+    return math.log(time_value)
+
+
+class _Bar:
+    """A tqdm bar in log t, drawn from Python between segments (no solver internals)."""
+
+    def __init__(self, enabled: bool, log_t1: float):
+        self.bar = None
+        self.log_t1 = log_t1
+        self.low = min(0.0, log_t1) - 3.0 * math.log(10.0)
+        if enabled:
+            import tqdm
+
+            self.bar = tqdm.tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
+                                 bar_format="{desc} {percentage:5.1f}%|{bar}| [{elapsed}<{remaining}]")
+
+    def update(self, log_t: float, solver: str):
+        if self.bar is None:
+            return
+        fraction = 0.0 if not math.isfinite(log_t) else (log_t - self.low) / max(self.log_t1 - self.low, 1e-300)
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_description(f"log t = {log_t:.4g} / {self.log_t1:.4g} ({solver})", refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log_time, max_steps, progress,
+          has_target, checkpoint, checkpoint_every_s):
+    """Run an eager solve: one segment for a fixed solver, or chained segments (auto, progress,
+    checkpoint). Returns the Trajectory with ``stats["wall_time_s"]`` and ``info`` filled in."""
+    from ._simulate import _Static, finish, init_carry, segment
+
+    start = _time.perf_counter()
+    auto = solver == "auto"
+    segmented = auto or progress or checkpoint is not None
+    if not segmented:
+        static = _Static(solver, linear_solver, log_time, max_steps, False, has_target, resume=False)
+        carry = init_carry(problem, save_times, settings, static)
+        carry = segment(problem, carry, save_times, settings, settings.time1, static)
+        metadata = dict(metadata, solver=solver, auto=None, resumed_from_log_t=None)
+        trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
+        return _timed(trajectory, start)
+
+    budget = min(max_steps, SEGMENT_STEPS)
+    current = AUTO_EXPLICIT if auto else solver
+
+    def static_for(name, resume):
+        return _Static(name, linear_solver, log_time, budget, False, has_target, resume=resume)
+
+    carry = init_carry(problem, save_times, settings, static_for(current, False))
+    resumed_from = None
+    store = None
+    if checkpoint is not None:
+        from ._checkpoint import CheckpointStore
+
+        store = CheckpointStore(checkpoint, _fingerprint(problem, save_times, settings, solver, linear_solver,
+                                                          log_time, max_steps, has_target))
+        restored = store.load(lambda name: eqx.filter_eval_shape(
+            segment, problem, carry, save_times, settings, settings.time1, static_for(name, False)))
+        if restored is not None:
+            carry, current = restored
+            resumed_from = _log_t(float(carry.time), log_time)
+    timer = _Timer()
+    bar = _Bar(progress, float(settings.log_t1))
+    switches = [(_round(_log_t(float(carry.time), log_time)), current, "start")]
+    resume = carry.solver_state is not None
+    explicit_rate = None  # wall per unit time at the explicit solver's current step (measured)
+    explicit_step_cost = None  # wall per explicit step (measured)
+    next_trial_time = 0.0  # a lost trial is retried only once the solve has got this far
+    trial_span = None
+    last_write = _time.perf_counter()
+    horizon = float(settings.time1)
+    try:
+        while int(carry.status) < 0 and int(carry.num_steps) < max_steps:
+            time0 = float(carry.time)
+            end_time = horizon if trial_span is None else min(horizon, time0 + trial_span)
+            if not resume:
+                # A fresh start of this solver: drop the other solver's state, so that each solver
+                # compiles exactly two programs (fresh, continuing) however often auto switches.
+                carry = dataclasses.replace(carry, solver_state=None, controller_state=None, made_jump=None)
+            static = static_for(current, resume)
+            timer.warm((current, resume), lambda: segment(problem, carry, save_times, settings,
+                                                          jnp.asarray(time0), static))
+            steps_before = int(carry.num_steps)
+            carry, wall = timer.run(lambda: segment(problem, carry, save_times, settings,
+                                                    jnp.asarray(end_time), static))
+            resume = True
+            time1 = float(carry.time)
+            steps = int(carry.num_steps) - steps_before
+            log_t_now = _log_t(time1, log_time)
+            bar.update(log_t_now, current)
+            if store is not None and (_time.perf_counter() - last_write >= checkpoint_every_s):
+                store.save(carry, current)
+                last_write = _time.perf_counter()
+            was_trial, trial_span = trial_span is not None, None
+            if not auto or int(carry.status) >= 0 or time1 <= time0 or steps == 0:
+                continue
+            step = float(carry.dt)  # the step the controller proposes next: the cost ahead
+            rho = float(spectral_radius(problem, carry.theta, carry.time, log_time))
+            if current in EXPLICIT_SOLVERS:
+                explicit_step_cost = wall / steps
+                explicit_rate = explicit_step_cost / step
+                ratio = step * rho
+                if ratio >= STIFF_STEP_RATIO and time1 >= next_trial_time:
+                    current, resume, trial_span = AUTO_IMPLICIT, False, TRIAL_SPANS * (time1 - time0)
+                    switches.append((_round(log_t_now), current, f"trial: explicit h·ρ = {ratio:.3g}"))
+                continue
+            implicit_rate = (wall / steps) / step
+            if was_trial and explicit_rate is not None and implicit_rate >= explicit_rate:
+                next_trial_time = RETRY_FACTOR * time1
+                current, resume = AUTO_EXPLICIT, False
+                switches.append((_round(log_t_now), current, f"trial lost: implicit {implicit_rate:.3g} vs explicit "
+                                 f"{explicit_rate:.3g} s per unit time"))
+                continue
+            if explicit_step_cost is not None:
+                explicit_step = min(step, EXPLICIT_STABLE_STEP / rho) if rho > 0 else step
+                predicted = explicit_step_cost / explicit_step
+                if predicted < 0.5 * implicit_rate:
+                    current, resume = AUTO_EXPLICIT, False
+                    switches.append((_round(log_t_now), current, f"not stiff: explicit {predicted:.3g} vs implicit "
+                                     f"{implicit_rate:.3g} s per unit time"))
+                elif was_trial:
+                    switches.append((_round(log_t_now), current, f"stiff: implicit {implicit_rate:.3g} vs explicit "
+                                     f"{explicit_rate:.3g} s per unit time"))
+    finally:
+        bar.close()
+    if store is not None:
+        store.save(carry, current)
+    metadata = dict(
+        metadata,
+        solver="auto" if auto else solver,
+        auto=tuple(switches) if auto else None,
+        compile_s=round(timer.compile_s, 3),
+        resumed_from_log_t=resumed_from,
+    )
+    static = static_for(current, resume)
+    trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
+    return _timed(trajectory, start)
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.6g}") if math.isfinite(value) else value
+
+
+def _timed(trajectory, start):
+    jax.block_until_ready(trajectory)
+    return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], trajectory, jnp.asarray(_time.perf_counter() - start))
+
+
+def _fingerprint(problem, save_times, settings, solver, linear_solver, log_time, max_steps, has_target) -> str:
+    """A digest of everything a solve depends on: a checkpoint made with other arguments is refused."""
+    digest = hashlib.sha256()
+    leaves, treedef = jax.tree_util.tree_flatten(eqx.filter((problem, save_times, settings), eqx.is_array))
+    digest.update(str(treedef).encode())
+    for leaf in leaves:
+        array = np.asarray(leaf)
+        digest.update(str((array.shape, array.dtype)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    static_part = eqx.filter((problem,), lambda leaf: not eqx.is_array(leaf))
+    digest.update(repr(jax.tree_util.tree_structure(static_part)).encode())
+    digest.update(repr((type(base_problem(problem).model).__name__, solver, linear_solver, log_time, max_steps,
+                        has_target, SEGMENT_STEPS)).encode())
+    return digest.hexdigest()

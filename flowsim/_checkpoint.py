@@ -1,0 +1,67 @@
+"""Checkpoints of a segmented solve: the carry between segments, written atomically (no pickle)."""
+
+import os
+import pathlib
+import tempfile
+
+import jax
+import numpy as np
+
+
+class CheckpointStore:
+    """One solve's checkpoint at ``path``: the arrays of its carry plus a fingerprint of its arguments.
+
+    Written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+    kill at any moment leaves either the previous checkpoint or the new one, never half a file."""
+
+    def __init__(self, path, fingerprint: str):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path, got {path!r}")
+        self.path = pathlib.Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise ValueError(f"checkpoint {str(self.path)!r} is a directory; give a file path")
+        self.fingerprint = fingerprint
+
+    def save(self, carry, solver: str) -> None:
+        leaves = jax.tree_util.tree_leaves(carry)
+        arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+        arrays["fingerprint"] = np.asarray(self.fingerprint)
+        arrays["solver"] = np.asarray(solver)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, **arrays)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            pathlib.Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def load(self, template_for):
+        """(carry, solver) from the file, or None when there is none. ``template_for(solver)`` gives
+        a carry of the right structure (shapes only) for that solver."""
+        if not self.path.exists():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                contents = {key: data[key] for key in data.files}
+        except Exception as error:  # a damaged file is the user's to remove, not ours to guess
+            raise ValueError(f"checkpoint {str(self.path)!r} cannot be read ({error}); delete it to start over") from error
+        if str(contents.get("fingerprint")) != self.fingerprint:
+            raise ValueError(
+                f"checkpoint {str(self.path)!r} was written by a solve with different arguments (problem, horizon, "
+                "tolerances, solver, target or save grid); delete it or pass another path to start over"
+            )
+        solver = str(contents["solver"])
+        template = template_for(solver)
+        leaves, treedef = jax.tree_util.tree_flatten(template)
+        stored = [contents[f"leaf_{i}"] for i in range(len(leaves))]
+        for i, (want, got) in enumerate(zip(leaves, stored)):
+            if tuple(want.shape) != tuple(got.shape):
+                raise ValueError(f"checkpoint {str(self.path)!r} does not match this solve (array {i} has shape "
+                                 f"{got.shape}, expected {tuple(want.shape)}); delete it to start over")
+        import jax.numpy as jnp
+
+        return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=w.dtype) for a, w in zip(stored, leaves)]), solver
