@@ -80,3 +80,118 @@ def as_choice(name: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; valid: {list(choices)}")
     return value
+
+
+# Arrays and the analysis references' arguments (concrete values: the references run outside jit).
+
+
+def _as_numeric_array(name: str, value) -> np.ndarray:
+    if is_traced(value):
+        raise TypeError(f"{name} must be a concrete array, not a traced value")
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged nested lists and the like
+        raise TypeError(f"{name} cannot be read as an array: {error}") from error
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    return array
+
+
+def as_real_matrix(name: str, value) -> np.ndarray:
+    """A finite real 2-d array of shape (n, d) with n, d ≥ 1, as float64."""
+    array = _as_numeric_array(name, value)
+    if np.iscomplexobj(array):
+        raise TypeError(f"{name} must be real-valued, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array of shape (n, d), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {array.shape}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        where = np.argwhere(~np.isfinite(array))[:3].tolist()
+        raise ValueError(f"{name} contains non-finite values (nan or inf) at {where}")
+    return array
+
+
+def as_vector(name: str, value, length: int, *, complex_ok: bool = False) -> np.ndarray:
+    """A finite vector of shape (length,), float64 (complex128 when ``complex_ok`` and complex)."""
+    array = _as_numeric_array(name, value)
+    if array.ndim != 1 or array.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got shape {array.shape}")
+    if np.iscomplexobj(array):
+        if not complex_ok:
+            raise TypeError(f"{name} must be real-valued, got dtype {array.dtype}")
+        array = array.astype(np.complex128)
+    else:
+        array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    return array
+
+
+def as_labels(name: str, value, n: int) -> np.ndarray:
+    """Binary labels: shape (n,), every entry exactly +1 or -1."""
+    labels = as_vector(name, value, n)
+    bad = ~np.isin(labels, (-1.0, 1.0))
+    if np.any(bad):
+        raise ValueError(
+            f"{name} must contain labels +1 or -1 only, got {labels[bad][:3].tolist()} at indices "
+            f"{np.flatnonzero(bad)[:3].tolist()}"
+        )
+    return labels
+
+
+def as_transform(name: str, value, d: int) -> np.ndarray:
+    """An input transform S of shape (m, d), real or complex (the identity when None)."""
+    if value is None:
+        return np.eye(d)
+    S = _as_numeric_array(name, value)
+    if S.ndim != 2 or S.shape[1] != d:
+        raise ValueError(f"{name} must have shape (m, d) with d = X.shape[1] = {d}, got shape {S.shape}")
+    S = S.astype(np.complex128) if np.iscomplexobj(S) else S.astype(np.float64)
+    if not np.all(np.isfinite(S)):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    if np.iscomplexobj(S) and np.max(np.abs(S.imag)) == 0.0:
+        S = S.real.copy()
+    return S
+
+
+def as_norm_order(name: str, value, supported=None) -> float:
+    """A norm order p: one of ``supported`` when given, else any p > 0 (p < 1: a quasi-norm) or inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    p = float(value)
+    if supported is not None:
+        if p not in supported:
+            valid = ", ".join("inf" if math.isinf(s) else repr(s) for s in supported)
+            raise ValueError(f"{name} = {value!r} is not supported here; valid values: {valid}")
+        return p
+    if math.isnan(p) or p <= 0:
+        raise ValueError(f"{name} must be > 0 (or inf), got {value!r}")
+    return p
+
+
+def as_sign(name: str, value, m: int, complex_rows=None) -> np.ndarray | None:
+    """Sign constraints per coordinate: None, "nonnegative", "nonpositive", or an array of +1/-1/0.
+
+    Returns None or a float64 array (m,) of +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free). ``complex_rows``, a
+    boolean mask (m,) of coordinates that are complex, refuses constraints on those.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in ("nonnegative", "nonpositive"):
+            raise ValueError(
+                f"{name} = {value!r} is unknown; valid: None, 'nonnegative', 'nonpositive', or an array of +1/-1/0"
+            )
+        signs = np.full(m, 1.0 if value == "nonnegative" else -1.0)
+    else:
+        array = _as_numeric_array(f"{name} array", value)
+        if array.shape != (m,):
+            raise ValueError(f"{name} array must have shape ({m},) (one entry per coordinate), got shape {array.shape}")
+        if not np.all(np.isin(array, (-1, 0, 1))):
+            raise ValueError(f"{name} array entries must be +1 (ρ_j ≥ 0), -1 (ρ_j ≤ 0) or 0 (free), got {array!r}")
+        signs = array.astype(np.float64)
+    if complex_rows is not None and np.any((signs != 0) & complex_rows):
+        raise ValueError(f"{name} constraints need real coordinates; this transform makes some of them complex")
+    return signs

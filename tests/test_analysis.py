@@ -11,6 +11,8 @@ import scipy.integrate
 import scipy.linalg
 import scipy.optimize
 
+from conftest import l1_lp, unitary_dft
+
 import flowsim as fs
 
 A_ = fs.analysis
@@ -24,20 +26,12 @@ def _separable(n, d, seed, nonnegative_teacher=False):
     return X, y
 
 
-def _dft(d):
-    return np.fft.fft(np.eye(d)) / np.sqrt(d)
+_dft = unitary_dft
 
 
 def _linprog_l1(X, y, bounds=None):
-    """min ||b||_1 s.t. y_i x_i.b >= 1 by scipy's linprog on the split b = u - v (independent of cvxpy)."""
-    n, d = X.shape
-    Ay = y[:, None] * X
-    c = np.ones(2 * d)
-    lb = (0, None) if bounds is None else bounds
-    res = scipy.optimize.linprog(c, A_ub=-np.hstack([Ay, -Ay]), b_ub=-np.ones(n), bounds=[lb] * d + [(0, 0) if bounds else (0, None)] * d,
-                                 method="highs-ds", options=dict(primal_feasibility_tolerance=1e-10, dual_feasibility_tolerance=1e-10))
-    assert res.status == 0
-    return res.x[:d] - res.x[d:], res.fun
+    """min ‖b‖₁ s.t. y_i x_i·b ≥ 1 by scipy's HiGHS (independent of cvxpy); ``bounds=(0, None)``: b ≥ 0."""
+    return l1_lp(X, y, None if bounds is None else np.ones(X.shape[1]))
 
 
 # ---------------------------------------------------------------- max margin
@@ -110,12 +104,8 @@ def test_sign_constrained_l1():
     # a mixed pattern: +1 / -1 / free, checked against linprog with the same bounds
     s = np.array([1, -1, 0] * 4)
     mixed = A_.max_margin_solution(X, y, 1.0, sign=s)
-    n, d = X.shape
-    Ay = y[:, None] * X
-    res = scipy.optimize.linprog(np.ones(2 * d), A_ub=-np.hstack([Ay, -Ay]), b_ub=-np.ones(n),
-                                 bounds=[(0, None) if sj >= 0 else (0, 0) for sj in s] + [(0, None) if sj <= 0 else (0, 0) for sj in s],
-                                 method="highs")
-    assert abs(mixed.norm - res.fun) < 1e-9 * res.fun
+    _, value = l1_lp(X, y, s)
+    assert abs(mixed.norm - value) < 1e-9 * value
     assert np.all(mixed.direction * s >= 0)
 
 
@@ -384,43 +374,62 @@ def test_scale_limits_l2_and_l1():
 # ---------------------------------------------------------------- bad inputs
 
 
-def test_bad_inputs_are_refused():
-    X, y = _separable(5, 4, 30)
-    cases = [
-        (lambda: A_.max_margin(X[0], y), "shape"),
-        (lambda: A_.max_margin(X, y[:3]), r"shape \(5,\)"),
-        (lambda: A_.max_margin(np.where(X > 1, np.nan, X), y), "non-finite"),
-        (lambda: A_.max_margin(X, np.where(y > 0, 2.0, -1.0)), r"\+1 or -1"),
-        (lambda: A_.max_margin(X, y, p=3), "p = 3"),
-        (lambda: A_.max_margin(X, y, sign="positive"), "'positive' is unknown"),
-        (lambda: A_.max_margin(X, y, sign=[1, 2, 0, 0]), r"\+1 \(rho_j >= 0\)"),
-        (lambda: A_.max_margin(X, y, sign=[1, 0]), r"shape \(4,\)"),
-        (lambda: A_.max_margin(X, y, transform=np.eye(3)), "transform must have shape"),
-        (lambda: A_.max_margin(X, y, transform=_dft(4) * np.array([1.0, 2.0, 1.0, 1.0])), "orthonormal columns"),
-        (lambda: A_.max_margin(X, y, transform=_dft(4), sign="nonnegative"), "real transform"),
-        (lambda: A_.max_margin(np.array([[1.0], [1.0]]), np.array([1.0, -1.0])), "not linearly separable"),
-        (lambda: A_.max_margin(np.array([[1.0, 0.0], [2.0, 0.0]]), np.array([1.0, -1.0])), "not linearly separable"),
-        (lambda: A_.max_margin(np.array([[1.0, 1.0]]), np.array([-1.0]), sign="nonnegative"), "sign constraint"),
-        (lambda: A_.normalized_margin(np.ones(3), X, y), r"shape \(\.\.\., 4\)"),
-        (lambda: A_.normalized_margin(np.ones(4), X, y, p=0), "p must be > 0"),
-        (lambda: A_.normalized_margin(np.ones(4), X, y, p="two"), "must be a number"),
-        (lambda: A_.stable_rank(np.ones(3)), "at least 2 dimensions"),
-        (lambda: A_.kkt_residual(np.ones(4), X, y, 1), "depth must be an integer >= 2"),
-        (lambda: A_.kkt_residual(np.ones(4), X, y, 2.5), "depth"),
-        (lambda: A_.kkt_residual(np.zeros(4), X, y, 2), "identically zero"),
-        (lambda: A_.kkt_residual(np.ones(5), X, y, 2), r"rho must have shape \(4,\)"),
-        (lambda: A_.kkt_residual(np.ones(4), X, y, 2, active_tol=-1), "active_tol"),
-        (lambda: A_.interpolation_limit(X, y, np.ones((2, 4))), "underdetermined"),
-        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((1, 5))), "L >= 2"),
-        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 4))), r"shape \(L, 5\)"),
-        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 5)), method="fsolve"), "'fsolve' is unknown"),
-        (lambda: A_.interpolation_limit(X.T, np.ones(4), np.ones((2, 5)), transform=_dft(5)), "real transform"),
-        (lambda: A_.interpolation_limit(X.T, np.full(4, np.inf), np.ones((2, 5))), "non-finite"),
-        (lambda: A_.mirror_map(np.ones((2, 3)), np.ones(2)), r"shape \(3,\)"),
-    ]
-    for fn, msg in cases:
-        with pytest.raises(ValueError, match=msg):
-            fn()
+_X, _Y = _separable(5, 4, 30)
+BAD_INPUTS = [
+    ("X-1d", lambda: A_.max_margin(_X[0], _Y), ValueError, "shape"),
+    ("y-shape", lambda: A_.max_margin(_X, _Y[:3]), ValueError, r"shape \(5,\)"),
+    ("X-nan", lambda: A_.max_margin(np.where(_X > 1, np.nan, _X), _Y), ValueError, "non-finite"),
+    ("X-complex", lambda: A_.max_margin(_X * 1j, _Y), TypeError, "real-valued"),
+    ("X-str", lambda: A_.max_margin(np.full((5, 4), "a"), _Y), TypeError, "numeric"),
+    ("y-labels", lambda: A_.max_margin(_X, np.where(_Y > 0, 2.0, -1.0)), ValueError, r"\+1 or -1"),
+    ("p-unsupported", lambda: A_.max_margin(_X, _Y, p=3), ValueError, "p = 3"),
+    ("p-bool", lambda: A_.max_margin(_X, _Y, p=True), TypeError, "p must be a number"),
+    ("sign-unknown", lambda: A_.max_margin(_X, _Y, sign="positive"), ValueError, "'positive' is unknown"),
+    ("sign-values", lambda: A_.max_margin(_X, _Y, sign=[1, 2, 0, 0]), ValueError, r"\+1 \(ρ_j ≥ 0\)"),
+    ("sign-shape", lambda: A_.max_margin(_X, _Y, sign=[1, 0]), ValueError, r"shape \(4,\)"),
+    ("transform-shape", lambda: A_.max_margin(_X, _Y, transform=np.eye(3)), ValueError, "transform must have shape"),
+    ("transform-not-unitary", lambda: A_.max_margin(_X, _Y, transform=_dft(4) * np.array([1.0, 2.0, 1.0, 1.0])),
+     ValueError, "orthonormal columns"),
+    ("sign-complex", lambda: A_.max_margin(_X, _Y, transform=_dft(4), sign="nonnegative"), ValueError,
+     "real coordinates"),
+    ("not-separable", lambda: A_.max_margin(np.array([[1.0], [1.0]]), np.array([1.0, -1.0])), ValueError,
+     "not linearly separable"),
+    ("not-separable-2d", lambda: A_.max_margin(np.array([[1.0, 0.0], [2.0, 0.0]]), np.array([1.0, -1.0])),
+     ValueError, "not linearly separable"),
+    ("not-separable-sign", lambda: A_.max_margin(np.array([[1.0, 1.0]]), np.array([-1.0]), sign="nonnegative"),
+     ValueError, "sign constraint"),
+    ("margin-shape", lambda: A_.normalized_margin(np.ones(3), _X, _Y), ValueError, r"shape \(\.\.\., 4\)"),
+    ("margin-p-zero", lambda: A_.normalized_margin(np.ones(4), _X, _Y, p=0), ValueError, "p must be > 0"),
+    ("margin-p-str", lambda: A_.normalized_margin(np.ones(4), _X, _Y, p="two"), TypeError, "must be a number"),
+    ("stable-rank-1d", lambda: A_.stable_rank(np.ones(3)), ValueError, "at least 2 dimensions"),
+    ("kkt-depth-1", lambda: A_.kkt_residual(np.ones(4), _X, _Y, 1), ValueError, "depth must be an integer ≥ 2"),
+    ("kkt-depth-float", lambda: A_.kkt_residual(np.ones(4), _X, _Y, 2.5), TypeError, "depth"),
+    ("kkt-zero", lambda: A_.kkt_residual(np.zeros(4), _X, _Y, 2), ValueError, "identically zero"),
+    ("kkt-rho-shape", lambda: A_.kkt_residual(np.ones(5), _X, _Y, 2), ValueError, r"rho must have shape \(4,\)"),
+    ("kkt-active-tol", lambda: A_.kkt_residual(np.ones(4), _X, _Y, 2, active_tol=-1), ValueError, "active_tol"),
+    ("kkt-support-tol-bool", lambda: A_.kkt_residual(np.ones(4), _X, _Y, 2, support_tol=True), TypeError,
+     "support_tol"),
+    ("interp-overdetermined", lambda: A_.interpolation_limit(_X, _Y, np.ones((2, 4))), ValueError, "underdetermined"),
+    ("interp-depth-1", lambda: A_.interpolation_limit(_X.T, np.ones(4), np.ones((1, 5))), ValueError, "L >= 2"),
+    ("interp-a0-shape", lambda: A_.interpolation_limit(_X.T, np.ones(4), np.ones((2, 4))), ValueError,
+     r"shape \(L, 5\)"),
+    ("interp-method", lambda: A_.interpolation_limit(_X.T, np.ones(4), np.ones((2, 5)), method="fsolve"),
+     ValueError, "unknown method 'fsolve'"),
+    ("interp-complex-transform", lambda: A_.interpolation_limit(_X.T, np.ones(4), np.ones((2, 5)), transform=_dft(5)),
+     ValueError, "real transform"),
+    ("interp-y-inf", lambda: A_.interpolation_limit(_X.T, np.full(4, np.inf), np.ones((2, 5))), ValueError,
+     "non-finite"),
+    ("interp-max-iter", lambda: A_.interpolation_limit(_X.T, np.ones(4), np.ones((2, 5)), max_iter=0), ValueError,
+     "max_iter"),
+    ("mirror-z-shape", lambda: A_.mirror_map(np.ones((2, 3)), np.ones(2)), ValueError, r"shape \(3,\)"),
+    ("mirror-rtol", lambda: A_.mirror_map(np.ones((2, 3)), np.ones(3), rtol=0.0), ValueError, "rtol"),
+]
+
+
+@pytest.mark.parametrize("build, error, message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_are_refused(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
 
 
 def test_unreachable_targets_raise():

@@ -10,56 +10,16 @@ import math
 
 import cvxpy as cp
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from conftest import planted, run_logistic, svm_direction, unique_l1_direction, unitary_dft
 
 import flowsim as fs
 
-
-def planted(seed, n=10, d=20, k=2, gap=0.5):
-    rng = np.random.default_rng(seed)
-    teacher = np.zeros(d)
-    teacher[:k] = rng.standard_normal(k)
-    X = rng.standard_normal((4 * n, d))
-    keep = np.abs(X @ teacher) > gap * np.linalg.norm(teacher)
-    X = X[keep][:n]
-    return X, np.sign(X @ teacher)
-
-
-def run(net, X, y, log_t1, n_save=40):
-    traj = fs.simulate(fs.Problem(net, X, y, loss="logistic"), log_t1=log_t1, n_save=n_save)
-    assert bool(traj.ok), traj.message
-    return traj
-
-
-def l1_lp(X, y, nonnegative, cost=None):
-    """min Σ|ρ_j| (+ a perturbation cost·ρ) s.t. y_i⟨x_i, ρ⟩ ≥ 1 [, ρ ≥ 0], by HiGHS on ρ = p − q, p, q ≥ 0."""
-    n, d = X.shape
-    Z = y[:, None] * X
-    if nonnegative:
-        c, A_ub = np.ones(d), -Z
-    else:
-        c, A_ub = np.ones(2 * d), np.hstack([-Z, Z])
-    if cost is not None:
-        c = c + (cost if nonnegative else np.concatenate([cost, -cost]))
-    res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=-np.ones(n), bounds=(0, None), method="highs",
-                                 options=dict(primal_feasibility_tolerance=1e-10, dual_feasibility_tolerance=1e-10))
-    assert res.status == 0, res.message
-    rho = res.x if nonnegative else res.x[:d] - res.x[d:]
-    return rho
-
-
-def unique_l1_direction(X, y, nonnegative):
-    """The LP solution, after checking that it is unique: small random perturbations of the objective (which
-    would select different vertices of a non-unique optimal face) must not move it."""
-    rho = l1_lp(X, y, nonnegative)
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        other = l1_lp(X, y, nonnegative, cost=1e-5 * rng.standard_normal(X.shape[1]))
-        assert np.max(np.abs(other - rho)) < 1e-7 * np.max(np.abs(rho)), "the LP solution is not unique"
-    return rho / np.linalg.norm(rho)
+run = run_logistic
 
 
 def assert_much_better(res, reference, tol):
@@ -87,7 +47,7 @@ def test_diagonal_depth2_balanced_is_sign_constrained_l1_lp():
     X, y = planted(0)
     net = fs.networks.Diagonal.init(20, depth=2, scale=0.1, shape="balanced")
     res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
-    reference = unique_l1_direction(X, y, nonnegative=True)
+    reference = unique_l1_direction(X, y, sign_bounds=np.ones(X.shape[1]))
     assert_certificate(res)
     assert np.array_equal(res.sign_constraint, np.ones(20))  # detected from the balanced layers
     assert_much_better(res, reference, 1e-9)
@@ -95,7 +55,7 @@ def test_diagonal_depth2_balanced_is_sign_constrained_l1_lp():
     np.testing.assert_array_equal(res.support, np.flatnonzero(np.abs(reference) > 1e-9))
     assert np.all(res.direction >= 0)
     # the unconstrained LP is a different direction here: the sign constraint matters
-    free = unique_l1_direction(X, y, nonnegative=False)
+    free = unique_l1_direction(X, y)
     assert np.linalg.norm(free - reference) > 1e-2
     # an independent KKT check (fs.analysis.kkt_residual, NNLS multipliers) agrees
     assert fs.analysis.kkt_residual(res.rho, X, y, 2, sign="nonnegative") < 1e-9
@@ -107,7 +67,7 @@ def test_diagonal_depth2_sign_free_is_l1_lp():
     X, y = planted(0)
     net = fs.networks.Diagonal.init(20, depth=2, scale=0.1, shape="last_zero")
     res = fs.analysis.limit_direction(run(net, X, y, 1e4), X, y)
-    reference = unique_l1_direction(X, y, nonnegative=False)
+    reference = unique_l1_direction(X, y)
     assert_certificate(res)
     assert res.sign_constraint is None
     assert_much_better(res, reference, 1e-9)
@@ -142,14 +102,6 @@ def test_diagonal_depth3_is_a_kkt_point_and_a_local_minimum():
     assert 1.0 - np.dot(opt.x / np.linalg.norm(opt.x), res.direction[S]) < 1e-3 * res.last_iterate_error
 
 
-def svm_direction(X, y):
-    w = cp.Variable(X.shape[1])
-    problem = cp.Problem(cp.Minimize(cp.sum_squares(w)), [cp.multiply(y, X @ w) >= 1])
-    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
-    assert problem.status == cp.OPTIMAL
-    return w.value / np.linalg.norm(w.value)
-
-
 @pytest.mark.parametrize("make", ["fully_connected_3", "linear"])
 def test_fully_connected_and_linear_tend_to_svm(make):
     """Fully connected (depth 3, random init) and linear models: β/‖β‖ → the ℓ2 max-margin (SVM) direction,
@@ -159,7 +111,7 @@ def test_fully_connected_and_linear_tend_to_svm(make):
         net = fs.networks.Linear.init(20, shape="last_zero")
     else:
         net = fs.networks.FullyConnected.init(20, depth=3, width=5, scale=0.1, shape="random",
-                                              key=__import__("jax").random.PRNGKey(0))
+                                              key=jax.random.key(0))
     res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
     assert_certificate(res)
     assert res.q == 2.0 and res.support.size == 20
@@ -176,7 +128,7 @@ def test_convolutional_depth2_is_dft_l1_socp():
     d = 8
     net = fs.networks.Convolutional.init(d, depth=2, scale=0.1, shape="last_zero")
     res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
-    F = np.fft.fft(np.eye(d), norm="ortho")
+    F = unitary_dft(d)
     beta = cp.Variable(d)
     problem = cp.Problem(cp.Minimize(cp.norm1(F @ beta)), [cp.multiply(y, X @ beta) >= 1])
     problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
@@ -247,9 +199,6 @@ def test_saddle_escape_must_match_its_predicted_rate(saddle_run):
     res = fs.analysis.limit_direction(traj, X, y, escape_rtol=1e-4)
     assert not res.certified and res.saddle is None
     assert "not approaching" in res.message
-    for bad in (0.0, -1.0, "x", True, math.inf):
-        with pytest.raises(ValueError, match="escape_rtol"):
-            fs.analysis.limit_direction(traj, X, y, escape_rtol=bad)
 
 
 def test_limit_coordinate_started_small_falls_back_to_the_convex_structure():
@@ -262,36 +211,50 @@ def test_limit_coordinate_started_small_falls_back_to_the_convex_structure():
     direction[13] = 1e-2
     net = fs.networks.Diagonal.init(20, depth=2, scale=0.1, shape="last_zero", direction=jnp.asarray(direction))
     res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
-    reference = unique_l1_direction(X, y, nonnegative=False)
+    reference = unique_l1_direction(X, y)
     assert res.certified, res.message
     assert "convex solver" in res.message and res.repairs > 0
     assert_much_better(res, reference, 1e-12)
     assert res.last_iterate_error > 1e-2
 
 
+def _complex_l1_point(X, rho, mu):
+    """(MarginProblem, Candidate) for samples X (labels +1) under the unitary DFT, at (ρ, μ) with ρ's support."""
+    from flowsim.analysis._geometry import margin_problem
+    from flowsim.analysis._kkt import INFEASIBLE
+    from flowsim.analysis._restricted import KKTPoint
+    from flowsim.analysis._search import Candidate
+    from flowsim.analysis._structure import Structure
+
+    problem = margin_problem(X, np.ones(len(X)), 1.0, unitary_dft(X.shape[1]))
+    structure = Structure(np.abs(rho) > 0, np.sign(np.real(rho)), mu > 0)
+    return problem, Candidate(structure, KKTPoint(rho, mu, True, ""), INFEASIBLE)
+
+
 def test_complex_l1_uniqueness_check():
     """One sample whose spectrum ties at DC and Nyquist (x̂ = (1, 0.3e^{0.7i}, −1, conj)) has a segment of DFT-ℓ1
     minimisers ρ = (t, 0, −(1 − t), 0), t ∈ [0, 1]: not unique. The check must say so; with a second sample that
     breaks the tie it must accept the vertex."""
-    from flowsim.analysis._limit import _unique_complex_l1
+    from flowsim.analysis._certificate import unique_complex_l1
 
-    d = 4
     spectrum = np.array([1.0, 0.3 * np.exp(0.7j), -1.0, 0.3 * np.exp(-0.7j)])
     x = np.real(np.fft.ifft(spectrum, norm="ortho"))
-    A = np.fft.fft(x, norm="ortho")[None, :]  # rows a_i = y_i S x_i, S the unitary DFT
     rho, mu = np.array([0.5, 0.0, -0.5, 0.0], dtype=complex), np.array([1.0])
+    problem, candidate = _complex_l1_point(x[None, :], rho, mu)
+    A = np.fft.fft(x, norm="ortho")[None, :]  # rows a_i = y_i S x_i, S the unitary DFT
+    np.testing.assert_allclose(problem.A, A, atol=1e-15)
     assert np.allclose(np.real(np.conj(A) @ rho), 1.0)
     np.testing.assert_allclose((A.T @ mu)[[0, 2]], [1.0, -1.0], atol=1e-12)  # stationarity on the support
-    unique, why = _unique_complex_l1(A, rho, mu, np.array([0, 2]), np.zeros(d, dtype=bool), None)
+    unique, why = unique_complex_l1(problem, candidate)
     assert not unique and "support pairs" in why
     # two samples with (DC, Nyquist) parts (2, 1) and (1, 2): the vertex ρ = (1/3, 0, 1/3, 0) with μ = (1/3, 1/3)
     # is the unique minimiser
-    A2 = np.fft.fft(np.real(np.fft.ifft([[2.0, 0.1j, 1.0, -0.1j], [1.0, 0.2, 2.0, 0.2]], norm="ortho")),
-                    norm="ortho")
+    X2 = np.real(np.fft.ifft([[2.0, 0.1j, 1.0, -0.1j], [1.0, 0.2, 2.0, 0.2]], norm="ortho"))
     rho2, mu2 = np.array([1.0, 0.0, 1.0, 0.0], dtype=complex) / 3.0, np.array([1.0, 1.0]) / 3.0
-    assert np.allclose(np.real(np.conj(A2) @ rho2), 1.0)
-    np.testing.assert_allclose((A2.T @ mu2)[[0, 2]], [1.0, 1.0], atol=1e-12)
-    unique, why = _unique_complex_l1(A2, rho2, mu2, np.array([0, 2]), np.zeros(d, dtype=bool), None)
+    problem2, candidate2 = _complex_l1_point(X2, rho2, mu2)
+    assert np.allclose(problem2.margins(rho2), 1.0)
+    np.testing.assert_allclose(problem2.dual(mu2)[[0, 2]], [1.0, 1.0], atol=1e-12)
+    unique, why = unique_complex_l1(problem2, candidate2)
     assert unique, why
 
 
@@ -317,40 +280,74 @@ def test_wrong_sign_model_is_not_certified():
     assert fs.analysis.limit_direction(traj, X, y, sign="nonnegative").certified
 
 
-def test_bad_inputs():
+@pytest.fixture(scope="module")
+def short_run():
     X, y = planted(0)
     net = fs.networks.Diagonal.init(20, depth=2, scale=0.1, shape="balanced")
-    traj = run(net, X, y, 5.0, n_save=10)
+    return X, y, net, run(net, X, y, 5.0, n_save=10)
+
+
+BAD_ARGUMENTS = [
+    ("tail-zero", dict(tail=0.0), ValueError, "tail"),
+    ("tail-window-empty", dict(tail=(1e5, 1e6)), ValueError, "tail"),
+    ("tail-str", dict(tail="half"), TypeError, "tail"),
+    ("q-between", dict(q=1.5), ValueError, "q must"),
+    ("q-str", dict(q="two"), TypeError, "q must be a real number"),
+    ("q-and-depth", dict(q=1.0, depth=2), ValueError, "q or depth"),
+    ("depth-zero", dict(depth=0), ValueError, "depth"),
+    ("depth-float", dict(depth=2.0), TypeError, "depth"),
+    ("sign-unknown", dict(sign="positive"), ValueError, "sign"),
+    ("sign-array-shape", dict(sign=np.ones(3)), ValueError, "sign array"),
+    ("sign-array-values", dict(sign=np.full(20, 2.0)), ValueError, "sign array"),
+    ("kkt_tol-negative", dict(kkt_tol=-1.0), ValueError, "kkt_tol"),
+    ("kkt_tol-bool", dict(kkt_tol=True), TypeError, "kkt_tol"),
+    ("kkt_tol-inf", dict(kkt_tol=math.inf), ValueError, "kkt_tol"),
+    ("search_width-negative", dict(search_width=-1), ValueError, "search_width"),
+    ("max_repairs-float", dict(max_repairs=2.5), TypeError, "max_repairs"),
+    ("decay_slope-zero", dict(decay_slope=0.0), ValueError, "decay_slope"),
+    ("escape_rtol-zero", dict(escape_rtol=0.0), ValueError, "escape_rtol"),
+    ("escape_rtol-negative", dict(escape_rtol=-1.0), ValueError, "escape_rtol"),
+    ("escape_rtol-str", dict(escape_rtol="x"), TypeError, "escape_rtol"),
+    ("escape_rtol-bool", dict(escape_rtol=True), TypeError, "escape_rtol"),
+    ("escape_rtol-inf", dict(escape_rtol=math.inf), ValueError, "escape_rtol"),
+    ("transform-shape", dict(transform=np.eye(3)), ValueError, "transform"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [b[1:] for b in BAD_ARGUMENTS], ids=[b[0] for b in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused(short_run, kwargs, error, message):
+    X, y, _, traj = short_run
+    with pytest.raises(error, match=message):
+        fs.analysis.limit_direction(traj, X, y, **kwargs)
+
+
+BAD_DATA = [
+    ("columns", lambda X, y: (X[:, :5], y), ValueError, "columns"),
+    ("labels", lambda X, y: (X, np.where(y > 0, 1.0, 0.0)), ValueError, "labels"),
+    ("label-shape", lambda X, y: (X, y[:5]), ValueError, "shape"),
+    ("X-complex", lambda X, y: (X * 1j, y), TypeError, "real-valued"),
+    ("X-nan", lambda X, y: (np.where(X > 1, np.nan, X), y), ValueError, "non-finite"),
+]
+
+
+@pytest.mark.parametrize("edit, error, message", [b[1:] for b in BAD_DATA], ids=[b[0] for b in BAD_DATA])
+def test_bad_data_are_refused(short_run, edit, error, message):
+    X, y, _, traj = short_run
+    with pytest.raises(error, match=message):
+        fs.analysis.limit_direction(traj, *edit(X, y))
+
+
+def test_bad_trajectories_are_refused(short_run):
+    X, y, net, traj = short_run
     with pytest.raises(TypeError, match="Trajectory"):
         fs.analysis.limit_direction(net, X, y)
     failed = fs.simulate(fs.Problem(net, X, y, loss="logistic"), log_t1=1e3, max_steps=3)
     with pytest.raises(ValueError, match="traj.ok"):
         fs.analysis.limit_direction(failed, X, y)
-    with pytest.raises(ValueError, match="columns"):
-        fs.analysis.limit_direction(traj, X[:, :5], y)
-    with pytest.raises(ValueError, match="labels"):
-        fs.analysis.limit_direction(traj, X, np.where(y > 0, 1.0, 0.0))
-    with pytest.raises(ValueError, match="shape"):
-        fs.analysis.limit_direction(traj, X, y[:5])
-    with pytest.raises(ValueError, match="tail"):
-        fs.analysis.limit_direction(traj, X, y, tail=0.0)
-    with pytest.raises(ValueError, match="tail"):
-        fs.analysis.limit_direction(traj, X, y, tail=(1e5, 1e6))
-    with pytest.raises(ValueError, match="q must"):
-        fs.analysis.limit_direction(traj, X, y, q=1.5)
-    with pytest.raises(ValueError, match="depth"):
-        fs.analysis.limit_direction(traj, X, y, depth=0)
-    with pytest.raises(ValueError, match="sign"):
-        fs.analysis.limit_direction(traj, X, y, sign="positive")
-    with pytest.raises(ValueError, match="kkt_tol"):
-        fs.analysis.limit_direction(traj, X, y, kkt_tol=-1.0)
-    with pytest.raises(ValueError, match="search_width"):
-        fs.analysis.limit_direction(traj, X, y, search_width=-1)
-    with pytest.raises(ValueError, match="sign array"):
-        fs.analysis.limit_direction(traj, X, y, sign=np.ones(3))
 
-    # a non-orthogonally-decomposable convolution (kernel 3 < d) has no built-in theory: q must be given
+    # a short-kernel convolution (kernel 3 < d) is not orthogonally decomposable: no built-in theory, q needed
     conv = fs.networks.Convolutional.init(20, depth=2, scale=0.1, shape="balanced", kernel_size=3)
+    assert conv.margin_geometry().q is None
     short = fs.simulate(fs.Problem(conv, X, y, loss="logistic"), log_t1=2.0, n_save=10)
     with pytest.raises(ValueError, match="pass q explicitly"):
         fs.analysis.limit_direction(short, X, y)

@@ -373,10 +373,51 @@ def test_odn_conservation_along_scipy_flow(family):
 
 
 def test_short_convolution_is_not_odn():
-    net = nets.Convolutional.init(4, 2, kernel_size=2)
-    for call in (lambda: net.transform, net.rho, net.odn_coordinates):
-        with pytest.raises(ValueError, match="kernel_size=2 the network is not orthogonally decomposable"):
-            call()
+    """k < d builds a ShortKernelConvolutional, outside the ODN hierarchy: no rho/transform, and its margin
+    geometry carries no built-in exponent. k = d builds the ODN FullLengthConvolutional. Both are Convolutional."""
+    short = nets.Convolutional.init(4, 2, kernel_size=2)
+    full = nets.Convolutional.init(4, 2)
+    assert type(short) is nets.ShortKernelConvolutional and type(full) is nets.FullLengthConvolutional
+    assert isinstance(short, nets.Convolutional) and isinstance(full, nets.Convolutional)
+    assert not isinstance(short, nets.AbstractOrthogonallyDecomposableNetwork)
+    assert isinstance(full, nets.AbstractOrthogonallyDecomposableNetwork)
+    assert not hasattr(short, "rho") and not hasattr(short, "transform")
+    geometry = short.margin_geometry()
+    assert geometry.q is None and geometry.layer_coordinates is None
+    np.testing.assert_array_equal(geometry.rho, short.beta())
+    with pytest.raises(ValueError, match="shorter than d"):
+        nets.ShortKernelConvolutional([np.ones(4), np.ones(4)])
+    with pytest.raises(ValueError, match="filters of length d=4"):
+        nets.FullLengthConvolutional([np.ones(2), np.ones(4)])
+
+
+@pytest.mark.parametrize("family", ["diagonal", "linear", "convolutional", "fully_connected", "tensor"])
+def test_margin_geometry(family):
+    """Each network states its max-margin problem: q = 2/L, S and ρ for ODNs (f(x) = Re⟨Sx, ρ⟩, checked on
+    random inputs), q = 2 and ρ = β for fully connected nets (Ji & Telgarsky 2020), q = None for a general
+    tensor."""
+    rng = np.random.default_rng(17)
+    d = 4
+    if family == "diagonal":
+        net, q = nets.Diagonal(random_layers(rng, [(d,)] * 3)), 2.0 / 3.0
+    elif family == "linear":
+        net, q = nets.Linear(rng.standard_normal(d)), 2.0
+    elif family == "convolutional":
+        net, q = nets.Convolutional(random_layers(rng, [(d,)] * 2)), 1.0
+    elif family == "fully_connected":
+        net, q = nets.FullyConnected(random_layers(rng, [(d, 3), (3,)])), 2.0
+    else:
+        net, q = nets.TensorNetwork(diagonal_tensor(d, 2), random_layers(rng, [(d,)] * 2)), None
+    geometry = net.margin_geometry()
+    assert geometry.q == q
+    S, rho = np.asarray(geometry.transform), np.asarray(geometry.rho)
+    for x in rng.standard_normal((3, d)):
+        np.testing.assert_allclose(np.real(np.vdot(S @ x, rho)), net(jnp.asarray(x)), rtol=1e-12)
+    if isinstance(net, nets.AbstractOrthogonallyDecomposableNetwork):
+        np.testing.assert_allclose(np.prod(np.asarray(geometry.layer_coordinates), axis=0), rho, rtol=1e-13)
+    else:
+        assert geometry.layer_coordinates is None
+        np.testing.assert_allclose(rho, net.beta(), rtol=1e-14)
 
 
 # ---------------------------------------------------------------- initialisers
@@ -506,7 +547,7 @@ def test_random_init_under_vmap_and_problem():
 
 
 BAD_INPUTS = [
-    ("diag-empty", lambda: nets.Diagonal([]), ValueError, r"Diagonal needs depth >= 1"),
+    ("diag-empty", lambda: nets.Diagonal([]), ValueError, r"Diagonal depth \(number of layers\) must be an integer ≥ 1"),
     ("diag-array", lambda: nets.Diagonal(np.ones((2, 3))), TypeError, r"list of layers, got a single array"),
     ("diag-not-seq", lambda: nets.Diagonal(3.0), TypeError, r"list \(or tuple\) of layers, got float"),
     ("diag-mismatch", lambda: nets.Diagonal([np.ones(3), np.ones(4)]), ValueError, r"layer 2 has shape \(4,\)"),
@@ -516,23 +557,25 @@ BAD_INPUTS = [
     ("diag-complex", lambda: nets.Diagonal([np.array([1 + 1j])]), TypeError, r"real numeric array.*complex"),
     ("diag-str", lambda: nets.Diagonal(["abc"]), TypeError, r"real numeric array"),
     ("diag-empty-layer", lambda: nets.Diagonal([np.ones(0)]), ValueError, r"is empty"),
-    ("diag-depth0", lambda: nets.Diagonal.init(3, 0), ValueError, r"depth >= 1.*depth=0"),
-    ("diag-depth-float", lambda: nets.Diagonal.init(3, 2.5), TypeError, r"depth must be an integer, got 2.5"),
-    ("diag-d0", lambda: nets.Diagonal.init(0, 2), ValueError, r"input dimension d must be at least 1, got 0"),
+    ("diag-depth0", lambda: nets.Diagonal.init(3, 0), ValueError, r"depth \(number of layers\) must be an integer ≥ 1, got 0"),
+    ("diag-depth-float", lambda: nets.Diagonal.init(3, 2.5), TypeError, r"depth .*must be an integer ≥ 1, got 2.5"),
+    ("diag-depth-bool", lambda: nets.Diagonal.init(3, True), TypeError, r"depth .*must be an integer"),
+    ("diag-d0", lambda: nets.Diagonal.init(0, 2), ValueError, r"input dimension d must be an integer ≥ 1, got 0"),
     ("diag-shape", lambda: nets.Diagonal.init(3, 2, shape="orthogonal"), ValueError,
-     r"unknown Diagonal init shape 'orthogonal'; valid shapes are 'balanced', 'last_zero', 'random'"),
+     r"unknown Diagonal init shape 'orthogonal'; valid: \['balanced', 'last_zero', 'random'\]"),
     ("diag-nokey", lambda: nets.Diagonal.init(3, 2, shape="random"), ValueError, r"'random' needs a PRNG key"),
     ("diag-random-direction", lambda: nets.Diagonal.init(3, 2, shape="random", key=jr.key(0), direction=np.ones(3)),
      ValueError, r"direction is used by the 'balanced' and 'last_zero' shapes only"),
     ("diag-direction", lambda: nets.Diagonal.init(3, 2, direction=np.ones(4)), ValueError,
      r"direction must have shape \(3,\), got shape \(4,\)"),
-    ("diag-scale-inf", lambda: nets.Diagonal.init(3, 2, scale=np.inf), ValueError, r"scale must be finite"),
+    ("diag-scale-inf", lambda: nets.Diagonal.init(3, 2, scale=np.inf), ValueError, r"scale must be a finite"),
+    ("diag-scale-bool", lambda: nets.Diagonal.init(3, 2, scale=True), TypeError, r"scale must be a real number"),
     ("diag-scale-str", lambda: nets.Diagonal.init(3, 2, scale="big"), TypeError, r"scale must be a real number"),
     ("diag-input", lambda: nets.Diagonal.init(3, 2)(jnp.ones(5)), ValueError,
      r"ONE input of shape \(3,\).*got an input of shape \(5,\)"),
     ("linear-ndim", lambda: nets.Linear(np.ones((2, 2))), ValueError, r"Linear weight w must be a vector"),
     ("linear-nokey", lambda: nets.Linear.init(3, shape="random"), ValueError, r"needs a PRNG key"),
-    ("fc-empty", lambda: nets.FullyConnected([]), ValueError, r"FullyConnected needs depth >= 1"),
+    ("fc-empty", lambda: nets.FullyConnected([]), ValueError, r"FullyConnected depth \(number of layers\) must"),
     ("fc-chain", lambda: nets.FullyConnected([np.ones((3, 2)), np.ones(3)]), ValueError,
      r"layer 2 has shape \(3,\).*needs 2 rows"),
     ("fc-chain-mid", lambda: nets.FullyConnected([np.ones((3, 2)), np.ones((3, 2)), np.ones(2)]), ValueError,
@@ -542,11 +585,11 @@ BAD_INPUTS = [
     ("fc-matrix-last", lambda: nets.FullyConnected([np.ones((3, 2)), np.ones((2, 1))]), ValueError,
      r"last layer 2 \(w_L\) must be a vector"),
     ("fc-widths", lambda: nets.FullyConnected.init(3, 3, width=[2]), ValueError, r"needs 2 hidden widths, got 1"),
-    ("fc-width0", lambda: nets.FullyConnected.init(3, 2, width=0), ValueError, r"width must be at least 1, got 0"),
+    ("fc-width0", lambda: nets.FullyConnected.init(3, 2, width=0), ValueError, r"width must be an integer ≥ 1, got 0"),
     ("fc-zero-direction", lambda: nets.FullyConnected.init(3, 2, direction=np.zeros(3)), ValueError, r"non-zero"),
     ("fc-shape", lambda: nets.FullyConnected.init(3, 2, shape="xavier"), ValueError, r"unknown FullyConnected init"),
-    ("conv-depth1", lambda: nets.Convolutional([np.ones(4)]), ValueError, r"Convolutional needs depth >= 2"),
-    ("conv-init-depth1", lambda: nets.Convolutional.init(4, 1), ValueError, r"Convolutional needs depth >= 2"),
+    ("conv-depth1", lambda: nets.Convolutional([np.ones(4)]), ValueError, r"Convolutional depth .* ≥ 2, got 1"),
+    ("conv-init-depth1", lambda: nets.Convolutional.init(4, 1), ValueError, r"Convolutional depth .* ≥ 2, got 1"),
     ("conv-long-filter", lambda: nets.Convolutional([np.ones(5), np.ones(4)]), ValueError,
      r"filter 1 has length 5.*between 1 and d=4"),
     ("conv-filter-mismatch", lambda: nets.Convolutional([np.ones(2), np.ones(3), np.ones(4)]), ValueError,
@@ -556,7 +599,7 @@ BAD_INPUTS = [
     ("conv-kernel-big", lambda: nets.Convolutional([np.ones(3), np.ones(4)], kernel_size=5), ValueError,
      r"kernel_size must be between 1 and d=4, got kernel_size=5"),
     ("conv-kernel-zero", lambda: nets.Convolutional.init(4, 2, kernel_size=0), ValueError,
-     r"kernel_size must be between 1 and d=4, got kernel_size=0"),
+     r"kernel_size must be an integer ≥ 1, got 0"),
     ("conv-kernel-float", lambda: nets.Convolutional.init(4, 2, kernel_size=2.0), TypeError,
      r"kernel_size must be an integer"),
     ("conv-direction", lambda: nets.Convolutional.init(4, 2, kernel_size=2, direction=np.ones(4)), ValueError,

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.integrate
 from jaxtyping import ArrayLike, Float
 
-from ._checks import as_real_matrix, as_transform, as_vector
+from .._checks import as_choice, as_int, as_positive_float, as_real_matrix, as_transform, as_vector
 
 _BLOWUP = 1e50  # |a_lj| beyond this counts as the finite-z blow-up of the ODE (outside Phi_j's domain)
 _METHODS = ("auto", "ode")
@@ -54,7 +54,7 @@ def _as_init(a0, m: int | None = None) -> np.ndarray:
     if m is not None and a0.shape[1] != m:
         raise ValueError(f"a0 must have shape (L, {m}) (one column per coordinate of rho); got shape {a0.shape}.")
     if np.iscomplexobj(a0) or not np.issubdtype(a0.dtype, np.number):
-        raise ValueError(f"a0 must be real-valued; got dtype {a0.dtype}.")
+        raise TypeError(f"a0 must be real-valued; got dtype {a0.dtype}.")
     a0 = a0.astype(np.float64)
     if not np.all(np.isfinite(a0)):
         raise ValueError("a0 contains non-finite values (nan or inf).")
@@ -128,9 +128,9 @@ def mirror_map(
     entries in a0 never move: Phi = 0. Entries outside Phi_j's domain (finite-z blow-up for L >= 3) are inf.
     """
     a0 = _as_init(a0)
-    z = as_vector(z, a0.shape[1], "z")
-    if method not in _METHODS:
-        raise ValueError(f"method = {method!r} is unknown; valid: {', '.join(map(repr, _METHODS))}.")
+    z = as_vector("z", z, a0.shape[1])
+    method = as_choice("method", method, _METHODS)
+    rtol = as_positive_float("rtol", rtol)
     return _mirror(a0, z, method, rtol)
 
 
@@ -206,18 +206,17 @@ def interpolation_limit(
     `rtol` (~1e-12 in rho). It assumes the flow converges to an interpolator (true when the data can be fitted by
     rho in the range of Phi; balanced same-sign inits keep the sign of rho_j, for example).
     """
-    X = as_real_matrix(X)
+    X = as_real_matrix("X", X)
     n, d = X.shape
-    y = as_vector(y, n, "y")
-    S = as_transform(transform, d)
+    y = as_vector("y", y, n)
+    S = as_transform("transform", transform, d)
     if np.iscomplexobj(S):
         raise ValueError("interpolation_limit needs a real transform S (e.g. a real orthogonal basis); got a complex one.")
     m = S.shape[0]
     a0 = _as_init(a0, m)
-    if method not in _METHODS:
-        raise ValueError(f"method = {method!r} is unknown; valid: {', '.join(map(repr, _METHODS))}.")
-    if not (isinstance(max_iter, int) and max_iter > 0):
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
+    method = as_choice("method", method, _METHODS)
+    rtol = as_positive_float("rtol", rtol)
+    max_iter = as_int("max_iter", max_iter, 1)
     A = X @ S.T  # predictions are A @ rho
     if n > m or np.linalg.matrix_rank(A) < n:
         raise ValueError(

@@ -1,5 +1,7 @@
 """Diagonal linear networks β = v_1 ⊙ … ⊙ v_L."""
 
+from typing import final
+
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -16,6 +18,7 @@ from ._validation import (
 )
 
 
+@final
 class Diagonal(AbstractOrthogonallyDecomposableNetwork):
     """Depth-L diagonal linear network f(x) = Σ_j x_j v_1[j] ⋯ v_L[j]; β = v_1 ⊙ … ⊙ v_L.
 
@@ -23,6 +26,8 @@ class Diagonal(AbstractOrthogonallyDecomposableNetwork):
     Mobahi, ICLR 2021). It is its own ODN view: S = I, U_l = I, a_l = v_l, ρ = β.
 
     **Arguments:** ``layers``, a list [v_1, …, v_L] of vectors of one shape (d,), L >= 1.
+
+    Final (not meant to be subclassed).
     """
 
     layers: tuple[Float[Array, " d"], ...]

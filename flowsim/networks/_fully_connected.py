@@ -1,13 +1,14 @@
 """Fully connected linear networks f(x) = xᵀ W_1 ⋯ W_{L−1} w_L."""
 
 from collections.abc import Sequence
+from typing import final
 
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._base import AbstractLinearTensorNetwork
+from ._base import AbstractLinearTensorNetwork, MarginGeometry
 from ._validation import (
     as_layer_list,
     as_real_array,
@@ -20,6 +21,7 @@ from ._validation import (
 )
 
 
+@final
 class FullyConnected(AbstractLinearTensorNetwork):
     """Depth-L fully connected linear network f(x) = xᵀ W_1 W_2 ⋯ W_{L−1} w_L; β = W_1 ⋯ W_{L−1} w_L.
 
@@ -32,6 +34,8 @@ class FullyConnected(AbstractLinearTensorNetwork):
     direction at every depth (Ji & Telgarsky 2019/2020; Gunasekar et al. 2018).
 
     **Arguments:** ``layers``, a list [W_1, …, W_{L−1}, w_L] of matrices and a final vector.
+
+    Final (not meant to be subclassed).
     """
 
     layers: tuple[Float[Array, "..."], ...]
@@ -72,6 +76,10 @@ class FullyConnected(AbstractLinearTensorNetwork):
         for W in reversed(self.layers[:-1]):
             beta = W @ beta
         return beta
+
+    def margin_geometry(self) -> MarginGeometry:
+        """q = 2 and ρ = β, S = I: the ℓ2 max-margin (SVM) direction at every depth (Ji & Telgarsky 2020)."""
+        return MarginGeometry(q=2.0, transform=jnp.eye(self.input_dim), rho=self.beta(), layer_coordinates=None)
 
     @classmethod
     def init(

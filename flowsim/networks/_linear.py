@@ -1,5 +1,7 @@
 """The linear model f(x) = ⟨w, x⟩, a depth-1 linear tensor network."""
 
+from typing import final
+
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -8,12 +10,15 @@ from ._base import AbstractOrthogonallyDecomposableNetwork
 from ._validation import as_real_array, check_direction, check_init_args, check_input, check_positive_int
 
 
+@final
 class Linear(AbstractOrthogonallyDecomposableNetwork):
     """Linear model f(x) = ⟨w, x⟩; β = w.
 
     The depth-1 linear tensor network (M(x) = x). As an ODN: S = I, ρ = w, a = w[None].
 
     **Arguments:** ``w``, the weight vector, shape (d,).
+
+    Final (not meant to be subclassed).
     """
 
     layers: tuple[Float[Array, " d"]]

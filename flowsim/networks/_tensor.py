@@ -1,12 +1,14 @@
 """General linear tensor networks f(x) = M(x)(v_1, …, v_L), M(x) = Σ_j x_j T[j]."""
 
+from typing import final
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._base import AbstractLinearTensorNetwork
+from ._base import AbstractLinearTensorNetwork, MarginGeometry
 from ._validation import as_layer_list, as_real_array, check_input
 
 
@@ -40,6 +42,7 @@ class _FixedTensor:
         return f"tensor{self.array.shape}"
 
 
+@final
 class TensorNetwork(AbstractLinearTensorNetwork):
     """General linear tensor network (Yun, Krishnan & Mobahi, ICLR 2021):
 
@@ -55,6 +58,8 @@ class TensorNetwork(AbstractLinearTensorNetwork):
 
     **Arguments:** ``tensor`` T, a concrete real array of shape (d, k_1, …, k_L); ``layers``,
     a list [v_1, …, v_L] with v_l of shape (k_l,).
+
+    Final (not meant to be subclassed).
     """
 
     layers: tuple[Float[Array, " _"], ...]
@@ -116,3 +121,8 @@ class TensorNetwork(AbstractLinearTensorNetwork):
         for v in reversed(self.layers):
             b = b @ v
         return b
+
+    def margin_geometry(self) -> MarginGeometry:
+        """ρ = β, S = I, and no built-in exponent (q = None): the implicit bias of a general tensor is not
+        known in closed form, so ``fs.analysis.limit_direction`` needs ``q`` from the caller."""
+        return MarginGeometry(q=None, transform=jnp.eye(self.input_dim), rho=self.beta(), layer_coordinates=None)

@@ -1,4 +1,8 @@
-"""Argument checks shared by the network families: bad inputs are refused early, in words."""
+"""Argument checks specific to the network families (layer lists, init arguments).
+
+Numbers go through ``flowsim._checks``, the one validation layer (wrong kind → TypeError, out of
+range → ValueError, booleans refused, traced values passed on as arrays).
+"""
 
 from collections.abc import Sequence
 
@@ -7,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from .._checks import as_choice, as_int, as_real_scalar, is_traced
+
 INIT_SHAPES = ("balanced", "last_zero", "random")
 
 
 def is_concrete(value) -> bool:
     """True when ``value`` holds numbers now (not a tracer under ``jit``/``vmap``)."""
-    return not isinstance(value, jax.core.Tracer)
+    return not is_traced(value)
 
 
 def as_layer_list(layers, family: str) -> list:
@@ -63,34 +69,19 @@ def check_input(x, d: int, family: str) -> None:
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    """An integer ≥ ``minimum`` (``flowsim._checks.as_int``)."""
+    return as_int(name, value, minimum)
 
 
 def check_depth(depth, family: str, minimum: int = 1) -> int:
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
-        raise TypeError(f"{family} depth must be an integer, got {depth!r}")
-    if depth < minimum:
-        raise ValueError(f"{family} needs depth >= {minimum} (number of layers), got depth={depth}")
-    return int(depth)
+    """The number of layers L ≥ ``minimum`` of a ``family`` network."""
+    return as_int(f"{family} depth (number of layers)", depth, minimum)
 
 
-def check_init_args(shape, scale, key, direction, family: str) -> float:
-    """Validate the common initialiser arguments; returns the scale as a float (or a tracer)."""
-    if shape not in INIT_SHAPES:
-        raise ValueError(f"unknown {family} init shape {shape!r}; valid shapes are {', '.join(map(repr, INIT_SHAPES))}")
-    if is_concrete(scale):
-        if isinstance(scale, (bool, np.bool_)) or np.ndim(scale) != 0:
-            raise TypeError(f"scale must be a real number, got {scale!r}")
-        try:
-            scale = float(scale)
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"scale must be a real number, got {scale!r}") from error
-        if not np.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale}")
+def check_init_args(shape, scale, key, direction, family: str):
+    """Validate the common initialiser arguments; returns the scale as a float64 0-d array (or a tracer)."""
+    as_choice(f"{family} init shape", shape, INIT_SHAPES)
+    scale = as_real_scalar("scale", scale)
     if shape == "random":
         if key is None:
             raise ValueError(f"{family} init shape 'random' needs a PRNG key: pass key=jax.random.key(seed)")
