@@ -1,7 +1,10 @@
+import math
 import os
 import pathlib
 
 import jax
+import numpy as np
+import scipy.optimize
 
 jax.config.update("jax_enable_x64", True)
 # A persistent compilation cache keeps repeated CI runs and local re-runs fast.
@@ -14,11 +17,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # ----------------------------------------------------------------------------------------------------------
 # Shared helpers for the analysis and network tests: data, runs on a fixed save grid, and the independent
 # convex references (scipy's HiGHS LPs, cvxpy/Clarabel QPs). Imported with `from conftest import ...`.
-
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import scipy.optimize  # noqa: E402
 
 _HIGHS_TIGHT = dict(primal_feasibility_tolerance=1e-10, dual_feasibility_tolerance=1e-10)
 

@@ -10,7 +10,6 @@ import pytest
 import scipy.integrate
 import scipy.linalg
 import scipy.optimize
-
 from conftest import l1_lp, unitary_dft
 
 import flowsim as fs
@@ -77,7 +76,7 @@ def test_l2_max_margin_matches_dual_qp():
     np.testing.assert_allclose(sol.rho, b, rtol=0, atol=1e-7 * np.linalg.norm(b))
     assert abs(np.linalg.norm(sol.direction) - 1) < 1e-14
     # KKT to round-off: rho = A_I^T mu with mu >= 0 on the support vectors (non-negative least squares)
-    mu, resid = scipy.optimize.nnls(Ay[sol.active].T, sol.rho)
+    _, resid = scipy.optimize.nnls(Ay[sol.active].T, sol.rho)
     assert resid < 1e-10 * np.linalg.norm(sol.rho)
 
 
@@ -96,11 +95,11 @@ def test_linf_max_margin_matches_linprog():
 def test_sign_constrained_l1():
     X, y = _separable(8, 12, 4)
     sol = A_.max_margin_solution(X, y, 1.0, sign="nonnegative")
-    b, value = _linprog_l1(X, y, bounds=(0, None))
+    _, value = _linprog_l1(X, y, bounds=(0, None))
     assert abs(sol.norm - value) < 1e-10 * value
     assert np.all(sol.direction >= 0)
     free = A_.max_margin_solution(X, y, 1.0)
-    assert free.margin > sol.margin * (1 + 1e-3)  # the constraint binds on this data (the science.md pitfall)
+    assert free.margin > sol.margin * (1 + 1e-3)  # the constraint binds on this data (the sign pitfall of balanced inits)
     # a mixed pattern: +1 / -1 / free, checked against linprog with the same bounds
     s = np.array([1, -1, 0] * 4)
     mixed = A_.max_margin_solution(X, y, 1.0, sign=s)
@@ -293,7 +292,7 @@ def test_interpolation_limit_matches_direct_gradient_flow(case):
 
 def test_mirror_map_closed_forms_against_ode():
     rng = np.random.default_rng(22)
-    # L = 3, a1 = a2 = alpha, a3 = 0: Phi = alpha^3 tan(alpha z) sec^2(alpha z)  (science.md, checked here)
+    # L = 3, a1 = a2 = alpha, a3 = 0: Phi = alpha^3 tan(alpha z) sec^2(alpha z)  (closed form, checked here)
     alpha = np.array([0.3, 1.0, 2.0, 0.05])
     z = np.array([1.2, -0.9, 0.7, 25.0])  # |alpha z| < pi/2
     a0 = np.vstack([alpha, alpha, np.zeros(4)])
@@ -369,6 +368,125 @@ def test_scale_limits_l2_and_l1():
     # depth 3 with small init also approaches the min-l1 interpolator
     d3 = A_.interpolation_limit(X, y, np.vstack([0.01 * np.ones(6), 0.01 * np.ones(6), np.zeros(6)]))
     assert np.max(np.abs(d3.beta - l1)) < 1e-3 * np.max(np.abs(l1))
+
+
+# ---------------------------------------------------------------- regression references in closed form
+
+
+def _fc_gradient_flow_limit(X, y, net, t1=2e3):
+    """β of a fully connected net after the layer-wise gradient flow of L = (1/2n) Σ (f − y)², integrated with
+    scipy's DOP853 at rtol 1e-12 (independent of rank_one_limit's reduction to a scalar equation)."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    theta0, unravel = ravel_pytree(net)
+
+    @jax.jit
+    def rhs(theta):
+        def loss(th):
+            return 0.5 * jnp.mean((jax.vmap(unravel(th))(X) - y) ** 2)
+
+        return -jax.grad(loss)(theta)
+
+    sol = scipy.integrate.solve_ivp(lambda t, th: np.asarray(rhs(jnp.asarray(th))), (0.0, t1), np.asarray(theta0),
+                                    method="DOP853", rtol=1e-12, atol=1e-14)
+    assert sol.success, sol.message
+    final = unravel(jnp.asarray(sol.y[:, -1]))
+    assert float(0.5 * jnp.mean((jax.vmap(final)(X) - y) ** 2)) < 1e-24  # converged to an interpolator
+    return np.asarray(final.beta())
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_rank_one_limit_matches_the_layerwise_flow(depth):
+    """The balanced rank-one fully connected net (width 2, only the first unit used) from α·û, û ∝ u: the flow's
+    limit, integrated layer by layer, equals rank_one_limit's closed form up to a scalar root."""
+    rng = np.random.default_rng(40)
+    X, y = rng.standard_normal((2, 4)), rng.standard_normal(2)
+    u = np.array([1.0, -2.0, 0.5, 1.0])
+    net = fs.networks.FullyConnected.init(4, depth, width=2, scale=1.0, direction=u)
+    beta = A_.rank_one_limit(X, y, u, 1.0, depth)
+    np.testing.assert_allclose(beta, _fc_gradient_flow_limit(X, y, net), rtol=0, atol=1e-8)
+    # not the minimum-norm interpolant: the initialisation's null-space part survives
+    assert np.linalg.norm(beta - np.linalg.pinv(X) @ y) > 1e-2
+
+
+def test_min_norm_interpolants_against_cvxpy():
+    """ℓ2: the minimum-norm solution of numpy's lstsq; ℓ1: cvxpy (Clarabel) on min ‖ρ‖₁ s.t. Aρ = y. With a
+    duplicated column the ℓ1 minimisers form a segment; the returned one splits the weight equally."""
+    rng = np.random.default_rng(41)
+    X, y = rng.standard_normal((3, 7)), rng.standard_normal(3)
+    np.testing.assert_allclose(A_.min_norm_interpolant(X, y, 2.0), np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-12)
+    rho = cp.Variable(7)
+    problem = cp.Problem(cp.Minimize(cp.norm1(rho)), [X @ rho == y])
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    l1 = A_.min_norm_interpolant(X, y, 1.0)
+    np.testing.assert_allclose(l1, rho.value, atol=1e-8)
+    # a transform with two equal rows: coordinates 0 and 7 see the same column of X Sᵀ
+    S = np.vstack([np.eye(7), np.eye(7)[:1]])
+    shared = A_.min_norm_interpolant(X, y, 1.0, transform=S)
+    np.testing.assert_allclose(shared[[0, 7]], [l1[0] / 2, l1[0] / 2], atol=1e-10)
+    np.testing.assert_allclose(np.sum(np.abs(shared)), np.sum(np.abs(l1)), rtol=1e-10)
+    with pytest.raises(ValueError, match="no ρ"):
+        A_.min_norm_interpolant(np.ones((2, 3)), np.array([1.0, -1.0]), 1.0)
+
+
+def test_directions_helpers():
+    """coordinates over a trajectory equal each save's own margin_geometry().rho; unit and log_log_grid by
+    definition."""
+    X, y = _separable(6, 4, 42)
+    net = fs.networks.Diagonal.init(4, 2, scale=0.3, shape="last_zero")
+    grid = A_.log_log_grid(0.5, 50.0, 6)
+    np.testing.assert_allclose(np.diff(np.log(grid)), np.log(100.0) / 5, rtol=1e-12)  # even in log(log t)
+    traj = fs.simulate(fs.Problem(net, X, y, loss="logistic"), log_t1=50.0, save_log_t=grid)
+    rho = A_.coordinates(traj)
+    assert rho.shape == (traj.log_t.shape[0], 4)
+    for k in range(rho.shape[0]):
+        model = jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], traj.params)
+        np.testing.assert_allclose(rho[k], np.prod(np.stack(model.layers), axis=0), rtol=1e-14)
+    np.testing.assert_allclose(A_.coordinates(net), net.beta())
+    u = A_.unit(np.array([[3.0, 4.0], [0.0, 2.0]]))
+    np.testing.assert_allclose(u, [[0.6, 0.8], [0.0, 1.0]])
+    with pytest.raises(TypeError, match="fs.networks"):
+        A_.coordinates(np.ones(3))
+    for bad, error in ((dict(first_log_t=0.0), ValueError), (dict(log_t1=0.1), ValueError), (dict(n=1), ValueError),
+                       (dict(n=2.0), TypeError)):
+        args = dict(first_log_t=0.5, log_t1=50.0, n=6) | bad
+        with pytest.raises(error):
+            A_.log_log_grid(**args)
+
+
+# ---------------------------------------------------------------- solver status and output
+
+
+def test_max_margin_polishes_or_refuses_an_inaccurate_solve(monkeypatch):
+    """A solver that says optimal_inaccurate: accepted only after the active-set polish reaches a KKT point to
+    1e-9 (checked against scipy's LP), refused (RuntimeError) when nothing can be polished (p = inf)."""
+    from flowsim.analysis import _margins
+
+    real_solve = _margins._solve
+
+    def inaccurate(problem, p, complex_var):
+        _, solver = real_solve(problem, p, complex_var)
+        var = problem.variables()[0]
+        var.value = var.value * (1.0 + 1e-5 * np.random.default_rng(0).standard_normal(var.value.shape))
+        return cp.OPTIMAL_INACCURATE, solver
+
+    monkeypatch.setattr(_margins, "_solve", inaccurate)
+    X, y = _separable(8, 12, 0)
+    sol = A_.max_margin_solution(X, y, 1.0)
+    assert "polished" in sol.status and "KKT residual" in sol.status
+    _, value = _linprog_l1(X, y)
+    assert abs(sol.norm - value) < 1e-10 * value
+    with pytest.raises(RuntimeError, match="optimal_inaccurate"):
+        A_.max_margin_solution(X, y, math.inf)
+
+
+def test_highs_banner_does_not_reach_stdout(capfd):
+    """HiGHS prints its banner from C++ to file descriptor 1; max_margin must keep stdout clean."""
+    X, y = _separable(6, 5, 43)
+    A_.max_margin(X, y, p=1.0)
+    A_.min_norm_interpolant(X[:3], y[:3], 1.0)
+    assert capfd.readouterr().out == ""
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -338,7 +338,7 @@ def test_bad_data_are_refused(short_run, edit, error, message):
 
 
 def test_bad_trajectories_are_refused(short_run):
-    X, y, net, traj = short_run
+    X, y, net, _ = short_run
     with pytest.raises(TypeError, match="Trajectory"):
         fs.analysis.limit_direction(net, X, y)
     failed = fs.simulate(fs.Problem(net, X, y, loss="logistic"), log_t1=1e3, max_steps=3)

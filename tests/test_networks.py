@@ -192,12 +192,18 @@ def test_linear_is_inner_product():
 def _special_cases():
     """(name, family network, independent tensor, vectorised layers, gradient vectoriser)."""
     rng = np.random.default_rng(5)
-    as_list = lambda g: list(g.layers)  # noqa: E731
+
+    def as_list(g):
+        return list(g.layers)
+
     diag_layers = random_layers(rng, [(3,)] * 3)
     yield "diagonal", nets.Diagonal(diag_layers), diagonal_tensor(3, 3), diag_layers, as_list
     fc_layers = random_layers(rng, [(3, 2), (2, 2), (2,)])
     fc_vec = [np.ravel(W) for W in fc_layers]
-    fc_grad = lambda g: [jnp.ravel(W) for W in g.layers]  # noqa: E731
+
+    def fc_grad(g):
+        return [jnp.ravel(W) for W in g.layers]
+
     yield "fully_connected", nets.FullyConnected(fc_layers), fully_connected_tensor([3, 2, 2]), fc_vec, fc_grad
     conv_layers = random_layers(rng, [(3,), (3,), (3,)])
     yield "convolutional", nets.Convolutional(conv_layers), convolutional_tensor(3, 3, 3), conv_layers, as_list
@@ -233,7 +239,7 @@ def test_tensor_network_reproduces_family(name, net, T, vec_layers, vec_grad):
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["diagonal", "fully_connected", "convolutional"])
 def test_tensor_network_same_gradient_flow_scipy(index):
     rng = np.random.default_rng(7)
-    name, net, T, vec_layers, _ = SPECIAL_CASES[index]
+    _, net, T, vec_layers, _ = SPECIAL_CASES[index]
     general = nets.TensorNetwork(T, vec_layers)
     X = rng.standard_normal((2, net.input_dim))
     y = rng.standard_normal(2)
@@ -251,7 +257,7 @@ def test_tensor_network_trajectory_under_flowsim_simulate():
     rng = np.random.default_rng(8)
     if not hasattr(fs, "simulate") or not hasattr(fs, "Problem"):
         pytest.skip("fs.simulate is not available yet")
-    name, net, T, vec_layers, _ = SPECIAL_CASES[2]  # convolutional, depth 3
+    _, net, T, vec_layers, _ = SPECIAL_CASES[2]  # convolutional, depth 3
     general = nets.TensorNetwork(T, vec_layers)
     X = rng.standard_normal((2, net.input_dim))
     y = rng.standard_normal(2)

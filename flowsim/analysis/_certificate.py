@@ -51,7 +51,7 @@ def cross_check(problem: MarginProblem, candidate: Candidate, kkt_tol: float) ->
         return "an inactive sample has margin exactly 1: the active set is ambiguous"
     support = candidate.structure.support
     other = kkt_certificate(
-        rho, problem.X, problem.y, int(round(depth)), problem.transform,
+        rho, problem.X, problem.y, round(depth), problem.transform,
         None if problem.is_complex else problem.sign, active_tol=active_tol,
         support_tol=0.5 * np.min(np.abs(rho[support])) / np.max(np.abs(rho)),
     )

@@ -1,6 +1,6 @@
 """Regression references: the gradient-flow limit of diagonal (ODN) networks by the mirror map.
 
-Setting (Yun, Krishnan & Mobahi, ICLR 2021; Woodworth et al., COLT 2020; science.md §2). A network that is
+Setting (Yun, Krishnan & Mobahi, ICLR 2021; Woodworth et al., COLT 2020). A network that is
 diagonal in a transformed input space predicts f(x) = <S x, rho>, rho_j = prod_l a_lj, trained by gradient
 flow on the squared loss. For the loss normalisation L = (1/2n) sum_i (f(x_i) - y_i)^2 the residual
 derivative is r = (f(X) - y)/n and
@@ -126,6 +126,10 @@ def mirror_map(
           psi*(z) = alpha^2 tan^2(alpha z)/2.
     Otherwise (or method="ode"): the ODE integrated with DOP853 at `rtol`. Coordinates with two or more zero
     entries in a0 never move: Phi = 0. Entries outside Phi_j's domain (finite-z blow-up for L >= 3) are inf.
+
+    **Arguments:** ``a0`` (L, m) real, L ≥ 2; ``z`` (m,); ``method`` "auto" or "ode"; ``rtol`` > 0.
+
+    **Returns:** (Phi(z), Phi'(z), psi*(z)), each of shape (m,).
     """
     a0 = _as_init(a0)
     z = as_vector("z", z, a0.shape[1])
@@ -205,6 +209,11 @@ def interpolation_limit(
     above 1e-9. Accuracy: closed forms (L = 2; L = 3 with a1 = a2, a3 = 0) to ~1e-13; other inits use the ODE at
     `rtol` (~1e-12 in rho). It assumes the flow converges to an interpolator (true when the data can be fitted by
     rho in the range of Phi; balanced same-sign inits keep the sign of rho_j, for example).
+
+    **Arguments:** ``X`` (n, d) with X Sᵀ of full row rank n; ``y`` (n,); ``a0`` (L, m) real, L ≥ 2;
+    ``transform`` S (m, d) real or None; ``method`` "auto" or "ode"; ``rtol`` > 0; ``max_iter`` ≥ 1.
+
+    **Returns:** an `InterpolationLimit`.
     """
     X = as_real_matrix("X", X)
     n, d = X.shape

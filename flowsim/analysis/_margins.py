@@ -195,15 +195,21 @@ def max_margin_solution(
 
     `sign` restricts the sign of each coordinate: None (free), "nonnegative", "nonpositive", or an array of +1
     (rho_j >= 0), -1 (rho_j <= 0), 0 (free). A balanced same-sign initialisation keeps rho_j >= 0 for all
-    time, so its limit is the sign-constrained solution, not the unconstrained one (science.md section 2).
+    time, so its limit is the sign-constrained solution, not the unconstrained one (Yun, Krishnan & Mobahi 2021).
 
     Interpretation: with S = I, p = 2 is the SVM direction (fully connected linear nets, Gunasekar et al. 2018);
     p = 1 the limit of depth-2 diagonal nets with exponential-tailed losses (Yun, Krishnan & Mobahi, ICLR 2021;
     Moroshko et al. 2020 in the small-initialisation regime). The l_1 solution may be non-unique; compare
     `margin` values first, directions only where the solution is unique.
 
-    Raises ValueError for bad inputs and for data that are not separable (under the sign constraint), and
-    RuntimeError if the solver fails.
+    A solve the solver reports as ``optimal_inaccurate`` is accepted only after the polish, and only when the
+    polished point is a KKT point to 1e-9; HiGHS's banner is kept off stdout.
+
+    **Arguments:** ``X`` (n, d); ``y`` (n,) of ±1; ``p`` ∈ {1, 2, inf}; ``transform`` S (m, d) or None;
+    ``sign`` None, "nonnegative", "nonpositive" or an array of +1/−1/0.
+
+    **Returns:** a `MaxMarginSolution`. Raises ValueError for bad inputs and for data that are not separable
+    (under the sign constraint), and RuntimeError if the solver fails.
     """
     X = as_real_matrix("X", X)
     n, d = X.shape
@@ -258,25 +264,10 @@ def max_margin_solution(
     rho = np.asarray(rho_var.value)
     rho = rho.astype(np.complex128) if is_complex else rho.astype(np.float64)
 
-    polished = False
-    if p in (1.0, 2.0):
-        if not is_complex:
-            cand = _polish(A, rho, p, sgn)
-        elif p == 2.0:  # rho = S beta, ||rho||_2 = ||beta||_2: the real QP in beta
-            Xs = y[:, None] * X
-            cand = _polish(Xs, np.real(np.conj(S).T @ rho), p, None)
-            cand = None if cand is None else S @ cand
-        else:  # Newton on the free complex problem, then back to rho = S Re(S^H rho) (for the DFT:
-            # symmetrisation, which keeps feasibility and cannot increase sum |rho_j|; checked below)
-            cand = _polish_complex_l1(A, rho)
-            cand = None if cand is None else S @ np.real(np.conj(S).T @ cand)
-        if cand is not None:
-            feasible = np.min(np.real(np.conj(A) @ cand)) >= 1.0 - 1e-12
-            signs_ok = sgn is None or np.all(cand * sgn >= -1e-14 * np.max(np.abs(cand)))
-            better = _pnorm_np(cand, p) <= _pnorm_np(rho, p) * (1.0 + 1e-8)
-            if feasible and signs_ok and better:
-                rho, status = cand, status + " (polished)"
-                polished = True
+    cand = _polished_candidate(X, y, A, S, rho, p, sgn) if p in (1.0, 2.0) else None
+    polished = cand is not None
+    if polished:
+        rho, status = cand, status + " (polished)"
 
     # Rescale so that the smallest margin is exactly 1 (removes the solver's feasibility slack).
     margins = np.real(np.conj(A) @ rho)
@@ -293,6 +284,26 @@ def max_margin_solution(
         rho, norm = rho / scale, norm / scale
         beta = np.real(np.conj(transform_given).T @ direction)
     return MaxMarginSolution(direction, beta, rho, 1.0 / norm, norm, active, p, status)
+
+
+def _polished_candidate(X, y, A, S, rho, p: float, sgn):
+    """The KKT polish of the solver's point (p = 1 or 2), or None when it fails or is not feasible, keeps no sign
+    constraint, or is worse (in ‖·‖_p) than the solver's point."""
+    if not np.iscomplexobj(S):
+        cand = _polish(A, rho, p, sgn)
+    elif p == 2.0:  # rho = S beta, ||rho||_2 = ||beta||_2: the real QP in beta
+        cand = _polish(y[:, None] * X, np.real(np.conj(S).T @ rho), p, None)
+        cand = None if cand is None else S @ cand
+    else:  # Newton on the free complex problem, then back to rho = S Re(S^H rho) (for the DFT: symmetrisation,
+        # which keeps feasibility and cannot increase sum |rho_j|; checked below)
+        cand = _polish_complex_l1(A, rho)
+        cand = None if cand is None else S @ np.real(np.conj(S).T @ cand)
+    if cand is None:
+        return None
+    feasible = np.min(np.real(np.conj(A) @ cand)) >= 1.0 - 1e-12
+    signs_ok = sgn is None or np.all(cand * sgn >= -1e-14 * np.max(np.abs(cand)))
+    better = _pnorm_np(cand, p) <= _pnorm_np(rho, p) * (1.0 + 1e-8)
+    return cand if feasible and signs_ok and better else None
 
 
 def _verify_inaccurate(X, y, S, sgn, rho, p: float, polished: bool, status: str) -> str:
@@ -326,6 +337,8 @@ def max_margin(
     Unit norm in the l_p norm of the optimisation variable rho (coordinates in the transformed space; equal to
     the input-space predictor when `transform` is None). See `max_margin_solution` for the full result (input-
     space `beta`, the margin value, the support vectors) and for the conventions, solvers and errors.
+
+    **Arguments:** as `max_margin_solution`. **Returns:** the direction, shape (m,).
     """
     return max_margin_solution(X, y, p, transform, sign).direction
 
@@ -337,7 +350,10 @@ def max_margin_value(
     transform: Shaped[ArrayLike, "m d"] | None = None,
     sign: str | Float[ArrayLike, " m"] | None = None,
 ) -> float:
-    """The max normalised margin gamma_p = max_{||rho||_p <= 1} min_i y_i <S x_i, rho> = 1 / min ||rho||_p."""
+    """The max normalised margin gamma_p = max_{||rho||_p <= 1} min_i y_i <S x_i, rho> = 1 / min ||rho||_p.
+
+    **Arguments:** as `max_margin_solution`. **Returns:** gamma_p, a float.
+    """
     return max_margin_solution(X, y, p, transform, sign).margin
 
 
@@ -355,6 +371,10 @@ def normalized_margin(
     normalized_margin(net.rho(), X, y, 1.0, transform=S)). p > 0 or inf; p < 1 gives the quasi-norm
     (sum |beta_j|^p)^(1/p), e.g. p = 2/L for depth-L networks. A zero `beta` gives nan.
     Pure JAX: works under jit/vmap (value checks are skipped for traced inputs).
+
+    **Arguments:** ``beta`` (..., m); ``X`` (n, d); ``y`` (n,) of ±1; ``p`` > 0 or inf; ``transform`` S (m, d).
+
+    **Returns:** the margins, shape ``beta.shape[:-1]``.
     """
     p = as_norm_order("p", p)
     if not (is_traced(X) or is_traced(y)):

@@ -70,7 +70,7 @@ def tail_indices(tail, log_t: np.ndarray) -> np.ndarray:
             raise TypeError(what)
         if not 0.0 < float(tail) <= 1.0:
             raise ValueError(what)
-        idx = finite[-max(3, int(math.ceil(float(tail) * finite.size))):]
+        idx = finite[-max(3, math.ceil(float(tail) * finite.size)):]
     if idx.size < 3:
         raise ValueError(
             f"tail={tail!r} selects {idx.size} saves with finite log t; at least 3 are needed to read trends "

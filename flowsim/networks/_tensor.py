@@ -19,7 +19,7 @@ class _FixedTensor:
     share a compiled solve and can be stacked for ``vmap``.
     """
 
-    __slots__ = ("array", "_hash")
+    __slots__ = ("_hash", "array")
 
     def __init__(self, array: np.ndarray):
         array = np.array(array, dtype=np.float64, copy=True)
@@ -101,7 +101,7 @@ class TensorNetwork(AbstractLinearTensorNetwork):
         self.fixed_tensor = _FixedTensor(array)
 
     @property
-    def tensor(self) -> Float[Array, "d *k"]:
+    def tensor(self) -> Float[Array, "d ..."]:
         """T, shape (d, k_1, …, k_L)."""
         return jnp.asarray(self.fixed_tensor.array)
 
