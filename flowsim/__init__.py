@@ -6,9 +6,15 @@ Diffrax/Equinox habit, so this file is the readable list of the public API.
 
 import jax as _jax
 
-# Tolerances below 1e-7 and horizons like t = e^(10^6) are meaningless in float32.
-_jax.config.update("jax_enable_x64", True)
+from ._config import enable_compilation_cache as _enable_compilation_cache
 
+# Process-wide JAX settings flowsim makes on import (documented in the README, "Set-up"):
+# float64, since tolerances below 1e-7 and horizons like t = e^(10^6) are meaningless in float32;
+# and a persistent compilation cache (FLOWSIM_JAX_CACHE=off disables it, or set your own directory).
+_jax.config.update("jax_enable_x64", True)
+_enable_compilation_cache()
+
+from ._config import enable_compilation_cache as enable_compilation_cache
 from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
 from ._gd import gradient_descent as gradient_descent

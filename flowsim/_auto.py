@@ -153,7 +153,7 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
         from ._checkpoint import CheckpointStore
 
         store = CheckpointStore(checkpoint, _fingerprint(problem, save_times, settings, solver, linear_solver,
-                                                          log_time, max_steps, has_target))
+                                                          log_time, has_target))
         restored = store.load(lambda name: eqx.filter_eval_shape(
             segment, problem, carry, save_times, settings, settings.time1, static_for(name, False)))
         if restored is not None:
@@ -246,8 +246,9 @@ def _timed(trajectory, start):
     return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], trajectory, jnp.asarray(_time.perf_counter() - start))
 
 
-def _fingerprint(problem, save_times, settings, solver, linear_solver, log_time, max_steps, has_target) -> str:
-    """A digest of everything a solve depends on: a checkpoint made with other arguments is refused."""
+def _fingerprint(problem, save_times, settings, solver, linear_solver, log_time, has_target) -> str:
+    """A digest of everything a solve's result depends on: a checkpoint made with other arguments is
+    refused. ``max_steps`` is left out on purpose: resuming with a larger budget is the common case."""
     digest = hashlib.sha256()
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter((problem, save_times, settings), eqx.is_array))
     digest.update(str(treedef).encode())
@@ -257,6 +258,6 @@ def _fingerprint(problem, save_times, settings, solver, linear_solver, log_time,
         digest.update(np.ascontiguousarray(array).tobytes())
     static_part = eqx.filter((problem,), lambda leaf: not eqx.is_array(leaf))
     digest.update(repr(jax.tree_util.tree_structure(static_part)).encode())
-    digest.update(repr((type(base_problem(problem).model).__name__, solver, linear_solver, log_time, max_steps,
+    digest.update(repr((type(base_problem(problem).model).__name__, solver, linear_solver, log_time,
                         has_target, SEGMENT_STEPS)).encode())
     return digest.hexdigest()

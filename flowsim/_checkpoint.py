@@ -23,7 +23,7 @@ class CheckpointStore:
         self.fingerprint = fingerprint
 
     def save(self, carry, solver: str) -> None:
-        leaves = jax.tree_util.tree_leaves(carry)
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves(carry) if isinstance(leaf, jax.Array)]
         arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         arrays["fingerprint"] = np.asarray(self.fingerprint)
         arrays["solver"] = np.asarray(solver)
@@ -57,11 +57,15 @@ class CheckpointStore:
         solver = str(contents["solver"])
         template = template_for(solver)
         leaves, treedef = jax.tree_util.tree_flatten(template)
-        stored = [contents[f"leaf_{i}"] for i in range(len(leaves))]
-        for i, (want, got) in enumerate(zip(leaves, stored)):
-            if tuple(want.shape) != tuple(got.shape):
-                raise ValueError(f"checkpoint {str(self.path)!r} does not match this solve (array {i} has shape "
-                                 f"{got.shape}, expected {tuple(want.shape)}); delete it to start over")
+        slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+        if len(slots) != sum(key.startswith("leaf_") for key in contents):
+            raise ValueError(f"checkpoint {str(self.path)!r} does not match this solve; delete it to start over")
         import jax.numpy as jnp
 
-        return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=w.dtype) for a, w in zip(stored, leaves)]), solver
+        for count, i in enumerate(slots):
+            stored = contents[f"leaf_{count}"]
+            if tuple(leaves[i].shape) != tuple(stored.shape):
+                raise ValueError(f"checkpoint {str(self.path)!r} does not match this solve (array {count} has shape "
+                                 f"{stored.shape}, expected {tuple(leaves[i].shape)}); delete it to start over")
+            leaves[i] = jnp.asarray(stored, dtype=leaves[i].dtype)
+        return jax.tree_util.tree_unflatten(treedef, leaves), solver

@@ -411,11 +411,25 @@ def _final_checks(problem, carry: _Carry, log_time: bool):
     _, field = make_field(problem, log_time)
     velocity = field(carry.time, carry.theta)
     finite_state = jnp.all(jnp.isfinite(carry.theta))
-    finite_field = jnp.all(jnp.isfinite(velocity))
+    # Also probe one proposed step ahead: a solver stalls in front of a field that turns NaN/Inf
+    # (its steps into it are all rejected), and the state it stalls at is still finite.
+    # After many rejections the proposed step has shrunk below the distance to the bad region:
+    # probe a few multiples of it then.
+    dt = jnp.where(jnp.isfinite(carry.dt) & (carry.dt > 0), carry.dt, 0.0)
+    many_rejected = 10 * carry.num_rejected_steps >= 3 * jnp.maximum(carry.num_steps, 1)
+    factors = jnp.where(many_rejected, 4.0 ** jnp.arange(6), jnp.ones(6))
+    ahead = jax.vmap(lambda k: field(carry.time + k * dt, carry.theta + k * dt * velocity))(factors)
+    finite_field = jnp.all(jnp.isfinite(velocity)) & jnp.all(jnp.isfinite(ahead))
     status = carry.status
     status = jnp.where(status < 0, Status.MAX_STEPS, status)
     failed = (status != Status.HORIZON_REACHED) & (status != Status.TARGET_REACHED)
     status = jnp.where(~finite_state, Status.NON_FINITE, status)
+    # A NaN field can end a Diffrax solve as "successful" (its step size turns NaN and the loop
+    # condition fails): a result whose field or loss is NaN at the end is never reported as reached.
+    broken = jnp.isnan(field.problem.loss.value(field.predictions(carry.theta), field.problem.y))
+    broken = broken | ~jnp.all(jnp.isfinite(velocity)) | ~jnp.isfinite(carry.time)
+    status = jnp.where(finite_state & broken & (status != Status.INVALID_INPUT) & (status != Status.TARGET_AT_START),
+                       Status.NON_FINITE_FIELD, status)
     # A field that is NaN/Inf at the last state explains a stalled solve better than its step count.
     status = jnp.where(finite_state & ~finite_field & failed & (status != Status.INVALID_INPUT)
                        & (status != Status.TARGET_AT_START), Status.NON_FINITE_FIELD, status)

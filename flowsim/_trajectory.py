@@ -156,8 +156,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
         )
     if status == Status.NON_FINITE_FIELD:
         return (
-            f"the gradient field is not finite (NaN/Inf) at the last state: {where}. The model or the loss "
-            "overflows or divides by zero there; the solver cannot step past it."
+            f"the gradient field is not finite (NaN/Inf) at the last state or one step past it: {where}. The model "
+            "or the loss overflows, or is undefined, there; the solver cannot step past it."
         )
     if status == Status.STEP_SIZE_UNDERFLOW:
         return (
