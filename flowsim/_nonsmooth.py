@@ -1,23 +1,308 @@
 """Gradient flow of non-smooth (ReLU) models: the minimum-norm Clarke subgradient.
 
-Gradient flow of a ReLU network is the differential inclusion θ' ∈ −∂L(θ); its solution follows
-the minimum-norm element of the Clarke subdifferential (Davis, Drusvyatskiy, Kakade & Lee 2020;
-Bolte & Pauwels 2021), which is what slides along a kink.
+Gradient flow of a ReLU network is the differential inclusion θ' ∈ −∂L(θ) (∂ the Clarke
+subdifferential); its solution follows the minimum-norm element −∂⁰L(θ) (Davis, Drusvyatskiy,
+Kakade & Lee 2020; Bolte & Pauwels 2021), which slides along a kink when both sides of it push
+the parameters into it (a Filippov sliding mode).
+
+For a ReLU-type activation φ(z) = max(z, γz) (γ ∈ [0, 1)) the gradient of L is a function of θ
+and of the activation derivatives D_iu = φ'(z_iu) of every (unit u, sample i) pair. Away from
+kinks D_iu is 1 or γ. At a kink (z_iu = 0) the Clarke subdifferential lets D_iu range over
+[γ, 1]; when the pairs at kinks of one sample lie in one layer (always for two-layer nets, and
+the common case in deeper ones) the gradient is affine in the free D:
+
+    g(D) = c + G d,   d = (D_k)_{k at a kink},   ∂L(θ) ⊇ {c + G d : γ ≤ d ≤ 1},
+
+with equality when the kink hyperplanes are transversal (e.g. linearly independent inputs of a
+two-layer net: the inner map W ↦ WXᵀ is then onto and Clarke's chain rule is exact). The field
+is the minimum-norm element: d* = argmin ‖c + Gd‖² over the box, a K×K box-constrained least
+squares solved exactly (a primal–dual active-set iteration, ending in one linear solve on the
+free set, through which the field stays differentiable). Its columns are parallel to the kinks'
+normals ∇_θ z_k, so on the free set ⟨∇_θ z_k, θ'⟩ = 0: the pair stays on its kink (sliding), and a
+transversal crossing clips d to a bound and crosses.
+
+Numerically a pair counts as "at its kink" inside a band: it is within a parameter-space
+distance ``kink_atol + kink_rtol·‖w_u‖`` of the kink hyperplane {w_u : ⟨w_u, h_i⟩ = 0}, i.e.
+|z_iu| ≤ (kink_atol + kink_rtol‖w_u‖)‖h_i‖ (h_i the unit's input). An adaptive solver lands
+within its own error tolerance of a kink, so the band must exceed that tolerance (see
+``benchmarks/relu.py`` for the measured trade-off); the flow then slides at that offset, an
+O(band) perturbation of the trajectory.
 """
 
 import abc
+import functools
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+# Active-set iterations of the box-constrained least squares (one to three in the usual case).
+_MAX_ACTIVE_SET_ITERATIONS = 50
+# The band is this many times the solver's tolerances (benchmarks/relu.py: a band below the
+# tolerance chatters and stalls; the error of the solution grows like the band).
+BAND_FACTOR = 10.0
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-8, 1e-10
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def leaky_relu_with_slope(z, slope, leak: float):
+    """φ(z) = max(z, γz) in value, with derivative ``slope`` (values of φ are unchanged).
+
+    The activation derivative at a kink is a free variable of the Clarke subdifferential; this is
+    how a network evaluates its gradient for a chosen D ∈ [γ, 1]."""
+    return jnp.maximum(z, leak * z)
+
+
+@leaky_relu_with_slope.defjvp
+def _leaky_relu_with_slope_jvp(leak, primals, tangents):
+    z, slope = primals
+    dz, _ = tangents
+    return jnp.maximum(z, leak * z), slope * dz
+
+
+def leaky_relu(z, leak: float):
+    """φ(z) = max(z, γz)."""
+    return jnp.maximum(z, leak * z)
 
 
 class AbstractNonsmoothModel(eqx.Module):
-    """A model with kinks (ReLU-type activations) that can describe its Clarke subdifferential."""
+    """A network with ReLU-type kinks that describes them, so the flow can use −∂⁰L(θ).
+
+    Subclasses provide:
+
+    - ``leak``: γ ∈ [0, 1), the activation φ(z) = max(z, γz) (0: ReLU);
+    - ``kink_rtol``, ``kink_atol``: the band (module docstring), or None to follow the solver's
+      tolerances (``BAND_FACTOR``·rtol, ``BAND_FACTOR``·atol); ``max_kinks``: K, at most this many
+      (unit, sample) pairs are treated as free at one time (the closest to their kinks);
+    - ``pre_activations(x)``: z_u for every unit u of ONE input, shape (U,);
+    - ``kink_scales(x)``: (‖w_u‖, ‖h_u‖) for every unit: the norm of the unit's weight row and of
+      its input, shape (2, U), so that |z_u|/‖h_u‖ is the distance of w_u to the kink;
+    - ``forward(x, slopes)``: the output for ONE input with the activation derivative of unit u
+      set to ``slopes[u]`` (values unchanged; ``leaky_relu_with_slope``).
+    """
+
+    leak: eqx.AbstractVar[float]
+    kink_rtol: eqx.AbstractVar[float | None]
+    kink_atol: eqx.AbstractVar[float | None]
+    max_kinks: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def pre_activations(self, x: Float[Array, " d"]) -> Float[Array, " U"]:
+        """z_u for every unit of ONE input."""
+
+    @abc.abstractmethod
+    def kink_scales(self, x: Float[Array, " d"]) -> Float[Array, "2 U"]:
+        """(‖w_u‖, ‖h_u‖) per unit: weight-row norm and input norm."""
+
+    @abc.abstractmethod
+    def forward(self, x: Float[Array, " d"], slopes: Float[Array, " U"]) -> Array:
+        """The output for ONE input with activation derivatives ``slopes``."""
+
+    def kink_system(self, X, cotangent, gradient, sample, unit, valid):
+        """Optional fast path: the K×K system (GᵀG, Gᵀg) of the free slopes, without forming G.
+
+        ``cotangent``: e^s ∂ℓ/∂f / n per sample; ``gradient``: the trainable part of the model
+        holding the gradient at the current slopes (leaves that are not trained are None);
+        ``sample``, ``unit``: the free pairs; ``valid``: which of them are in band. Return None
+        (the default) to let ``min_norm_scaled_gradient`` build G by forward-mode differentiation."""
+        del X, cotangent, gradient, sample, unit, valid
+        return None
+
+    def slopes(self, z: Array) -> Array:
+        """φ'(z) away from kinks: 1 for z > 0, γ otherwise."""
+        return jnp.where(z > 0, 1.0, self.leak)
 
 
-def min_norm_scaled_gradient(field, theta, log_scale):
-    """(e^{log_scale} ∂⁰L(θ), predictions): the minimum-norm element of the Clarke subdifferential."""
-    preds, pullback = jax.vjp(field.predictions, theta)
-    cotangent = field.problem.loss.scaled_gradient(preds, field.problem.y, log_scale)
-    (grad,) = pullback(cotangent / field.problem.num_samples)
-    return grad, preds
+class _Kinks(eqx.Module):
+    """The pairs treated as free at one state: flat indices into (n, U), and which are in band."""
+
+    index: Int[Array, " K"]
+    valid: Array
+    base: Float[Array, "n U"]  # φ'(z) of every pair
+
+
+def band_tolerances(model: AbstractNonsmoothModel, rtol=None, atol=None) -> tuple:
+    """(kink_rtol, kink_atol): the model's, or ``BAND_FACTOR`` × the solver's tolerances (defaults
+    1e-8, 1e-10 where none are given). May be traced values."""
+    rtol = DEFAULT_RTOL if rtol is None else rtol
+    atol = DEFAULT_ATOL if atol is None else atol
+    kink_rtol = BAND_FACTOR * rtol if model.kink_rtol is None else model.kink_rtol
+    kink_atol = BAND_FACTOR * atol if model.kink_atol is None else model.kink_atol
+    return kink_rtol, kink_atol
+
+
+def _band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array, Array]:
+    """(z, band width) for every (sample, unit) pair, shape (n, U) each."""
+    kink_rtol, kink_atol = band_tolerances(model, rtol, atol)
+    z = jax.vmap(model.pre_activations)(X)
+    scales = jax.vmap(model.kink_scales)(X)
+    width = (kink_atol + kink_rtol * scales[:, 0]) * scales[:, 1]
+    return z, width
+
+
+def _select_kinks(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> _Kinks:
+    z, width = _band(model, X, rtol, atol)
+    z, width = jax.lax.stop_gradient(z), jax.lax.stop_gradient(width)
+    in_band = jnp.abs(z) <= width
+    size = z.size
+    count = min(int(model.max_kinks), size)
+    # The K pairs closest to their kinks (relative to the band); ties and empty bands do not matter.
+    score = jnp.where(in_band, jnp.abs(z) / jnp.where(width > 0, width, 1.0), jnp.inf).ravel()
+    _, index = jax.lax.top_k(-score, count)
+    return _Kinks(index=index, valid=in_band.ravel()[index], base=model.slopes(z))
+
+
+def _slope_matrix(kinks: _Kinks, free: Array) -> Array:
+    base = kinks.base.ravel()
+    chosen = jnp.where(kinks.valid, free, base[kinks.index])
+    return base.at[kinks.index].set(chosen).reshape(kinks.base.shape)
+
+
+def _box_least_squares(Q, b, lower, upper, fixed):
+    """argmin ½dᵀQd + bᵀd over lower ≤ d ≤ upper (coordinates with ``fixed`` stay at ``lower``).
+
+    A primal–dual active-set (semismooth Newton) iteration (Hintermüller, Ito & Kunisch 2002):
+    with λ = Qd + b, a coordinate is held at its lower (upper) bound where d − λ/Q_kk falls below
+    (above) it, and the free ones solve Q_FF d_F = −(b_F + Q_FA d_A); repeated until the sets stop
+    changing (in the usual case the problem splits into tiny blocks, one per unit, and this takes
+    one to three iterations). The set search runs on stopped gradients; the returned point is the
+    exact solve on the final free set, so it is differentiable in (Q, b) with the sets held."""
+    Qs, bs = jax.lax.stop_gradient(Q), jax.lax.stop_gradient(b)
+    diag = jnp.diagonal(Qs)
+    usable = (diag > 0) & ~fixed
+    safe_diag = jnp.where(usable, diag, 1.0)
+    ridge = 1e-13 * jnp.max(jnp.where(usable, diag, 0.0))
+
+    def solve(Qm, bm, free, held):
+        mask = free[:, None] & free[None, :]
+        M = jnp.where(mask, Qm, 0.0) + jnp.diag(jnp.where(free, ridge, 1.0))
+        rhs = jnp.where(free, -(bm + Qm @ jnp.where(free, 0.0, held)), held)
+        return jnp.where(free, jnp.linalg.solve(M, rhs), held)
+
+    def sets(d):
+        trial = d - (Qs @ d + bs) / safe_diag
+        at_lower = usable & (trial <= lower)
+        at_upper = usable & (trial >= upper)
+        return at_lower, at_upper
+
+    def iterate(state):
+        d, _, count = state
+        at_lower, at_upper = sets(d)
+        held = jnp.where(at_lower, lower, jnp.where(at_upper, upper, d))
+        new = solve(Qs, bs, usable & ~at_lower & ~at_upper, held)
+        return new, jnp.any(sets(new)[0] != at_lower) | jnp.any(sets(new)[1] != at_upper), count + 1
+
+    start = jnp.clip(jnp.where(usable, -bs / safe_diag, lower), lower, upper)
+    d, _, _ = jax.lax.while_loop(
+        lambda state: state[1] & (state[2] < _MAX_ACTIVE_SET_ITERATIONS), iterate, (start, jnp.asarray(True), 0)
+    )
+    at_lower, at_upper = sets(d)
+    held = jnp.where(at_lower, lower, jnp.where(at_upper, upper, d))
+    return jnp.clip(solve(Q, b, usable & ~at_lower & ~at_upper, held), lower, upper)
+
+
+def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
+    """(e^{log_scale} ∂⁰L(θ), predictions): the minimum-norm element of the Clarke subdifferential.
+
+    ∂⁰L(θ) = c + G d*, d* = argmin_{γ ≤ d ≤ 1} ‖c + G d‖² over the activation derivatives of the
+    (unit, sample) pairs within the band of their kinks (module docstring), restricted to the
+    trainable subspace θ. Outside every band it is the ordinary gradient (one VJP). With pairs in
+    band it costs K more forward-mode passes (the columns of G) and a K×K box least squares.
+    Differentiable in θ (implicit solvers) and vmappable.
+
+    **Arguments:** ``field`` (a ``GradientFlowField`` over an ``AbstractNonsmoothModel``),
+    ``theta`` (the flat trainable parameters), ``log_scale`` (the log-time scale s, or 0);
+    ``rtol``, ``atol``: the solver's tolerances, which set the band unless the model fixes it
+    (``band_tolerances``; may be traced).
+
+    **Returns:** (e^{log_scale} ∂⁰L(θ), predictions f(X; θ)).
+    """
+    problem = field.problem
+    X, y = problem.X, problem.y
+    n = problem.num_samples
+    model = field.model(theta)
+    kinks = _select_kinks(model, X, rtol, atol)
+
+    def gradient(th, free):
+        slopes = _slope_matrix(kinks, free)
+
+        def predictions(t):
+            return jax.vmap(field.model(t).forward)(X, slopes)
+
+        preds, pullback = jax.vjp(predictions, th)
+        cotangent = problem.loss.scaled_gradient(preds, y, log_scale) / n
+        (grad,) = pullback(cotangent)
+        return grad, preds, cotangent
+
+    base = kinks.base.ravel()[kinks.index]
+    sample, unit = jnp.divmod(kinks.index, kinks.base.shape[1])
+
+    def slide(th):
+        g0, _, cotangent = gradient(th, base)
+        system = field.model(th).kink_system(X, cotangent, field.unravel(g0), sample, unit, kinks.valid)
+        if system is None:
+            G = jax.jacfwd(lambda d: gradient(th, d)[0])(base)  # (p, K); zero columns where not valid
+            Q, Gg = G.T @ G, G.T @ g0
+        else:
+            Q, Gg = system
+        lower = jnp.where(kinks.valid, model.leak, base)
+        upper = jnp.where(kinks.valid, 1.0, base)
+        # g(d) = g0 + G(d − base): minimise ½dᵀQd + (Gᵀg0 − Q base)ᵀd.
+        d = _box_least_squares(Q, Gg - Q @ base, lower, upper, ~kinks.valid)
+        return gradient(th, d)[:2]
+
+    return jax.lax.cond(jnp.any(kinks.valid), slide, lambda th: gradient(th, base)[:2], theta)
+
+
+def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
+    """(GᵀG, Gᵀg) for kinks of a first layer z_iu = ⟨w_u, x_i⟩ (two-layer networks).
+
+    The column of pair k = (i, u) is G_k = β_k e_u x_iᵀ in the first layer's block (β_k the
+    backpropagated cotangent at the unit's output), so (GᵀG)_kl = β_k β_l [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩
+    and (Gᵀg)_k = β_k ⟨g_{u_k}, x_{i_k}⟩, in O(K² d) instead of K passes over the data.
+    ``weight_gradient``: the gradient's first-layer block (m, d), or None if it is not trained
+    (then no column reaches θ and G = 0)."""
+    K = sample.shape[0]
+    if weight_gradient is None:
+        return jnp.zeros((K, K)), jnp.zeros(K)
+    beta = jnp.where(valid, beta, 0.0)
+    Xk = X[sample]
+    same = unit[:, None] == unit[None, :]
+    # ⟨x_{i_k}, x_{i_l}⟩ from the n×n data Gram when that is cheaper than the K×K one.
+    inner = (X @ X.T)[sample[:, None], sample[None, :]] if X.shape[0] < K else Xk @ Xk.T
+    Q = jnp.where(same, (beta[:, None] * beta[None, :]) * inner, 0.0)
+    Gg = beta * jnp.sum(weight_gradient[unit] * Xk, axis=1)
+    return Q, Gg
+
+
+def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=None, atol=None) -> dict:
+    """Where a model stands against its kinks on the data X (vmappable over states); ``rtol``,
+    ``atol``: the solve's tolerances (they set the band, as in ``min_norm_scaled_gradient``).
+
+    **Returns:** a dict of arrays:
+
+    - ``pairs_at_kink``: the number of (unit, sample) pairs within the band of their kink
+      (treated as free in the minimum-norm subgradient; > 0 while a pair slides along a kink);
+    - ``units_at_kink``: units with at least one sample in their band;
+    - ``band_overflow``: more pairs in band than ``max_kinks`` (the excess get φ'(z) and the
+      field is then not the minimum-norm element; raise ``max_kinks``);
+    - ``min_kink_distance``: min over pairs of |z_iu|/‖h_iu‖, the parameter-space distance of the
+      closest weight row to a kink;
+    - ``active_pairs``: pairs with z > 0.
+    """
+    if not isinstance(model, AbstractNonsmoothModel):
+        raise TypeError(f"kink_statistics needs an AbstractNonsmoothModel (a ReLU network), got {type(model).__name__}")
+    X = jnp.asarray(X, dtype=jnp.float64)
+    z, width = _band(model, X, rtol, atol)
+    in_band = jnp.abs(z) <= width
+    h_norm = jax.vmap(model.kink_scales)(X)[:, 1]
+    distance = jnp.abs(z) / jnp.where(h_norm > 0, h_norm, 1.0)
+    count = jnp.sum(in_band)
+    return {
+        "pairs_at_kink": count,
+        "units_at_kink": jnp.sum(jnp.any(in_band, axis=0)),
+        "band_overflow": count > model.max_kinks,
+        "min_kink_distance": jnp.min(distance),
+        "active_pairs": jnp.sum(z > 0),
+    }
