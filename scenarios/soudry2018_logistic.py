@@ -17,9 +17,7 @@ import flowsim as fs
 
 def direction_error(W, reference):
     """‖w/‖w‖ − ŵ‖ along the trajectory (NaN where w = 0)."""
-    norms = np.linalg.norm(W, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.linalg.norm(W / norms - reference, axis=-1)
+    return np.linalg.norm(fs.analysis.unit(W) - reference, axis=-1)
 
 
 def run(config):
@@ -27,7 +25,7 @@ def run(config):
     reference = fs.analysis.max_margin(X, y, p=2.0)
     problem = fs.Problem(fs.networks.Linear(np.zeros(config["d"])), X, y, loss="logistic")
 
-    save_log_t = np.geomspace(config["plot_from_log_t"], config["log_t1"], config["n_save"])
+    save_log_t = fs.analysis.log_log_grid(config["plot_from_log_t"], config["log_t1"], config["n_save"])
     flow = fs.simulate(problem, log_t1=config["log_t1"], save_log_t=save_log_t, rtol=config["rtol"],
                        atol=config["atol"], progress=fs.show_progress())
     beta = np.linalg.eigvalsh(X.T @ X).max() / (4 * len(X))
@@ -37,7 +35,7 @@ def run(config):
     out = {"X": X, "y": y, "max_margin_direction": reference,
            "max_margin": fs.analysis.max_margin_value(X, y, p=2.0), "flow": flow, "gd": gd}
     for name, traj in (("flow", flow), ("gd", gd)):
-        W = np.asarray(traj.params.layers[0])
+        W = fs.analysis.coordinates(traj)  # w at every save
         out[f"{name}_direction_error"] = direction_error(W, reference)
         out[f"{name}_margin"] = fs.analysis.normalized_margin(W, X, y, p=2.0)
     return out

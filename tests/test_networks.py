@@ -255,8 +255,6 @@ def test_tensor_network_same_gradient_flow_scipy(index):
 def test_tensor_network_trajectory_under_flowsim_simulate():
     """fs.simulate on the general TensorNetwork follows the scipy flow of the Convolutional net."""
     rng = np.random.default_rng(8)
-    if not hasattr(fs, "simulate") or not hasattr(fs, "Problem"):
-        pytest.skip("fs.simulate is not available yet")
     _, net, T, vec_layers, _ = SPECIAL_CASES[2]  # convolutional, depth 3
     general = nets.TensorNetwork(T, vec_layers)
     X = rng.standard_normal((2, net.input_dim))
@@ -544,9 +542,8 @@ def test_random_init_under_vmap_and_problem():
     betas = eqx.filter_vmap(lambda m: m.beta())(batch)
     outputs = eqx.filter_vmap(lambda m: jax.vmap(m)(X))(batch)
     np.testing.assert_allclose(outputs, betas @ X.T, rtol=1e-12)
-    if hasattr(fs, "Problem"):
-        problem = fs.Problem(nets.Convolutional.init(3, 2, scale=0.5), X, jnp.sign(X[:, 0]), loss="logistic")
-        assert np.isfinite(float(problem.loss_value()))
+    problem = fs.Problem(nets.Convolutional.init(3, 2, scale=0.5), X, jnp.sign(X[:, 0]), loss="logistic")
+    assert np.isfinite(float(problem.loss_value()))
 
 
 # ---------------------------------------------------------------- bad inputs, refused in words

@@ -309,8 +309,8 @@ def _message(problem, reading, tail, best: Candidate, verdict: _Verdict, notes, 
     n_read = f"support {int(read.support.sum())}, active set {int(read.active.sum())}"
     msgs = []
     if best.residual > kkt_tol:
-        parts = {k: getattr(check, k) for k in ("stationarity", "dual", "mu_negative", "primal", "complementarity",
-                                                 "signs", "frozen")}
+        names = ("stationarity", "dual", "mu_negative", "primal", "complementarity", "signs", "frozen")
+        parts = {k: v for k, v in check._asdict().items() if k in names}
         worst = max(parts, key=parts.get)
         msgs.append(f"no KKT point found on or near the structure read from the trajectory ({n_read}; two-edit search "
                     f"and active-set repairs tried): best residual {best.residual:.2e} > kkt_tol = {kkt_tol:.1e}, "

@@ -3,11 +3,11 @@
 from typing import final
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._checks import is_traced
 from ._base import AbstractLinearTensorNetwork, MarginGeometry
 from ._validation import as_layer_list, as_real_array, check_input
 
@@ -66,7 +66,7 @@ class TensorNetwork(AbstractLinearTensorNetwork):
     fixed_tensor: _FixedTensor = eqx.field(static=True)
 
     def __init__(self, tensor, layers):
-        if isinstance(tensor, jax.core.Tracer):
+        if is_traced(tensor):
             raise TypeError(
                 "TensorNetwork tensor must be a concrete array (it is a fixed part of the model, held as "
                 "static data), got a traced value; build the network outside jit/vmap"
