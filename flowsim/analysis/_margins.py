@@ -117,7 +117,7 @@ def _solve(problem: cp.Problem, p: float, complex_var: bool) -> tuple[str, str]:
     return status, solver
 
 
-def _polish(A: np.ndarray, rho: np.ndarray, p: float, sign: np.ndarray | None) -> np.ndarray | None:
+def _polish(A: np.ndarray, rho: np.ndarray, p: float, sign: np.ndarray | None, active_tol: float = 1e-7):
     """Re-solve the KKT equations on the identified active set and support (real p in {1, 2} only).
 
     p = 1: the LP optimum is a vertex: A[I, J] rho_J = 1 on the active rows I and support J.
@@ -127,7 +127,7 @@ def _polish(A: np.ndarray, rho: np.ndarray, p: float, sign: np.ndarray | None) -
     """
     margins = A @ rho
     scale = np.max(np.abs(rho))
-    active = margins <= 1.0 + 1e-7
+    active = margins <= 1.0 + active_tol
     if p == 1.0:
         support = np.abs(rho) > 1e-9 * scale
     else:  # p = 2: free coordinates are those not pinned at zero by a sign constraint
@@ -264,18 +264,18 @@ def max_margin_solution(
     rho = np.asarray(rho_var.value)
     rho = rho.astype(np.complex128) if is_complex else rho.astype(np.float64)
 
-    cand = _polished_candidate(X, y, A, S, rho, p, sgn) if p in (1.0, 2.0) else None
-    polished = cand is not None
-    if polished:
-        rho, status = cand, status + " (polished)"
+    if inaccurate:
+        rho, status = _polish_inaccurate(X, y, A, S, rho, p, sgn, status)
+    else:
+        cand = _polished_candidate(X, y, A, S, rho, p, sgn) if p in (1.0, 2.0) else None
+        if cand is not None:
+            rho, status = cand, status + " (polished)"
 
     # Rescale so that the smallest margin is exactly 1 (removes the solver's feasibility slack).
     margins = np.real(np.conj(A) @ rho)
     if not np.min(margins) > 0:
         raise RuntimeError(f"max_margin: the solver returned an infeasible point (min margin {np.min(margins)!r}).")
     rho = rho / np.min(margins)
-    if inaccurate:
-        status = _verify_inaccurate(X, y, S, sgn, rho, p, polished, status)
     norm = _pnorm_np(rho, p)
     direction = rho / norm
     beta = np.real(np.conj(S).T @ direction)
@@ -286,13 +286,13 @@ def max_margin_solution(
     return MaxMarginSolution(direction, beta, rho, 1.0 / norm, norm, active, p, status)
 
 
-def _polished_candidate(X, y, A, S, rho, p: float, sgn):
+def _polished_candidate(X, y, A, S, rho, p: float, sgn, active_tol: float = 1e-7):
     """The KKT polish of the solver's point (p = 1 or 2), or None when it fails or is not feasible, keeps no sign
     constraint, or is worse (in ‖·‖_p) than the solver's point."""
     if not np.iscomplexobj(S):
-        cand = _polish(A, rho, p, sgn)
+        cand = _polish(A, rho, p, sgn, active_tol)
     elif p == 2.0:  # rho = S beta, ||rho||_2 = ||beta||_2: the real QP in beta
-        cand = _polish(y[:, None] * X, np.real(np.conj(S).T @ rho), p, None)
+        cand = _polish(y[:, None] * X, np.real(np.conj(S).T @ rho), p, None, active_tol)
         cand = None if cand is None else S @ cand
     else:  # Newton on the free complex problem, then back to rho = S Re(S^H rho) (for the DFT: symmetrisation,
         # which keeps feasibility and cannot increase sum |rho_j|; checked below)
@@ -306,23 +306,31 @@ def _polished_candidate(X, y, A, S, rho, p: float, sgn):
     return cand if feasible and signs_ok and better else None
 
 
-def _verify_inaccurate(X, y, S, sgn, rho, p: float, polished: bool, status: str) -> str:
-    """Accept a point the solver called ``optimal_inaccurate`` only when it was polished and the polished point
-    is a KKT point to 1e-9 (multipliers by NNLS, `kkt_parts`); else raise RuntimeError."""
+def _polish_inaccurate(X, y, A, S, rho, p: float, sgn, status: str):
+    """(ρ, status) for a point the solver called ``optimal_inaccurate``: polished on the active sets read at
+    tolerances 1e-7, 1e-5 and 1e-3 (of the point rescaled to smallest margin 1), accepting the first polished
+    point that is a KKT point to 1e-9 (multipliers by NNLS, `kkt_parts`); RuntimeError when none is."""
+    margins = np.real(np.conj(A) @ rho)
     residual = math.inf
-    if polished:
+    if p in (1.0, 2.0) and np.min(margins) > 0:
+        rho = rho / np.min(margins)
         problem = margin_problem(X, y, p, S, sgn)
-        scale = np.max(np.abs(rho))
-        support = np.abs(rho) > 1e-9 * scale if p == 1.0 else (
-            np.ones(rho.shape, bool) if sgn is None else (np.abs(rho) > 1e-9 * scale) | (sgn == 0))
-        active = problem.margins(rho) <= 1.0 + 1e-7
-        residual = kkt_parts(problem, rho, nnls_multipliers(problem, rho, active, support), support).residual
-    if not residual <= 1e-9:
-        raise RuntimeError(
-            f"max_margin: the solver stopped at {status!r} and polishing did not reach a KKT point to 1e-9 (residual "
-            f"{residual:.1e}); no reference computed (the promised accuracy is 1e-10)."
-        )
-    return f"{status}, KKT residual {residual:.1e} after polishing"
+        for active_tol in (1e-7, 1e-5, 1e-3):
+            cand = _polished_candidate(X, y, A, S, rho, p, sgn, active_tol)
+            if cand is None:
+                continue
+            cand = cand / np.min(problem.margins(cand))
+            scale = np.max(np.abs(cand))
+            support = np.abs(cand) > 1e-9 * scale if p == 1.0 else (
+                np.ones(cand.shape, bool) if sgn is None else (np.abs(cand) > 1e-9 * scale) | (sgn == 0))
+            active = problem.margins(cand) <= 1.0 + 1e-9
+            residual = kkt_parts(problem, cand, nnls_multipliers(problem, cand, active, support), support).residual
+            if residual <= 1e-9:
+                return cand, f"{status} (polished; KKT residual {residual:.1e})"
+    raise RuntimeError(
+        f"max_margin: the solver stopped at {status!r} and polishing did not reach a KKT point to 1e-9 (best "
+        f"residual {residual:.1e}); no reference computed (the promised accuracy is 1e-10)."
+    )
 
 
 def max_margin(
