@@ -26,12 +26,13 @@ from ._problem import Problem as Problem
 from ._simulate import simulate as simulate
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
-from ._scenario import Claim as Claim
-from ._scenario import Scenario as Scenario
-from ._sweep import show_progress as show_progress
-from ._sweep import sweep as sweep
+from .harness import Claim as Claim
+from .harness import Scenario as Scenario
+from .harness import show_progress as show_progress
+from .harness import sweep as sweep
 from . import _data as data
 from . import analysis as analysis
+from . import harness as harness
 from . import networks as networks
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from flowsim._cli import main
+from flowsim.harness import main
 
 # A scenario as someone who only read design.md would write it. `run` counts its calls in a file.
 DECAY = '''

@@ -8,8 +8,8 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from flowsim import _runner
-from flowsim._cli import main
+from flowsim.harness import _runner
+from flowsim.harness import main
 
 SCENARIO = pathlib.Path(__file__).resolve().parents[1] / "scenarios" / "soudry2018_logistic.py"
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import flowsim as fs
-from flowsim import _store
-from flowsim._scenario import ScenarioError, parse_override, parse_set_args
-from flowsim._store import StoreError
+from flowsim.harness import _store
+from flowsim.harness._scenario import ScenarioError, parse_override, parse_set_args
+from flowsim.harness._store import StoreError
 
 
 def _write_run(run_dir, arrays):
