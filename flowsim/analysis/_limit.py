@@ -263,7 +263,7 @@ class _Verdict(NamedTuple):
 
 
 def _certify(problem, reading, tail, coords, log_t, best: Candidate, notes, kind, options) -> LimitDirection:
-    """Step 5 and 6: the certificate, the saddle escape, and the `LimitDirection`."""
+    """Steps 4–6: the KKT verdict, the certificate, the saddle escape, and the `LimitDirection`."""
     read, final = reading.structure, best.structure
     repairs = int(np.sum(final.support ^ read.support) + np.sum(final.active ^ read.active))
     rho, mu = best.point.rho, best.point.mu

@@ -1,4 +1,4 @@
-"""Step 4 of `limit_direction`: the KKT system of the max-margin problem restricted to one structure (private).
+"""Step 2 of `limit_direction`: the KKT system of the max-margin problem restricted to one structure (private).
 
 On a support S with signs σ (phases for complex ρ) and an active set A, the KKT conditions become equations:
 

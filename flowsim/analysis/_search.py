@@ -1,4 +1,4 @@
-"""Step 4 (continued) of `limit_direction`: when the structure read off the trajectory gives no KKT point, the
+"""Step 3 of `limit_direction`: when the structure read off the trajectory gives no KKT point, the
 structures near it (private).
 
 Three moves, in order, each over frozen `Structure` values: the structures within two edits of the one read

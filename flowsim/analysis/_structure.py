@@ -135,7 +135,7 @@ def sign_constraint(sign, layer_coordinates, S: np.ndarray):
 
 
 def read_structure(problem: MarginProblem, tail: Tail, decay_slope: float) -> Reading:
-    """Support, signs and active set from the tail's trends (steps 1–3 of `limit_direction`)."""
+    """Support, signs and active set from the tail's trends (step 1 of `limit_direction`)."""
     m = problem.m
     mag = np.abs(tail.unit)
     share = mag / np.max(mag, axis=1, keepdims=True)
