@@ -57,6 +57,10 @@ def test_signed_diagonal_computes_its_beta(depth):
     init = fs.networks.SignedDiagonal.init(7, depth, 0.3)
     np.testing.assert_array_equal(np.asarray(init.layers[0]), np.full(7, 0.3))
     np.testing.assert_array_equal(np.asarray(init.beta()), np.zeros(7))
+    geometry = net.margin_geometry()  # the ℓ_{2/D} max-margin problem in β (S = I)
+    assert geometry.q == 2.0 / depth and geometry.layer_coordinates is None
+    np.testing.assert_allclose(np.asarray(geometry.rho), beta, rtol=1e-14)
+    np.testing.assert_array_equal(np.asarray(geometry.transform), np.eye(7))
     # under vmap over α (a traced scale)
     betas = eqx.filter_vmap(lambda a: fs.networks.SignedDiagonal.init(7, depth, a).layers[1])(jnp.array([0.1, 2.0]))
     np.testing.assert_allclose(np.asarray(betas), [[0.1] * 7, [2.0] * 7])

@@ -23,8 +23,11 @@ rescaling β = γb gives b = argmin Q_μ(b) s.t. X̃b ≥ 1 with μ = α²/γ, �
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 import scipy.optimize
@@ -32,6 +35,10 @@ import scipy.special
 from jaxtyping import ArrayLike, Float
 
 from .._checks import as_int, as_labels, as_positive_float, as_real_matrix, as_real_scalar
+from .._problem import Problem
+from .._simulate import simulate
+from .._trajectory import Status
+from ..networks import SignedDiagonal
 
 
 _MAX_LOG_INV_MU = 1e8
@@ -254,14 +261,18 @@ def reduced_scale_flow(
 
 def woodworth_q(z: Float[ArrayLike, "..."]) -> Float[np.ndarray, "..."]:
     """q(z) = 2 − √(4+z²) + z asinh(z/2) (Woodworth et al., COLT 2020): q(z) ≈ z²/4 for small z,
-    ≈ |z| log|z| − |z| for large z. Computed without cancellation for small |z|."""
+    ≈ |z| log|z| − |z| for large z. Computed without cancellation for small |z| (series) and without overflow
+    for large |z| (q = |z| log|z| − |z| + 2 − 1/|z| + O(|z|^{−3}) beyond 10^8)."""
     z = np.asarray(z, dtype=np.float64)
-    small = np.abs(z) < 1e-3
+    a = np.abs(z)
+    small, large = a < 1e-3, a > 1e8
     zs = np.where(small, z, 0.0)
     series = zs**2 / 4 - zs**4 / 192 + zs**6 / 3840
-    zl = np.where(small, 1.0, z)
+    zl = np.where(small | large, 1.0, z)
     direct = 2.0 - np.sqrt(4.0 + zl * zl) + zl * np.arcsinh(zl / 2.0)
-    return np.where(small, series, direct)
+    ab = np.where(large, a, 1e8)
+    asymptotic = ab * (np.log(ab) - 1.0) + 2.0 - 1.0 / ab  # + O(|z|^-3)
+    return np.where(small, series, np.where(large, asymptotic, direct))
 
 
 def q_potential(beta: Float[ArrayLike, "*batch d"], mu: float) -> Float[np.ndarray, "*batch"]:
@@ -408,3 +419,181 @@ def _q_dual_newton(A: np.ndarray, tau: float, lam: np.ndarray, tol: float, budge
             return lam, beta, residual < 1e3 * tol, used
         lam, objective, grad, beta, curv = cand, c_obj, c_grad, c_beta, c_curv
     return lam, beta, False, budget
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+class ScaleAccuracySweep(NamedTuple):
+    """The flow of β = u₊^D − u₋^D over a grid of (ε, α) (`scale_accuracy_sweep`).
+
+    Fields (k accuracies × a scales): ``alphas`` (a,); ``log_inv_eps`` (k,) the paper's log(1/ε) (summed loss);
+    ``beta`` (k, a, d) β when the summed loss first reaches ε; ``log_inv_eps_reached`` (k, a) the summed log
+    loss there, negated; ``ok`` (k, a) whether the target was reached; ``num_steps`` (k, a);
+    ``wall_time_s`` (k,) per row (the first row includes compilation).
+    """
+
+    alphas: Float[np.ndarray, " a"]
+    log_inv_eps: Float[np.ndarray, " k"]
+    beta: Float[np.ndarray, "k a d"]
+    log_inv_eps_reached: Float[np.ndarray, "k a"]
+    ok: np.ndarray
+    num_steps: np.ndarray
+    wall_time_s: Float[np.ndarray, " k"]
+
+
+def scale_accuracy_sweep(
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    depth: int,
+    alphas: Float[ArrayLike, " a"],
+    log_inv_eps: Float[ArrayLike, " k"],
+    *,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    max_steps: int = 100_000,
+    progress=None,
+) -> ScaleAccuracySweep:
+    """Train β = u₊^D − u₋^D from u±(0) = α·1 by gradient flow (``fs.simulate``, exponential loss) to each
+    accuracy ε, for every α: the experiment of Moroshko et al. (NeurIPS 2020), exactly.
+
+    Each row (one ε) is ONE batched solve, ``eqx.filter_vmap`` over α and over ``target_log_loss``
+    (traced, like the horizon), all rows through the same compiled function. flowsim's loss is the mean, so the
+    target is log L = −log(1/ε) − log n (`mean_log_loss`); the horizon is log t = 2 log(1/ε) + 100, beyond the
+    crossing (the loss falls like 1/t once the data are fitted), and a member that does not reach its target
+    comes back with ``ok`` False.
+
+    **Arguments:** ``X`` (n, d), ``y`` (n,) labels ±1; ``depth`` D ≥ 2; ``alphas`` (a,) > 0; ``log_inv_eps``
+    (k,) > 0; ``rtol``, ``atol``, ``max_steps`` for ``fs.simulate``; ``progress``: None, or a function that
+    wraps the iterable of rows (e.g. ``lambda rows: fs.sweep(rows, desc="ε")``) to show progress.
+    """
+    A = _signed_rows(X, y)
+    n, d = A.shape
+    D = _as_scale_depth(depth)
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+    lams = np.atleast_1d(np.asarray(log_inv_eps, dtype=np.float64))
+    if alphas.ndim != 1 or not np.all(np.isfinite(alphas) & (alphas > 0)):
+        raise ValueError(f"alphas must be a 1-d array of positive finite scales; got {alphas.tolist()[:5]}.")
+    if lams.ndim != 1 or not np.all(np.isfinite(lams) & (lams > 0)):
+        raise ValueError(f"log_inv_eps must be a 1-d array of positive finite numbers (ε < 1); got {lams.tolist()[:5]}.")
+    X = jnp.asarray(as_real_matrix("X", X))
+    y = jnp.asarray(as_labels("y", y, n))
+
+    def one(alpha, target, horizon):
+        problem = Problem(SignedDiagonal.init(d, D, alpha), X, y, loss="exponential")
+        traj = simulate(problem, log_t1=horizon, target_log_loss=target, n_save=2, rtol=rtol, atol=atol,
+                        max_steps=max_steps)
+        return traj.final.beta(), traj.log_loss[-1], traj.status, traj.stats["num_steps"]
+
+    row_solve = eqx.filter_jit(eqx.filter_vmap(one))
+    k, a = lams.size, alphas.size
+    beta = np.empty((k, a, d))
+    reached = np.empty((k, a))
+    status = np.empty((k, a), dtype=np.int64)
+    steps = np.empty((k, a), dtype=np.int64)
+    wall = np.empty(k)
+    for row in (range(k) if progress is None else progress(range(k))):
+        start = time.perf_counter()
+        targets = jnp.full(a, float(mean_log_loss(-lams[row], n)))
+        horizons = jnp.full(a, 2.0 * lams[row] + 100.0)
+        b, log_loss, st, ns = row_solve(jnp.asarray(alphas), targets, horizons)
+        beta[row], reached[row] = np.asarray(b), -summed_log_loss(np.asarray(log_loss), n)
+        status[row], steps[row] = np.asarray(st), np.asarray(ns)
+        wall[row] = time.perf_counter() - start
+    ok = status == int(Status.TARGET_REACHED)
+    return ScaleAccuracySweep(alphas, lams, beta, reached, ok, steps, wall)
+
+
+# ------------------------------------------------------------------------------------------------ reading the sweep
+
+
+def phase_coordinate(
+    beta: Float[ArrayLike, "*batch d"],
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    q: float,
+    rich: Float[ArrayLike, " d"],
+) -> Float[np.ndarray, "*batch"]:
+    """Where β sits between the kernel and the rich limit, by its normalised ℓ_q margin γ_q (q = 2/D):
+
+        c(β) = (γ_q(β) − γ_q(β_ℓ2)) / (γ_q(β_rich) − γ_q(β_ℓ2)),
+
+    with β_ℓ2 the ℓ2 max-margin direction (the kernel regime of Woodworth et al. 2020 / Moroshko et al. 2020)
+    and ``rich`` the rich limit (D = 2: the ℓ1 max-margin solution; D > 2: an ℓ_{2/D} KKT point). c = 0 at the
+    kernel limit, 1 at the rich one; early in training c can be negative (β is neither yet).
+    """
+    from ._margins import max_margin, normalized_margin
+
+    q = as_positive_float("q", q)
+    l2 = max_margin(X, y, 2.0)
+    g_kernel = float(normalized_margin(l2, X, y, q))
+    g_rich = float(normalized_margin(np.asarray(rich, dtype=np.float64), X, y, q))
+    if not g_rich > g_kernel:
+        raise ValueError(
+            f"the rich reference's ℓ_{q:g} margin {g_rich:.6g} is not above the ℓ2 direction's {g_kernel:.6g}: "
+            "no interval to place β in."
+        )
+    return (np.asarray(normalized_margin(beta, X, y, q)) - g_kernel) / (g_rich - g_kernel)
+
+
+class VertexKKTPoint(NamedTuple):
+    """A vertex of {b : X̃b ≥ 1} read off a flow state and certified as a KKT point of min ‖b‖_{2/D}
+    (`vertex_kkt_point`). Fields: ``beta`` (d,) with smallest margin 1; ``support`` (d,), ``active`` (n,)
+    boolean masks; ``kkt_residual`` from ``fs.analysis.kkt_certificate``."""
+
+    beta: Float[np.ndarray, " d"]
+    support: np.ndarray
+    active: np.ndarray
+    kkt_residual: float
+
+
+def vertex_kkt_point(
+    beta: Float[ArrayLike, " d"],
+    X: Float[ArrayLike, "n d"],
+    y: Float[ArrayLike, " n"],
+    depth: int,
+    *,
+    tol: float = 1e-3,
+) -> VertexKKTPoint:
+    """The KKT point of  min ‖b‖_{2/D}^{2/D}  s.t.  X̃b ≥ 1  that a rich-regime flow state β approaches.
+
+    For D > 2 the objective Σ|b_j|^{2/D} is concave on each orthant, so its local minima over the polyhedron
+    are vertices (Moroshko et al. 2020; Lyu & Li 2020 for the KKT characterisation of the limit). Read the
+    support J = {|β_j| > tol·max|β|} and the active set I = {margins ≤ (1 + tol)·min margin} off β, solve
+    X̃_{IJ} b_J = 1 (least squares; exact at a vertex, |I| = |J|) and certify b with
+    ``fs.analysis.kkt_certificate(b, X, y, depth)``.
+    """
+    from ._kkt import kkt_certificate
+
+    A = _signed_rows(X, y)
+    D = _as_scale_depth(depth)
+    tol = as_positive_float("tol", tol)
+    beta = np.asarray(beta, dtype=np.float64)
+    margins = A @ beta
+    if not np.min(margins) > 0:
+        raise ValueError(f"beta does not separate the data (smallest margin {np.min(margins):.3g}); no vertex to read.")
+    support = np.abs(beta) > tol * np.max(np.abs(beta))
+    active = margins <= (1.0 + tol) * np.min(margins)
+    sub, *_ = np.linalg.lstsq(A[np.ix_(active, support)], np.ones(int(active.sum())), rcond=None)
+    vertex = np.zeros_like(beta)
+    vertex[support] = sub
+    vertex /= np.min(A @ vertex)
+    residual = kkt_certificate(vertex, np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), D).residual
+    return VertexKKTPoint(vertex, support, active, float(residual))
+
+
+def l1_dual_slack(X: Float[ArrayLike, "n d"], y: Float[ArrayLike, " n"]) -> Float[np.ndarray, " d"]:
+    """1 − |X̃ᵀκ|_j for the ℓ1 max-margin LP's dual certificate κ (|X̃ᵀκ|_j = 1 on the support, 0 slack there).
+
+    With b = 2μ sinh(X̃ᵀλ), λ ≈ log(1/μ)·κ, the Q_μ minimiser's off-support coordinates are ≈ μ^{slack_j}: the
+    ℓ1 limit is approached like a power of μ whose exponent is the smallest off-support slack (derived here from
+    the dual of `q_minimizer`; checked numerically in the scenario).
+    """
+    from ._kkt import kkt_certificate
+    from ._margins import max_margin_solution
+
+    Xr = as_real_matrix("X", X)
+    yr = as_labels("y", y, Xr.shape[0])
+    sol = max_margin_solution(Xr, yr, 1.0)
+    cert = kkt_certificate(sol.rho, Xr, yr, 2, active_tol=1e-7, support_tol=1e-9)
+    return 1.0 - np.abs(_signed_rows(Xr, yr).T @ cert.mu)

@@ -86,6 +86,16 @@ class SignedDiagonal(AbstractLinearTensorNetwork):
         return MarginGeometry(q=2.0 / self.power, transform=jnp.eye(self.input_dim), rho=self.beta(),
                               layer_coordinates=None)
 
+    def margin_geometry(self) -> MarginGeometry:
+        """q = 2/D, S = I, ρ = β; no layer coordinates (β_j = u₊[j]^D − u₋[j]^D is not a product).
+
+        The model is D-homogeneous; its gradient-flow limit on separable data is a KKT point of the ℓ2
+        max-margin problem in θ = (u₊, u₋) (Lyu & Li, ICLR 2020), and min ‖θ‖² over the θ with a given β is
+        Σ_j |β_j|^{2/D} (one branch of each coordinate is zero), i.e. min ‖β‖_{2/D} s.t. margins ≥ 1.
+        """
+        d = self.input_dim
+        return MarginGeometry(q=2.0 / self.power, transform=jnp.eye(d), rho=self.beta(), layer_coordinates=None)
+
     @classmethod
     def init(cls, d: int, depth: int, scale=1.0) -> "SignedDiagonal":
         """u₊(0) = u₋(0) = α·1 with α = ``scale`` > 0, so β(0) = 0.
