@@ -75,14 +75,6 @@ def _checked_layers(layers, kernel_size) -> tuple[tuple, int]:
     return tuple(checked), kernel_size
 
 
-def _forward(layers, x):
-    """⟨x ∗ v_1 ∗ … ∗ v_{L−1}, v_L⟩."""
-    h = x
-    for v in layers[:-1]:
-        h = circular_convolution(h, v)
-    return jnp.dot(h, layers[-1])
-
-
 def _beta(layers):
     """β = C(v_1)ᵀ⋯C(v_{L−1})ᵀ v_L."""
     beta = layers[-1]
@@ -146,7 +138,8 @@ class FullLengthConvolutional(AbstractOrthogonallyDecomposableNetwork):
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         check_input(x, self.input_dim, "Convolutional")
-        return _forward(self.layers, x)
+        # f(x) = ⟨x, β⟩ with β formed once from the layers (not one convolution chain per sample).
+        return jnp.dot(x, _beta(self.layers))
 
     def beta(self) -> Float[Array, " d"]:
         return _beta(self.layers)
@@ -210,7 +203,8 @@ class ShortKernelConvolutional(AbstractLinearTensorNetwork):
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         check_input(x, self.input_dim, "Convolutional")
-        return _forward(self.layers, x)
+        # f(x) = ⟨x, β⟩ with β formed once from the layers (not one convolution chain per sample).
+        return jnp.dot(x, _beta(self.layers))
 
     def beta(self) -> Float[Array, " d"]:
         return _beta(self.layers)

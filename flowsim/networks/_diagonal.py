@@ -51,10 +51,9 @@ class Diagonal(AbstractOrthogonallyDecomposableNetwork):
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         check_input(x, self.input_dim, "Diagonal")
-        h = x
-        for v in self.layers:
-            h = h * v
-        return jnp.sum(h)
+        # ⟨x, v_1 ⊙ … ⊙ v_L⟩: the same multilinear map of the layers as the tensor contraction, with β
+        # formed once rather than per sample (under vmap this is one matrix–vector product X β).
+        return jnp.dot(x, self.beta())
 
     def beta(self) -> Float[Array, " d"]:
         beta = self.layers[0]
