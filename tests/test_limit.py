@@ -76,6 +76,18 @@ def test_diagonal_depth2_sign_free_is_l1_lp():
     assert fs.analysis.kkt_residual(res.rho, X, y, 2) < 1e-9
 
 
+def test_signed_diagonal_depth2_is_l1_lp():
+    """β = u₊² − u₋² from u±(0) = α·1 (Woodworth et al. 2020) states q = 2/D = 1, ρ = β: its limit is the
+    unconstrained ℓ1 max-margin solution (HiGHS LP, perturbation-checked unique), ~9e-2 from the last iterate at
+    log t = 10^3."""
+    X, y = planted(0, n=8, d=10)
+    net = fs.networks.SignedDiagonal.init(10, 2, scale=0.1)
+    res = fs.analysis.limit_direction(run(net, X, y, 1e3), X, y)
+    assert res.certified, res.message
+    assert res.q == 1.0 and res.sign_constraint is None
+    assert_much_better(res, unique_l1_direction(X, y), 1e-12)
+
+
 def test_diagonal_depth3_is_a_kkt_point_and_a_local_minimum():
     """Depth 3: min Σ|ρ_j|^{2/3} s.t. margins ≥ 1 is non-convex. The estimate must be a KKT point (independent
     residual ≲ 1e-9) and a local minimum: SLSQP on the support, started from a perturbed estimate, returns to it."""
