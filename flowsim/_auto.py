@@ -15,8 +15,8 @@
    the next trial waits until the solver time has grown ``RETRY_FACTOR``-fold (so trials cost a
    bounded fraction of the run).
 4. While implicit, the explicit cost is predicted from its measured cost per step and the step
-   it could take, min(h_implicit, ``EXPLICIT_STABLE_STEP``/ρ); below half the implicit cost,
-   auto switches back.
+   it could take, min(h_implicit, ``EXPLICIT_STABLE_STEP``/ρ); below ``SWITCH_BACK_FACTOR`` times
+   the implicit cost, auto switches back.
 
 Compilation is kept out of the measurements (each solver is compiled on an empty interval first).
 """
@@ -35,12 +35,13 @@ import numpy as np
 from ._flow import base_problem, make_field
 from ._solvers import EXPLICIT_SOLVERS
 
-SEGMENT_STEPS = 256
+SEGMENT_STEPS = 512
 STIFF_STEP_RATIO = 1.0
 EXPLICIT_STABLE_STEP = 3.0
 POWER_ITERATIONS = 20
 TRIAL_SPANS = 4.0  # an implicit trial covers this many times the span of the explicit segment before it
-RETRY_FACTOR = 4.0  # after a lost trial, the next one waits until the solver time has grown this much
+RETRY_FACTOR = 4.0
+SWITCH_BACK_FACTOR = 0.25  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
 AUTO_EXPLICIT = "tsit5"
 AUTO_IMPLICIT = "kvaerno5"
 
@@ -133,7 +134,7 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
     auto = solver == "auto"
     segmented = auto or progress or checkpoint is not None
     if not segmented:
-        static = _Static(solver, linear_solver, log_time, max_steps, False, has_target, resume=False)
+        static = _Static(solver, linear_solver, log_time, max_steps, False, has_target, solvers=(solver,))
         carry = init_carry(problem, save_times, settings, static)
         carry = segment(problem, carry, save_times, settings, settings.time1, static)
         metadata = dict(metadata, solver=solver, auto=None, resumed_from_log_t=None)
@@ -143,10 +144,12 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
     budget = min(max_steps, SEGMENT_STEPS)
     current = AUTO_EXPLICIT if auto else solver
 
-    def static_for(name, resume):
-        return _Static(name, linear_solver, log_time, budget, False, has_target, resume=resume)
+    solvers = (AUTO_EXPLICIT, AUTO_IMPLICIT) if auto else (solver,)
 
-    carry = init_carry(problem, save_times, settings, static_for(current, False))
+    def static_for(name):
+        return _Static(name, linear_solver, log_time, budget, False, has_target, solvers=solvers)
+
+    carry = init_carry(problem, save_times, settings, static_for(current))
     resumed_from = None
     store = None
     if checkpoint is not None:
@@ -155,14 +158,13 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
         store = CheckpointStore(checkpoint, _fingerprint(problem, save_times, settings, solver, linear_solver,
                                                           log_time, has_target))
         restored = store.load(lambda name: eqx.filter_eval_shape(
-            segment, problem, carry, save_times, settings, settings.time1, static_for(name, False)))
+            segment, problem, carry, save_times, settings, settings.time1, static_for(name)))
         if restored is not None:
             carry, current = restored
             resumed_from = _log_t(float(carry.time), log_time)
     timer = _Timer()
     bar = _Bar(progress, float(settings.log_t1))
     switches = [(_round(_log_t(float(carry.time), log_time)), current, "start")]
-    resume = carry.solver_state is not None
     explicit_rate = None  # wall per unit time at the explicit solver's current step (measured)
     explicit_step_cost = None  # wall per explicit step (measured)
     next_trial_time = 0.0  # a lost trial is retried only once the solve has got this far
@@ -173,17 +175,12 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
         while int(carry.status) < 0 and int(carry.num_steps) < max_steps:
             time0 = float(carry.time)
             end_time = horizon if trial_span is None else min(horizon, time0 + trial_span)
-            if not resume:
-                # A fresh start of this solver: drop the other solver's state, so that each solver
-                # compiles exactly two programs (fresh, continuing) however often auto switches.
-                carry = dataclasses.replace(carry, solver_state=None, controller_state=None, made_jump=None)
-            static = static_for(current, resume)
-            timer.warm((current, resume), lambda: segment(problem, carry, save_times, settings,
+            static = static_for(current)
+            timer.warm(current, lambda: segment(problem, carry, save_times, settings,
                                                           jnp.asarray(time0), static))
             steps_before = int(carry.num_steps)
             carry, wall = timer.run(lambda: segment(problem, carry, save_times, settings,
                                                     jnp.asarray(end_time), static))
-            resume = True
             time1 = float(carry.time)
             steps = int(carry.num_steps) - steps_before
             log_t_now = _log_t(time1, log_time)
@@ -201,21 +198,24 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                 explicit_rate = explicit_step_cost / step
                 ratio = step * rho
                 if ratio >= STIFF_STEP_RATIO and time1 >= next_trial_time:
-                    current, resume, trial_span = AUTO_IMPLICIT, False, TRIAL_SPANS * (time1 - time0)
+                    current, trial_span = AUTO_IMPLICIT, TRIAL_SPANS * (time1 - time0)
+                    carry = _start_afresh(carry, current)
                     switches.append((_round(log_t_now), current, f"trial: explicit h·ρ = {ratio:.3g}"))
                 continue
             implicit_rate = (wall / steps) / step
             if was_trial and explicit_rate is not None and implicit_rate >= explicit_rate:
                 next_trial_time = RETRY_FACTOR * time1
-                current, resume = AUTO_EXPLICIT, False
+                current = AUTO_EXPLICIT
+                carry = _start_afresh(carry, current)
                 switches.append((_round(log_t_now), current, f"trial lost: implicit {implicit_rate:.3g} vs explicit "
                                  f"{explicit_rate:.3g} s per unit time"))
                 continue
             if explicit_step_cost is not None:
                 explicit_step = min(step, EXPLICIT_STABLE_STEP / rho) if rho > 0 else step
                 predicted = explicit_step_cost / explicit_step
-                if predicted < 0.5 * implicit_rate:
-                    current, resume = AUTO_EXPLICIT, False
+                if predicted < SWITCH_BACK_FACTOR * implicit_rate:
+                    current = AUTO_EXPLICIT
+                    carry = _start_afresh(carry, current)
                     switches.append((_round(log_t_now), current, f"not stiff: explicit {predicted:.3g} vs implicit "
                                      f"{implicit_rate:.3g} s per unit time"))
                 elif was_trial:
@@ -232,9 +232,14 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
         compile_s=round(timer.compile_s, 3),
         resumed_from_log_t=resumed_from,
     )
-    static = static_for(current, resume)
+    static = static_for(current)
     trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
     return _timed(trajectory, start)
+
+
+def _start_afresh(carry, name):
+    """The next segment of solver ``name`` starts afresh (a switch): Diffrax's initial step and state."""
+    return dataclasses.replace(carry, fresh={**carry.fresh, name: jnp.asarray(True)})
 
 
 def _round(value: float) -> float:

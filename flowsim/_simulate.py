@@ -47,7 +47,7 @@ class _Static(NamedTuple):
     max_steps: int
     progress: bool
     has_target: bool
-    resume: bool  # solver and controller state carried in from the previous segment
+    solvers: tuple  # every solver this solve may use: the carry holds a state for each
 
 
 class Settings(eqx.Module):
@@ -73,9 +73,11 @@ class _Carry(eqx.Module):
     num_accepted_steps: jax.Array
     num_rejected_steps: jax.Array
     status: jax.Array  # Status, or -1 while the solve may continue
-    solver_state: object = None
-    controller_state: object = None
-    made_jump: object = None
+    # Per solver name: (solver state, controller state, made_jump) and whether to start it afresh
+    # (Diffrax's own initial step and state) instead of continuing from them. Held for every solver
+    # the solve may use, so the carry's structure never changes and each solver compiles once.
+    solver_states: dict
+    fresh: dict
 
 
 def _is_real_number(value) -> bool:
@@ -272,7 +274,7 @@ def simulate(
     if traced:
         name = solver if solver != "auto" else ("kvaerno5" if log_time else "tsit5")
         metadata["auto"] = "under jit/vmap: fixed rule (no measurement possible)" if solver == "auto" else None
-        static = _Static(name, linear, log_time, max_steps, progress, has_target, resume=False)
+        static = _Static(name, linear, log_time, max_steps, progress, has_target, solvers=(name,))
         carry = init_carry(problem, save_times, settings, static)
         carry = segment(problem, carry, save_times, settings, settings.time1, static)
         return finish(problem, carry, save_times, settings, static, metadata, linear)
@@ -303,6 +305,8 @@ def init_carry(problem, save_times, settings: Settings, static: _Static) -> _Car
         status = jnp.where((status < 0) & above, Status.TARGET_AT_START, status)
     n_grid = save_times.shape[0]
     zero = jnp.asarray(0, dtype=jnp.int64)
+    states = {name: _fresh_states(name, field, theta0, jnp.asarray(0.0), settings.time1, settings, static)[:3]
+              for name in static.solvers}
     return _Carry(
         theta=theta0,
         time=jnp.asarray(0.0),
@@ -314,7 +318,26 @@ def init_carry(problem, save_times, settings: Settings, static: _Static) -> _Car
         num_accepted_steps=zero,
         num_rejected_steps=zero,
         status=status.astype(jnp.int32),
+        solver_states=states,
+        fresh={name: jnp.asarray(True) for name in static.solvers},
     )
+
+
+def _controller(settings: Settings):
+    return RecordingController(diffrax.PIDController(rtol=settings.rtol, atol=settings.atol))
+
+
+def _fresh_states(name, field, theta, time0, time1, settings: Settings, static: "_Static"):
+    """(solver state, controller state, made_jump, first step) of a fresh start of solver ``name`` at
+    (time0, θ), exactly as ``diffeqsolve`` would make them: Diffrax's public ``init`` methods."""
+    solver = make_solver(name, settings.rtol, settings.atol, static.linear_solver)
+    terms = make_terms(name, field)
+    controller = _controller(settings).wrap(1)
+    tnext, controller_state = controller.init(terms, time0, time1, theta, None, None, solver.func,
+                                              solver.error_order(terms))
+    tnext = jnp.minimum(tnext, time1)
+    solver_state = solver.init(terms, time0, tnext, theta, None)
+    return solver_state, controller_state, jnp.asarray(False), tnext - time0
 
 
 def _status_from_result(result) -> jax.Array:
@@ -352,6 +375,14 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
             direction=False,
         )
     meter = diffrax.TqdmProgressMeter() if static.progress else diffrax.NoProgressMeter()
+    fresh = carry.fresh[static.solver]
+    new_states = _fresh_states(static.solver, field, carry.theta, time0, time1, settings, static)
+    kept_states = carry.solver_states[static.solver]
+    solver_state, controller_state, made_jump = jax.tree_util.tree_map(
+        lambda start, kept: jnp.where(fresh, start, kept), new_states[:3], kept_states)
+    dt0 = jnp.where(fresh, new_states[3], carry.dt)
+    # An empty interval (a finished member, or a warm-up call) still needs a positive first step.
+    dt0 = jnp.where(dt0 > 0, dt0, jnp.finfo(dt0.dtype).tiny)
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=jnp.clip(save_times, time0, time1)), diffrax.SubSaveAt(t1=True)],
         solver_state=True,
@@ -363,19 +394,19 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
         solver,
         t0=time0,
         t1=time1,
-        # Continuing the same solver: exactly the step it proposed next. Otherwise (a fresh solve, or
-        # a switch of solver) Diffrax's own initial step selection.
-        dt0=carry.dt if static.resume else None,
+        # Continuing a solver: exactly the step it proposed next. A fresh start (a new solve, or a
+        # switch of solver): Diffrax's own initial step selection, made in `_fresh_states`.
+        dt0=dt0,
         y0=carry.theta,
         saveat=saveat,
-        stepsize_controller=RecordingController(diffrax.PIDController(rtol=settings.rtol, atol=settings.atol)),
+        stepsize_controller=_controller(settings),
         max_steps=static.max_steps,
         event=event,
         throw=False,
         progress_meter=meter,
-        solver_state=carry.solver_state if static.resume else None,
-        controller_state=carry.controller_state if static.resume else None,
-        made_jump=carry.made_jump if static.resume else None,
+        solver_state=solver_state,
+        controller_state=controller_state,
+        made_jump=made_jump,
     )
     grid_ts, grid_ys = solution.ts[0], solution.ys[0]
     end_ts, end_ys = solution.ts[1][-1], solution.ys[1][-1]
@@ -400,9 +431,10 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
         num_accepted_steps=carry.num_accepted_steps + solution.stats["num_accepted_steps"],
         num_rejected_steps=carry.num_rejected_steps + solution.stats["num_rejected_steps"],
         status=status,
-        solver_state=solution.solver_state,
-        controller_state=solution.controller_state,
-        made_jump=solution.made_jump,
+        solver_states={**carry.solver_states, static.solver: jax.tree_util.tree_map(
+            lambda new, old: jnp.where(done, old, new),
+            (solution.solver_state, solution.controller_state, jnp.asarray(solution.made_jump)), kept_states)},
+        fresh={**carry.fresh, static.solver: jnp.where(done, fresh, jnp.asarray(False))},
     )
 
 

@@ -228,10 +228,10 @@ def test_checkpoint_resumes_to_the_uninterrupted_result_and_refuses_other_argume
     reference = fs.simulate(diagonal_classification, log_t1=400.0, solver="tsit5", n_save=10)
     # Interrupted: a step budget stops the first call part-way; its checkpoint holds the state there.
     partial = fs.simulate(diagonal_classification, log_t1=400.0, solver="tsit5", n_save=10, checkpoint=path,
-                          max_steps=600, checkpoint_every_s=0.0)
+                          max_steps=300, checkpoint_every_s=0.0)
     assert not bool(partial.ok) and path.exists()
     resumed = fs.simulate(diagonal_classification, log_t1=400.0, solver="tsit5", n_save=10, checkpoint=path,
-                          max_steps=600, checkpoint_every_s=0.0)
+                          max_steps=300, checkpoint_every_s=0.0)
     assert resumed.info["resumed_from_log_t"] == pytest.approx(float(partial.log_t_reached))
     finished = fs.simulate(diagonal_classification, log_t1=400.0, solver="tsit5", n_save=10, checkpoint=path,
                            max_steps=100_000)

@@ -1,0 +1,213 @@
+"""Engine benchmark (issue "Engine II"): solver choice, implicit scaling, per-step overhead, networks.
+
+    python benchmarks/engine.py            # everything, one table per part (~15-25 min on 2 cores)
+    python benchmarks/engine.py --quick    # smaller sizes, for a smoke test
+
+Every case runs in its own subprocess, so its peak memory (max RSS) is its own. Times are for a
+compiled solve (the second call); the first call's time, compilation included, is shown as "cold".
+Numbers are ratios against a peer measured in the same run: the better fixed solver for "auto",
+Tsit5 for the implicit solvers, a bare jitted gradient for per-step overhead, a hand-written module
+for fs.networks.
+"""
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+CASE_TIMEOUT_S = 420
+
+
+def _problems(name, quick):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import flowsim as fs
+
+    class TwoLayerLeaky(eqx.Module):
+        """f(x) = Σ_j a_j φ(⟨w_j, x⟩), φ(z) = max(γz, z) (Frei et al. 2023); a is fixed."""
+
+        W: jax.Array
+        a: jax.Array
+
+        def __call__(self, x):
+            z = self.W @ x
+            return jnp.dot(self.a, jnp.maximum(0.1 * z, z))
+
+    class PlainDiagonal(eqx.Module):
+        u: jax.Array
+        v: jax.Array
+
+        def __call__(self, x):
+            return jnp.dot(x, self.u * self.v)
+
+    if name == "leaky_relu":
+        n, d, m = 30, (100 if quick else 200), 20
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(n, d)) / math.sqrt(d)
+        y = np.sign(X @ rng.normal(size=d))
+        W = 0.1 * rng.normal(size=(m, d)) / math.sqrt(d)
+        a = np.where(np.arange(m) % 2 == 0, 1.0, -1.0) / math.sqrt(m)
+        model = TwoLayerLeaky(jnp.asarray(W), jnp.asarray(a))
+        spec = TwoLayerLeaky(True, False)
+        return fs.Problem(model, X, y, "logistic", trainable=spec), dict(log_t1=5.0)
+    if name == "diagonal_log_time":
+        X, y = fs.data.separable(10, 20, seed=2)
+        return fs.Problem(PlainDiagonal(0.1 * jnp.ones(20), 0.1 * jnp.ones(20)), X, y, "logistic"), dict(
+            log_t1=1e3 if quick else 1e4, max_steps=400_000)
+    if name == "regression_small_init":
+        X, y = fs.data.underdetermined_regression(10, 40, seed=0)
+        model = fs.networks.Diagonal.init(40, depth=2, scale=1e-3, shape="balanced")
+        return fs.Problem(model, X, y, "squared"), dict(t1=1e8, target_log_loss=math.log(1e-20), max_steps=400_000)
+    if name.startswith("diagonal_p"):
+        p = int(float(name[len("diagonal_p"):]))
+        X, y = fs.data.separable(20, p // 2, seed=1)
+        model = PlainDiagonal(0.1 * jnp.ones(p // 2), 0.1 * jnp.ones(p // 2))
+        return fs.Problem(model, X, y, "logistic"), dict(log_t1=30.0 if quick else 100.0)
+    raise ValueError(name)
+
+
+def run_case(name, solver, quick, linear_solver="auto"):
+    import flowsim as fs
+
+    problem, options = _problems(name, quick)
+    start = time.perf_counter()
+    first = fs.simulate(problem, solver=solver, n_save=10, linear_solver=linear_solver, **options)
+    cold = time.perf_counter() - start
+    traj = fs.simulate(problem, solver=solver, n_save=10, linear_solver=linear_solver, **options)
+    del first
+    info = traj.info
+    return dict(
+        case=name, solver=solver, linear_solver=info.get("linear_solver"), ok=bool(traj.ok),
+        log_t=float(traj.log_t_reached), steps=int(traj.stats["num_steps"]),
+        rejected=int(traj.stats["num_rejected_steps"]), wall=float(traj.stats["wall_time_s"]), cold=cold,
+        params=int(info["num_params"]), auto=[list(map(str, s)) for s in (info.get("auto") or [])],
+        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def run_overhead(quick):
+    """Wall per accepted Tsit5 step / (6 stages × one bare jitted gradient), fs.networks vs plain."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import flowsim as fs
+
+    class PlainDiagonal(eqx.Module):
+        u: jax.Array
+        v: jax.Array
+
+        def __call__(self, x):
+            return jnp.dot(x, self.u * self.v)
+
+    d = 5_000 if quick else 50_000
+    X, y = fs.data.underdetermined_regression(20, d, seed=0)
+    rows = []
+    for label, model in [
+        ("plain jnp.dot module", PlainDiagonal(0.1 * jnp.ones(d), 0.1 * jnp.ones(d))),
+        ("fs.networks.Diagonal", fs.networks.Diagonal.init(d, depth=2, scale=0.1)),
+    ]:
+        problem = fs.Problem(model, X, y, "squared")
+        params, static = eqx.partition(problem.model, eqx.is_inexact_array)
+        grad = jax.jit(jax.grad(lambda p: problem.loss_value(eqx.combine(p, static))))
+        jax.block_until_ready(grad(params))
+        repeats = 50
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = grad(params)
+        jax.block_until_ready(out)
+        bare = (time.perf_counter() - start) / repeats
+        fs.simulate(problem, t1=10.0, solver="tsit5", n_save=2)
+        traj = fs.simulate(problem, t1=10.0, solver="tsit5", n_save=2)
+        per_step = float(traj.stats["wall_time_s"]) / max(int(traj.stats["num_steps"]), 1)
+        rows.append(dict(model=label, d=d, steps=int(traj.stats["num_steps"]), wall=float(traj.stats["wall_time_s"]),
+                         bare_gradient_ms=1e3 * bare, overhead=per_step / (6 * bare)))
+    return rows
+
+
+def _subprocess(args):
+    command = [sys.executable, __file__, "--worker", json.dumps(args)]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return dict(args, ok=False, note=f"did not finish in {CASE_TIMEOUT_S} s")
+    if out.returncode != 0:
+        return dict(args, ok=False, note="crashed: " + out.stderr.strip().splitlines()[-1][:120])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(rows, columns):
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)).ljust(w) for c, w in zip(columns, widths)) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return " → ".join(f"{s[1]}@{float(s[0]):.3g}" for s in value) if value else "–"
+    return str(value)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker")
+    parser.add_argument("--part", choices=["auto", "scaling", "overhead", "all"], default="all")
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        if job.get("kind") == "overhead":
+            print(json.dumps(run_overhead(job["quick"])))
+        else:
+            print(json.dumps(run_case(job["case"], job["solver"], job["quick"], job.get("linear_solver", "auto"))))
+        return
+    print(f"# flowsim engine benchmark — {platform.processor() or platform.machine()}, "
+          f"{__import__('os').cpu_count()} cores, python {platform.python_version()}"
+          + (" (--quick)" if args.quick else ""))
+    if args.part in ("auto", "all"):
+        rows = []
+        for case in ["leaky_relu", "diagonal_log_time", "regression_small_init"]:
+            group = [_subprocess(dict(case=case, solver=s, quick=args.quick)) for s in ("tsit5", "kvaerno5", "auto")]
+            best = min((r["wall"] for r in group[:2] if r.get("ok")), default=float("nan"))
+            for r in group:
+                r["vs_best_fixed"] = r["wall"] / best if r.get("ok") and best == best else None
+            rows += group
+        print("\n## auto vs fixed solvers (compiled wall time; vs_best_fixed = auto or fixed / the better fixed)\n")
+        print(_table(rows, ["case", "solver", "ok", "log_t", "steps", "rejected", "wall", "cold", "vs_best_fixed",
+                            "auto", "note"]))
+    if args.part in ("scaling", "all"):
+        rows = []
+        sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+        for p in sizes:
+            case = f"diagonal_p{p}"
+            jobs = [("tsit5", "auto"), ("kvaerno5", "krylov")] + ([("kvaerno5", "dense")] if p <= 10_000 else [])
+            for solver, linear in jobs:
+                rows.append(_subprocess(dict(case=case, solver=solver, linear_solver=linear, quick=args.quick)))
+        print("\n## implicit solves at scale (depth-2 diagonal net, logistic, log time; peak = max RSS of the process)\n")
+        print(_table(rows, ["case", "solver", "linear_solver", "params", "ok", "log_t", "steps", "rejected", "wall",
+                            "peak_mb", "note"]))
+    if args.part in ("overhead", "all"):
+        rows = _subprocess(dict(kind="overhead", quick=args.quick))
+        if isinstance(rows, dict):
+            rows = [rows]
+        print("\n## per-step overhead (Tsit5, squared loss; overhead = wall per step / (6 × one bare jitted gradient))\n")
+        print(_table(rows, ["model", "d", "steps", "wall", "bare_gradient_ms", "overhead", "note"]))
+
+
+if __name__ == "__main__":
+    main()
