@@ -7,6 +7,7 @@ dropped (separable through the origin, no bias). Model f(x) = ⟨w, x⟩ from w 
 Gradient flow is solved in log time to log t = `log_t1`; gradient descent runs `gd_steps` steps of
 size `gd_step`/β, β = λ_max(XᵀX)/(4n) the smoothness of L (Soudry et al. need η < 2/β).
 The rate is the slope of log(direction error) against log(log t) for log t ≥ `fit_from_log_t`.
+The flow is checkpointed: a killed `flowsim run` continues it from its last checkpoint when rerun.
 """
 
 import matplotlib.pyplot as plt
@@ -20,14 +21,15 @@ def direction_error(W, reference):
     return np.linalg.norm(fs.analysis.unit(W) - reference, axis=-1)
 
 
-def run(config):
+def run(config, resume=None):
     X, y = fs.data.separable(config["n"], config["d"], seed=config["seed"], gap=config["gap"])
     reference = fs.analysis.max_margin(X, y, p=2.0)
     problem = fs.Problem(fs.networks.Linear(np.zeros(config["d"])), X, y, loss="logistic")
 
     save_log_t = fs.analysis.log_log_grid(config["plot_from_log_t"], config["log_t1"], config["n_save"])
     flow = fs.simulate(problem, log_t1=config["log_t1"], save_log_t=save_log_t, rtol=config["rtol"],
-                       atol=config["atol"], progress=fs.show_progress())
+                       atol=config["atol"], progress=fs.show_progress(),
+                       checkpoint=resume.checkpoint("flow") if resume else None)
     beta = np.linalg.eigvalsh(X.T @ X).max() / (4 * len(X))
     gd = fs.gradient_descent(problem, lr=config["gd_step"] / beta, steps=config["gd_steps"],
                              n_save=config["n_save"])

@@ -64,7 +64,7 @@ def test_run_then_plot_without_recomputing(project, capsys):
                              "--figures", project / "figs")
     assert code == 0, err
     assert "holds  final" in out and "wall time" in out and "Traceback" not in out + err
-    summary = json.loads((project / "runs/decay/summary.json").read_text())
+    summary = json.loads((project / "runs/decay-quick/summary.json").read_text())
     assert summary["scenario"]["name"] == "decay" and summary["quick"] is True
     assert summary["config"] == {"n": 20, "t1": 5.0, "rate": 2.0, "threshold": 0.01, "tags": ["a", "b"]}
     assert summary["overrides"] == {"rate": 2.0}
@@ -73,7 +73,7 @@ def test_run_then_plot_without_recomputing(project, capsys):
     final = summary["claims"][0]
     assert final["name"] == "final" and final["threshold"] == 0.01
     assert final["value"] == pytest.approx(np.exp(-2.0 * 5.0), rel=1e-12) and final["holds"] is True
-    with np.load(project / "runs/decay/results.npz", allow_pickle=False) as data:
+    with np.load(project / "runs/decay-quick/results.npz", allow_pickle=False) as data:
         np.testing.assert_array_equal(data["t"], np.linspace(0.0, 5.0, 20))
         assert float(data["info/rate"]) == 2.0
     png, pdf = project / "figs/decay/decay.png", project / "figs/decay/decay.pdf"
@@ -82,7 +82,7 @@ def test_run_then_plot_without_recomputing(project, capsys):
 
     png.unlink()
     pdf.unlink()
-    code, out, err = run_cli(capsys, "plot", project / "runs/decay")
+    code, out, err = run_cli(capsys, "plot", project / "runs/decay-quick")
     assert code == 0, err
     assert png.exists() and pdf.exists()
     assert (project / "scenarios/decay.calls").read_text() == "1"  # plot never called run
@@ -91,7 +91,7 @@ def test_run_then_plot_without_recomputing(project, capsys):
 def test_quick_runs_keep_their_figures_out_of_the_figures_folder(project, capsys):
     path = write_scenario(project / "scenarios")
     assert run_cli(capsys, "run", path, "--quick")[0] == 0
-    assert (project / "runs/decay/figures/decay.png").exists()
+    assert (project / "runs/decay-quick/figures/decay.png").exists()
     assert not (project / "figures").exists()
     assert run_cli(capsys, "run", path)[0] == 0  # a full run draws the committed figures
     assert (project / "figures/decay/decay.png").exists()
@@ -102,9 +102,9 @@ def test_scenario_by_name_and_moved_scenario_files(project, capsys):
     assert run_cli(capsys, "run", "decay", "--quick")[0] == 0  # resolves ./scenarios/decay.py
     moved = project / "elsewhere.py"
     (project / "scenarios/decay.py").rename(moved)
-    code, _, err = run_cli(capsys, "plot", project / "runs/decay")
+    code, _, err = run_cli(capsys, "plot", project / "runs/decay-quick")
     assert code == 2 and "--scenario FILE" in err
-    assert run_cli(capsys, "plot", project / "runs/decay", "--scenario", moved)[0] == 0
+    assert run_cli(capsys, "plot", project / "runs/decay-quick", "--scenario", moved)[0] == 0
 
 
 def test_strict_turns_a_failing_claim_into_exit_1(project, capsys):
@@ -123,7 +123,7 @@ def test_run_all_and_list(project, capsys):
     assert code == 0 and "alpha" in out and "beta" in out and "Exponential decay" in out and "_helpers" not in out
     code, out, _ = run_cli(capsys, "run", "--all", "--quick")
     assert code == 0 and "2 scenario(s)" in out
-    assert (project / "runs/alpha/summary.json").exists() and (project / "runs/beta/summary.json").exists()
+    assert (project / "runs/alpha-quick/summary.json").exists() and (project / "runs/beta-quick/summary.json").exists()
 
     (project / "scenarios" / "broken.py").write_text("import flowsim as fs\n\nx = 1 / 0\n")
     code, out, err = run_cli(capsys, "run", "--all", "--quick")
@@ -183,7 +183,7 @@ def test_debug_shows_the_traceback(project, capsys):
 def test_incomplete_run_folders_are_refused(project, capsys):
     path = write_scenario(project / "scenarios")
     assert run_cli(capsys, "run", path, "--quick")[0] == 0
-    run = project / "runs/decay"
+    run = project / "runs/decay-quick"
     data = (run / "results.npz").read_bytes()
     (run / "results.npz").write_bytes(data[:100])
     code, _, err = run_cli(capsys, "plot", run)

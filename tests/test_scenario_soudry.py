@@ -19,7 +19,7 @@ def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("soudry")
     code = main(["run", str(SCENARIO), "--quick", "--strict", "--out", str(root / "runs"),
                  "--figures", str(root / "figs")])
-    run_dir = root / "runs" / "soudry2018_logistic"
+    run_dir = root / "runs" / "soudry2018_logistic-quick"
     return code, run_dir, root / "figs" / "soudry2018_logistic"
 
 

@@ -1,9 +1,12 @@
 """The `flowsim` command: list, run and re-plot scenarios.
 
     flowsim list [--dir DIR]
-    flowsim run FILE [--quick] [--set key=value ...] [--out DIR] [--figures DIR] [--strict]
-    flowsim run --all [--dir DIR] [--quick] [--out DIR] [--figures DIR] [--strict]
+    flowsim run FILE [--quick] [--fresh] [--set key=value ...] [--out DIR] [--figures DIR] [--strict]
+    flowsim run --all [--dir DIR] [--quick] [--fresh] [--out DIR] [--figures DIR] [--strict]
     flowsim plot RUN_DIR [--figures DIR] [--scenario FILE]
+
+A run goes to OUT/<name>/ (OUT/<name>-quick/ with --quick). Rerunning an interrupted run resumes it
+where its scenario allows (finished sweep members and solve checkpoints); --fresh starts over.
 
 Exit codes: 0 done (failing claims are reported); 1 under --strict, a claim failed or a solve did not
 reach its horizon; 2 an error
@@ -22,13 +25,15 @@ import time
 import traceback
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+_MAX_FAILURES_SHOWN = 8
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flowsim",
         description="Reproduce implicit-bias studies as exact gradient-flow simulations.",
-        epilog="Exit codes: 0 done, 1 a claim failed (or a solve fell short) under --strict, 2 error, "
+        epilog="Rerunning an interrupted run resumes it (--fresh starts over). "
+               "Exit codes: 0 done, 1 a claim failed (or a solve fell short) under --strict, 2 error, "
                "130 interrupted.",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks (also FLOWSIM_DEBUG=1)")
@@ -45,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="use the scenario's quick overrides (a fast check)")
     run.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed by the type of its default")
-    run.add_argument("--out", default="runs", help="results folder; the run goes to OUT/<name>/ (default: runs)")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard the saved work of an interrupted run instead of resuming it")
+    run.add_argument("--out", default="runs",
+                     help="results folder; the run goes to OUT/<name>/, or OUT/<name>-quick/ with --quick "
+                          "(default: runs)")
     run.add_argument("--figures", default=None,
                      help="figure folder; figures go to FIGURES/<name>/ (default: figures/ for full configs, "
                           "OUT/<name>/figures/ for --quick or --set runs)")
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
-              "finished one.", file=sys.stderr)
+              "finished one. Run the same command again to resume it (--fresh starts over).", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug in flowsim itself: still one message unless --debug
         _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", e if debug else None)
@@ -127,7 +136,7 @@ def _run(args, debug: bool) -> int:
     if args.all and args.sets:
         raise ScenarioError("--set applies to one scenario; use it with FILE, not with --all.")
     overrides = parse_set_args(args.sets)
-    kwargs = dict(quick=args.quick, out=args.out, figures=args.figures)
+    kwargs = dict(quick=args.quick, out=args.out, figures=args.figures, fresh=args.fresh)
 
     if not args.all:
         scenario, path = load_scenario(args.file)
@@ -222,8 +231,19 @@ def format_summary(summary: dict) -> str:
     n_fail = sum(not c["holds"] for c in claims)
     if n_fail:
         lines.append(f"  {n_fail} of {len(claims)} claim(s) FAIL")
-    if not summary["solver_ok"]:
-        lines.append("  a solve did NOT reach its horizon (see solver above); its numbers are not the flow's limit")
+    failed = summary.get("failed") or []
+    for f in failed[:_MAX_FAILURES_SHOWN]:
+        member = "" if f["member"] is None else f"[{f['member']}]"
+        lines.append(f"  FAILED     {f['result']}{member} ({f['status']}): {f['message']}")
+    if len(failed) > _MAX_FAILURES_SHOWN:
+        lines.append(f"             … and {len(failed) - _MAX_FAILURES_SHOWN} more (summary.json, \"failed\")")
+    if failed:
+        lines.append(f"  {len(failed)} solve(s) did NOT reach their horizon or target; their numbers are not the "
+                     "flow's limit")
+    if summary.get("resumed"):
+        r = summary["resumed"]
+        lines.append(f"  resumed    an interrupted run: {r['sweep_members']} sweep member(s), {r['checkpoints']} "
+                     "checkpoint(s) picked up")
     return "\n".join(lines)
 
 
@@ -255,7 +275,7 @@ def _stats(st: dict) -> str:
     ok = st.get("ok")
     if ok is not None:
         n_bad = sum(not o for o in ok) if isinstance(ok, list) else int(not ok)
-        parts.append("ok" if n_bad == 0 else f"NOT OK ({n_bad})" + (f": {st['message']}" if "message" in st else ""))
+        parts.append("ok" if n_bad == 0 else f"NOT OK ({n_bad} of {len(ok) if isinstance(ok, list) else 1})")
     return ", ".join(parts) + (f" (over {runs} runs)" if runs else "")
 
 

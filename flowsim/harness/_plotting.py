@@ -1,10 +1,13 @@
-"""Shared plotting helpers: one style for every scenario's figures, and atomic PNG/PDF writes."""
+"""Shared plotting helpers: one style for every scenario's figures (applied only while drawing, never
+to matplotlib's global settings), failed solves shown as failed, and atomic PNG/PDF writes."""
 
 from __future__ import annotations
 
 import contextlib
 import pathlib
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from ._scenario import _NAME
 from ._store import StoreError, atomic_path
@@ -35,6 +38,44 @@ def style():
 
     with mpl.rc_context(STYLE):
         yield
+
+
+FAILED_STYLE = {"color": "0.55", "ls": ":", "lw": 1.0}
+
+
+def note_failures(fig, failures: Sequence[Mapping]) -> None:
+    """Write on `fig` that some solves of its run failed (the runner does this for every figure of
+    such a run), so no curve of a failed member passes for a converged one.
+
+    `failures` are the summary's `failed` records: result name, member, status, message."""
+    from matplotlib.figure import Figure
+
+    if not failures or not isinstance(fig, Figure):
+        return
+    names = []
+    for f in failures:
+        name = f["result"] + ("" if f["member"] is None else f"[{f['member']}]")
+        names.append(f"{name} ({f['status']})")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    fig.text(0.01, 0.005, f"NOT CONVERGED: {shown} — see summary.json", color="C3", fontsize=7,
+             ha="left", va="bottom")
+
+
+def plot_members(ax, x, y, ok, *, label: str | None = None, **style):
+    """Plot one line per batch member (`x`, `y` of shape (members, points) or (points,)): members
+    whose solve succeeded (`ok`, e.g. `results["flow/ok"]`) in `style`, the others grey and dotted,
+    labelled "did not converge", so a failed member is never read as a converged one.
+
+    **Returns:** the number of failed members drawn."""
+    x, y = np.atleast_2d(np.asarray(x)), np.atleast_2d(np.asarray(y))
+    ok = np.broadcast_to(np.asarray(ok, dtype=bool), (y.shape[0],))
+    x = np.broadcast_to(x, y.shape)
+    good, bad = np.flatnonzero(ok), np.flatnonzero(~ok)
+    for n, i in enumerate(good):
+        ax.plot(x[i], y[i], label=label if n == 0 else None, **style)
+    for n, i in enumerate(bad):
+        ax.plot(x[i], y[i], label="did not converge" if n == 0 else None, **FAILED_STYLE)
+    return len(bad)
 
 
 def save_figures(

@@ -2,31 +2,37 @@
 
 `flowsim run` and `flowsim plot` both go through here, and both hand `plot` the results as read back
 from disk, so a figure drawn right after a run and one redrawn later from the run folder are the same.
+A `run(config, resume)` that takes a second argument gets the run's `Resume` (its `work/` folder):
+rerunning an interrupted run picks up its finished sweep members and solve checkpoints.
 """
 
 from __future__ import annotations
 
 import datetime
+import inspect
 import pathlib
 import sys
 import time
 from collections.abc import Callable, Mapping
 
-from ._plotting import save_figures, style
+from ._plotting import note_failures, save_figures, style
 from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario
 from ._store import (
     FORMAT,
     RESULTS_FILE,
     SUMMARY_FILE,
     StoreError,
+    failed_members,
     flatten_results,
     load_arrays,
     load_run,
     save_arrays,
+    sha256,
     start_run,
     versions,
     write_json,
 )
+from ._work import Resume, close_work, open_work
 
 _MAX_MESSAGE_LINES = 12
 
@@ -43,6 +49,24 @@ def default_figures_dir(name: str, run_dir: pathlib.Path, full: bool) -> pathlib
     return pathlib.Path("figures") / name if full else run_dir / "figures"
 
 
+def run_folder(out: str | pathlib.Path, name: str, quick: bool) -> pathlib.Path:
+    """`OUT/<name>/`, or `OUT/<name>-quick/` for `--quick`: a quick run never overwrites a full one."""
+    return pathlib.Path(out) / (f"{name}-quick" if quick else name)
+
+
+def takes_resume(run: Callable) -> bool:
+    """Whether `run` accepts a second positional argument (the `Resume`)."""
+    try:
+        signature = inspect.signature(run)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind({}, Resume())
+    except TypeError:
+        return False
+    return True
+
+
 def run_scenario(
     scenario: Scenario,
     path: pathlib.Path,
@@ -51,12 +75,15 @@ def run_scenario(
     overrides: Mapping[str, str] | None = None,
     out: str | pathlib.Path = "runs",
     figures: str | pathlib.Path | None = None,
+    fresh: bool = False,
     log: Callable[[str], None] = _stderr,
 ) -> dict:
-    """Run `scenario` and write `out/<name>/` and its figures; return the summary (as written)."""
+    """Run `scenario` and write its run folder and figures; return the summary (as written).
+
+    An interrupted earlier run of the same scenario, file and config is resumed (`fresh` starts over)."""
     overrides = dict(overrides or {})
     config = scenario.make_config(quick=quick, overrides=overrides)
-    run_dir = pathlib.Path(out) / scenario.name
+    run_dir = run_folder(out, scenario.name, quick)
     full = not quick and not overrides
     fig_dir = pathlib.Path(figures) / scenario.name if figures is not None else default_figures_dir(
         scenario.name, run_dir, full
@@ -64,10 +91,23 @@ def run_scenario(
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start_run(run_dir)
     wall = {}
+    args = [dict(config)]
+    resumed = None
+    if takes_resume(scenario.run):
+        resume, is_resumed = open_work(
+            run_dir, {"scenario": scenario.name, "config": config, "file_sha256": sha256(path)}, fresh=fresh)
+        args.append(resume)
+        if is_resumed:
+            resumed = {"work": str(resume.folder), **resume.saved()}
+            log(f"[{scenario.name}] resuming the interrupted run in {resume.folder}: "
+                f"{resumed['sweep_members']} finished sweep member(s) and {resumed['checkpoints']} solve "
+                "checkpoint(s) are picked up, not recomputed (--fresh starts over)")
+    else:
+        resume = Resume()
 
     log(f"[{scenario.name}] running ({'quick' if quick else 'full'} config) …")
     t_start = t0 = time.perf_counter()
-    raw = _call(scenario.run, path, "run", dict(config))
+    raw = _call(scenario.run, path, "run", *args)
     arrays, solver_stats = _call(flatten_results, path, "run", raw)
     wall["run"] = time.perf_counter() - t0
     del raw
@@ -76,13 +116,14 @@ def run_scenario(
 
     digest = save_arrays(run_dir / RESULTS_FILE, arrays)
     results = load_arrays(run_dir / RESULTS_FILE)
+    failures = [dict(result=name, **f) for name in solver_stats for f in failed_members(results, name)]
 
     t0 = time.perf_counter()
     claims = evaluate_claims(scenario, path, results, config)
     wall["claims"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    figure_paths = draw_figures(scenario, path, results, config, fig_dir)
+    figure_paths = draw_figures(scenario, path, results, config, fig_dir, failures)
     wall["plot"] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start  # including saving and reloading
 
@@ -94,9 +135,11 @@ def run_scenario(
         "overrides": {k: config[k] for k in overrides},
         "config": config,
         "started_utc": started,
+        "resumed": resumed,
         "versions": versions(),
         "wall_time_s": wall,
         "solver_stats": solver_stats,
+        "failed": failures,
         "results": {
             "file": RESULTS_FILE,
             "sha256": digest,
@@ -105,9 +148,10 @@ def run_scenario(
         "figures": {"dir": str(fig_dir.resolve()), "files": [p.name for p in figure_paths]},
         "claims": [c.to_json() for c in claims],
         "all_claims_hold": all(c.holds for c in claims),
-        "solver_ok": all(_all_ok(st.get("ok", True)) for st in solver_stats.values()),
+        "solver_ok": not failures,
     }
     write_json(run_dir / SUMMARY_FILE, summary)  # last: its presence marks the run complete
+    close_work(resume)  # a finished run is never resumed
     summary["run_dir"] = str(run_dir)
     return summary
 
@@ -141,7 +185,7 @@ def replot(
         fig_dir = pathlib.Path(summary["figures"]["dir"])
     else:
         fig_dir = default_figures_dir(scenario.name, run_dir, not summary["quick"] and not summary["overrides"])
-    return summary, draw_figures(scenario, path, results, config, fig_dir)
+    return summary, draw_figures(scenario, path, results, config, fig_dir, summary.get("failed") or [])
 
 
 def evaluate_claims(scenario: Scenario, path: pathlib.Path, results: dict, config: dict) -> list[Claim]:
@@ -161,13 +205,19 @@ def evaluate_claims(scenario: Scenario, path: pathlib.Path, results: dict, confi
     return claims
 
 
-def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: dict, fig_dir) -> list[pathlib.Path]:
+def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: dict, fig_dir,
+                 failures: list[dict] = ()) -> list[pathlib.Path]:
+    """Call `plot` under the shared style and save its figures; each figure of a run with failed
+    solves says so on its face (`note_failures`), so nothing is shown as if it had converged."""
     if scenario.plot is None:
         return []
     with style():
         figs = _call(scenario.plot, path, "plot", results, dict(config))
         if figs is None:
             return []
+        if failures and isinstance(figs, Mapping):
+            for fig in figs.values():
+                note_failures(fig, failures)
         try:
             return save_figures(figs, fig_dir)
         except StoreError as e:
@@ -188,10 +238,6 @@ def _call(fn, path: pathlib.Path, what: str, *args):
         if len(lines) > _MAX_MESSAGE_LINES:
             message = "\n".join(lines[:_MAX_MESSAGE_LINES] + ["    … (rerun with --debug for the full traceback)"])
         raise ScenarioError(message) from e
-
-
-def _all_ok(ok) -> bool:
-    return all(_all_ok(o) for o in ok) if isinstance(ok, list) else bool(ok)
 
 
 def _restore_config(scenario: Scenario, saved: Mapping) -> dict:

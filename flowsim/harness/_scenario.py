@@ -109,7 +109,9 @@ class Scenario:
       the default here.
     - `quick`: overrides of `config` for a fast run (`flowsim run --quick`).
     - `run(config) -> dict`: does the computation; returns name → array, scalar, string,
-      `fs.Trajectory`, or a dict of those (nested names are joined with "/").
+      `fs.Trajectory`, or a dict of those (nested names are joined with "/"). Written as
+      `run(config, resume=None)`, it is handed a `fs.harness.Resume` by `flowsim run`, and a
+      rerun of an interrupted run continues from its checkpoints and finished sweep members.
     - `claims(results, config) -> list[fs.Claim]`: evaluated on the results as saved and reloaded.
     - `plot(results, config) -> dict[str, Figure]`: figures from the reloaded results only.
     """

@@ -1,17 +1,22 @@
 """The results store: a run folder holding `results.npz` and `summary.json`, written atomically.
 
-Layout of `runs/<name>/` (see the README, "Stored results"):
+Layout of `runs/<name>/` (`runs/<name>-quick/` for `--quick` runs; see the README, "Stored results"):
 
 - `results.npz` — every array `run` returned, one `.npy` member per name, read back with
   `numpy.load(..., allow_pickle=False)`; no pickle anywhere. Names are paths joined by "/":
   a nested dict `{"a": {"b": x}}` is stored as `a/b`; an `fs.Trajectory` `flow` becomes
   `flow/log_t`, `flow/loss`, `flow/log_loss`, `flow/ok`, `flow/status`, `flow/log_t_reached`,
-  `flow/message`, `flow/stats/<key>`
-  and one `flow/params/<leaf path>` per array leaf of the model (e.g. `flow/params/w`, with the
-  leading time axis).
-- `summary.json` — scenario, config, versions, wall times, solver statistics, claims, figures,
-  and the SHA-256 of `results.npz`. It is written last: a folder without it, or whose checksum
-  does not match, is an interrupted run and is refused by `load_run`.
+  `flow/message` (one string per batch member, "" for a member that reached its horizon),
+  `flow/info` (`traj.info` as JSON text: solver, tolerances, horizon, where it resumed),
+  `flow/stats/<key>` and one `flow/params/<leaf path>` per array leaf of the model (e.g.
+  `flow/params/w`, with the leading time axis). A stored trajectory is recognised by its
+  `ok`, `status`, `message`, `log_t` and `info` arrays, so one that comes back from a cached
+  sweep member (`fs.sweep(..., each=..., cache=...)`) is summarised like a fresh one.
+- `summary.json` — scenario, config, versions, wall times, solver statistics, failed batch
+  members with their messages, claims, figures, and the SHA-256 of `results.npz`. It is
+  written last: a folder without it, or whose checksum does not match, is an interrupted run
+  and is refused by `load_run`.
+- `work/` — only while a run is unfinished: what `flowsim run` resumes from (see `_work.py`).
 
 Every file is written to a temporary name in the same folder, flushed, and renamed over the
 target, so an interrupted write never leaves a complete-looking file.
@@ -35,10 +40,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._trajectory import Status, Trajectory
+
 RESULTS_FILE = "results.npz"
 SUMMARY_FILE = "summary.json"
 FORMAT = "flowsim-run/1"
-_TRAJECTORY_ARRAYS = ("log_t", "loss", "log_loss", "ok")
+_TRAJECTORY_ARRAYS = ("log_t", "loss", "log_loss", "ok", "status", "log_t_reached")
+_TRAJECTORY_FIELDS = ("log_t", "ok", "status", "message", "info")
 _VERSIONED = ("flowsim", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy", "scipy",
               "matplotlib", "cvxpy")
 
@@ -51,63 +59,113 @@ class StoreError(Exception):
 # Results → flat arrays
 
 
-def is_trajectory(x) -> bool:
-    """An `fs.Trajectory` (recognised by its public fields, so the store does not import the engine)."""
-    return all(hasattr(x, a) for a in ("log_t", "loss", "log_loss", "params", "ok", "stats")) and not isinstance(
-        x, Mapping
-    )
-
-
 def flatten_results(results: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """Turn what `run` returned into (name → numpy array, trajectory name → solver statistics)."""
+    """Turn what `run` returned into (name → numpy array, trajectory name → solver statistics).
+
+    The statistics are read back from the arrays (`trajectory_stats`), so a trajectory that was
+    stored before (a cached sweep member) is summarised exactly like one computed now."""
     if not isinstance(results, Mapping):
         raise StoreError(f"run(config) must return a dict of name -> array, got {type(results).__name__}.")
     arrays: dict[str, np.ndarray] = {}
-    stats: dict[str, dict] = {}
-    _flatten_into(results, "", arrays, stats)
-    return arrays, stats
+    _flatten_into(results, "", arrays)
+    return arrays, trajectory_stats(arrays)
 
 
-def _flatten_into(obj: Mapping, prefix: str, arrays: dict, stats: dict) -> None:
+def _flatten_into(obj: Mapping, prefix: str, arrays: dict) -> None:
     for key, value in obj.items():
         if not isinstance(key, str) or not key.strip("/") or key != key.strip("/") or "//" in key:
             raise StoreError(f"result names must be non-empty strings without leading, trailing or double '/', "
                              f"got {key!r}.")
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            _flatten_into(value, name + "/", arrays, stats)
-        elif is_trajectory(value):
-            stats[name] = _flatten_trajectory(value, name, arrays)
+            _flatten_into(value, name + "/", arrays)
+        elif isinstance(value, Trajectory):
+            _flatten_trajectory(value, name, arrays)
         else:
             _put(arrays, name, value)
 
 
-def _flatten_trajectory(traj, name: str, arrays: dict) -> dict:
+def _flatten_trajectory(traj: Trajectory, name: str, arrays: dict) -> None:
+    traj = jax.tree_util.tree_map(np.asarray, traj)
     for field in _TRAJECTORY_ARRAYS:
         _put(arrays, f"{name}/{field}", getattr(traj, field))
-    for field in ("status", "log_t_reached"):
-        if hasattr(traj, field):
-            _put(arrays, f"{name}/{field}", getattr(traj, field))
-    message = getattr(traj, "message", "")
-    _put(arrays, f"{name}/message", np.asarray(message if message is not None else "", dtype=str))
-    leaves = jax.tree_util.tree_flatten_with_path(traj.params)[0]
-    for path, leaf in leaves:
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    _put(arrays, f"{name}/message", member_messages(traj))
+    _put(arrays, f"{name}/info", np.asarray(json.dumps(to_jsonable(traj.info), allow_nan=False, sort_keys=True)))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(traj.params)[0]:
+        if not isinstance(leaf, np.ndarray):
             continue  # static parts of the model (activation functions, sizes) are not data
         sub = jax.tree_util.keystr(path, simple=True, separator="/")
         _put(arrays, f"{name}/params/{sub}" if sub else f"{name}/params", leaf)
-    out = {}
     for key, value in dict(traj.stats).items():
         arr = np.asarray(value)
         if arr.dtype.kind in "biuf":
             _put(arrays, f"{name}/stats/{key}", arr)
-            out[key] = to_jsonable(arr)
-    out["ok"] = to_jsonable(np.asarray(traj.ok))
-    if message:
-        out["message"] = str(message)
-    info = getattr(traj, "info", None)
-    if isinstance(info, Mapping):
-        out["metadata"] = to_jsonable(info)  # solver, tolerances, horizon: what the numbers depend on
+
+
+def member_messages(traj: Trajectory) -> np.ndarray:
+    """`traj.message` for each batch member, as a string array shaped like `traj.status`.
+
+    A batched trajectory (from `eqx.filter_vmap`) is cut into its members (every leaf whose
+    leading axes are the batch axes), and each member says in words why it stopped."""
+    status = np.asarray(traj.status)
+    if status.ndim == 0:
+        return np.asarray(traj.message, dtype=str)
+    batch = status.shape
+
+    def member(k):
+        def pick(leaf):
+            leaf = np.asarray(leaf)
+            if leaf.shape[: len(batch)] != batch:
+                return leaf  # a setting shared by every member
+            return leaf.reshape((-1,) + leaf.shape[len(batch):])[k]
+
+        return jax.tree_util.tree_map(pick, traj).message
+
+    return np.asarray([member(k) for k in range(status.size)], dtype=str).reshape(batch)
+
+
+def trajectory_stats(arrays: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    """Solver statistics of every stored trajectory in `arrays`, by name: its `stats`, `ok`, the
+    message of each member that failed, and `metadata` (`traj.info`: what the numbers depend on)."""
+    out = {}
+    for key in arrays:
+        if not key.endswith("/info"):
+            continue
+        name = key[: -len("/info")]
+        if not all(f"{name}/{f}" in arrays for f in _TRAJECTORY_FIELDS):
+            continue
+        prefix = f"{name}/stats/"
+        st = {f[len(prefix):]: to_jsonable(v) for f, v in arrays.items()
+              if f.startswith(prefix) and "/" not in f[len(prefix):]}
+        st["ok"] = to_jsonable(arrays[f"{name}/ok"])
+        failed = failed_members(arrays, name)
+        if failed:
+            st["message"] = "\n".join(
+                (f"member {f['member']}: " if f["member"] is not None else "") + f["message"] for f in failed)
+        try:
+            st["metadata"] = json.loads(str(arrays[key]))
+        except json.JSONDecodeError:
+            raise StoreError(f"result {key!r} is not the JSON a stored trajectory carries.") from None
+        out[name] = st
+    return out
+
+
+def failed_members(arrays: Mapping[str, np.ndarray], name: str) -> list[dict]:
+    """The members of the stored trajectory `name` that did not succeed: member index (None when
+    not batched; a list for several batch axes), status name, and message."""
+    ok = np.asarray(arrays[f"{name}/ok"]).astype(bool)
+    status = np.broadcast_to(np.asarray(arrays[f"{name}/status"]), ok.shape)
+    message = np.broadcast_to(np.asarray(arrays[f"{name}/message"], dtype=str), ok.shape)
+    out = []
+    for index in np.ndindex(ok.shape):
+        if ok[index]:
+            continue
+        member = None if ok.ndim == 0 else index[0] if ok.ndim == 1 else list(index)
+        try:
+            label = Status(int(status[index])).name
+        except ValueError:
+            label = str(int(status[index]))
+        out.append({"member": member, "status": label, "message": str(message[index])})
     return out
 
 
@@ -194,13 +252,16 @@ def sha256(path: pathlib.Path) -> str:
 
 
 def start_run(run_dir: pathlib.Path) -> None:
-    """Prepare `run_dir` for a new run: remove the previous summary first, so it never vouches for new files."""
+    """Prepare `run_dir` for a new run: remove the previous summary first, so it never vouches for new
+    files, and any temporary file a killed write left behind."""
     run_dir = pathlib.Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise StoreError(f"{run_dir} exists and is not a folder; choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+    for leftover in run_dir.glob(".*.part"):  # a write that a kill interrupted before its rename
+        leftover.unlink(missing_ok=True)
 
 
 def load_run(run_dir: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
