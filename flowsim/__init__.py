@@ -24,6 +24,7 @@ from ._losses import Logistic as Logistic
 from ._losses import Squared as Squared
 from ._problem import Problem as Problem
 from ._simulate import simulate as simulate
+from ._batch import simulate_batch as simulate_batch
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim
