@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,7 +69,29 @@ def test_trajectory_is_flattened_with_stats(tmp_path):
         assert stats["run/gd"][key] == pytest.approx(float(gd.stats[key]))
         assert f"run/gd/stats/{key}" in arrays
     assert stats["run/gd"]["ok"] is True
+    assert str(arrays["run/gd/message"]) == "" and int(arrays["run/gd/status"]) == int(fs.Status.HORIZON_REACHED)
+    assert json.loads(str(arrays["run/gd/info"]))["lr"] == 0.5 == stats["run/gd"]["metadata"]["lr"]
     json.dumps(_store.to_jsonable(stats), allow_nan=False)  # summary-ready
+
+
+class _Scaled(eqx.Module):
+    """A model with a function and a float among its fields: neither is data, neither is stored."""
+
+    w: jax.Array
+    activation: object
+    scale: float
+
+    def __call__(self, x):
+        return self.scale * self.activation(x @ self.w)
+
+
+def test_a_models_functions_and_python_numbers_are_not_stored():
+    X = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    problem = fs.Problem(_Scaled(jnp.full(2, 0.1), jnp.tanh, 2.0), X, np.array([1.0, -1.0, 1.0]), loss="logistic")
+    gd = fs.gradient_descent(problem, lr=0.1, steps=20, n_save=5)
+    arrays, _ = _store.flatten_results({"gd": gd})
+    assert [k for k in arrays if "/params" in k] == ["gd/params/w"]
+    np.testing.assert_array_equal(arrays["gd/params/w"], np.asarray(gd.params.w))
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
-              "finished one. Run the same command again to resume it (--fresh starts over).", file=sys.stderr)
+              "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
+              "where they stopped; --fresh starts over).", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug in flowsim itself: still one message unless --debug
         _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", e if debug else None)

@@ -37,6 +37,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 
@@ -86,7 +87,7 @@ def _flatten_into(obj: Mapping, prefix: str, arrays: dict) -> None:
 
 
 def _flatten_trajectory(traj: Trajectory, name: str, arrays: dict) -> None:
-    traj = jax.tree_util.tree_map(np.asarray, traj)
+    traj = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf) if eqx.is_array(leaf) else leaf, traj)
     for field in _TRAJECTORY_ARRAYS:
         _put(arrays, f"{name}/{field}", getattr(traj, field))
     _put(arrays, f"{name}/message", member_messages(traj))
