@@ -21,12 +21,14 @@ free set, through which the field stays differentiable). Its columns are paralle
 normals ∇_θ z_k, so on the free set ⟨∇_θ z_k, θ'⟩ = 0: the pair stays on its kink (sliding), and a
 transversal crossing clips d to a bound and crosses.
 
-Numerically a pair counts as "at its kink" inside a band: it is within a parameter-space
-distance ``kink_atol + kink_rtol·‖w_u‖`` of the kink hyperplane {w_u : ⟨w_u, h_i⟩ = 0}, i.e.
-|z_iu| ≤ (kink_atol + kink_rtol‖w_u‖)‖h_i‖ (h_i the unit's input). An adaptive solver lands
-within its own error tolerance of a kink, so the band must exceed that tolerance (see
-``benchmarks/relu.py`` for the measured trade-off); the flow then slides at that offset, an
-O(band) perturbation of the trajectory.
+Numerically a pair counts as "at its kink" inside a band: |z_iu| is at most what a change of
+every parameter by kink_atol + kink_rtol·|θ| can move it. For a first-layer unit z = ⟨w_u, x_i⟩
+that is (kink_atol + kink_rtol‖w_u‖)‖x_i‖ (the parameter-space distance of w_u to the kink
+hyperplane is below kink_atol + kink_rtol‖w_u‖); deeper units add the movement of their input
+(``MLP.kink_widths``). An adaptive solver lands within its own error tolerance of a kink, so the
+band must exceed that tolerance (``benchmarks/relu.py``: a band of 0.01 × the tolerance chatters
+and stalls; 1–100 × slides, with an error that grows like the band); the flow then slides at that
+offset, an O(band) perturbation of the trajectory.
 """
 
 import abc
@@ -39,6 +41,9 @@ from jaxtyping import Array, Float, Int
 
 # Active-set iterations of the box-constrained least squares (one to three in the usual case).
 _MAX_ACTIVE_SET_ITERATIONS = 50
+# Linearisations of the subgradient map in the slopes for models without a ``kink_system`` (one is
+# exact when the map is affine; more refine it when a sample has free pairs in several layers).
+_RELINEARISATIONS = 3
 # The band is this many times the solver's tolerances (benchmarks/relu.py: a band below the
 # tolerance chatters and stalls; the error of the solution grows like the band).
 BAND_FACTOR = 10.0
@@ -76,8 +81,9 @@ class AbstractNonsmoothModel(eqx.Module):
       tolerances (``BAND_FACTOR``·rtol, ``BAND_FACTOR``·atol); ``max_kinks``: K, at most this many
       (unit, sample) pairs are treated as free at one time (the closest to their kinks);
     - ``pre_activations(x)``: z_u for every unit u of ONE input, shape (U,);
-    - ``kink_scales(x)``: (‖w_u‖, ‖h_u‖) for every unit: the norm of the unit's weight row and of
-      its input, shape (2, U), so that |z_u|/‖h_u‖ is the distance of w_u to the kink;
+    - ``kink_widths(x, kink_rtol, kink_atol)``: the band half-width of every unit's kink for ONE
+      input, in units of z, shape (U,): how far z_u can move when every parameter moves by its
+      tolerance atol + rtol·|θ| (module docstring);
     - ``forward(x, slopes)``: the output for ONE input with the activation derivative of unit u
       set to ``slopes[u]`` (values unchanged; ``leaky_relu_with_slope``).
     """
@@ -92,8 +98,8 @@ class AbstractNonsmoothModel(eqx.Module):
         """z_u for every unit of ONE input."""
 
     @abc.abstractmethod
-    def kink_scales(self, x: Float[Array, " d"]) -> Float[Array, "2 U"]:
-        """(‖w_u‖, ‖h_u‖) per unit: weight-row norm and input norm."""
+    def kink_widths(self, x: Float[Array, " d"], kink_rtol, kink_atol) -> Float[Array, " U"]:
+        """The band half-width of every unit's kink for ONE input (units of z)."""
 
     @abc.abstractmethod
     def forward(self, x: Float[Array, " d"], slopes: Float[Array, " U"]) -> Array:
@@ -136,8 +142,7 @@ def _band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array
     """(z, band width) for every (sample, unit) pair, shape (n, U) each."""
     kink_rtol, kink_atol = band_tolerances(model, rtol, atol)
     z = jax.vmap(model.pre_activations)(X)
-    scales = jax.vmap(model.kink_scales)(X)
-    width = (kink_atol + kink_rtol * scales[:, 0]) * scales[:, 1]
+    width = jax.vmap(lambda x: model.kink_widths(x, kink_rtol, kink_atol))(X)
     return z, width
 
 
@@ -241,15 +246,23 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
     def slide(th):
         g0, _, cotangent = gradient(th, base)
         system = field.model(th).kink_system(X, cotangent, field.unravel(g0), sample, unit, kinks.valid)
-        if system is None:
-            G = jax.jacfwd(lambda d: gradient(th, d)[0])(base)  # (p, K); zero columns where not valid
-            Q, Gg = G.T @ G, G.T @ g0
-        else:
-            Q, Gg = system
         lower = jnp.where(kinks.valid, model.leak, base)
         upper = jnp.where(kinks.valid, 1.0, base)
-        # g(d) = g0 + G(d − base): minimise ½dᵀQd + (Gᵀg0 − Q base)ᵀd.
-        d = _box_least_squares(Q, Gg - Q @ base, lower, upper, ~kinks.valid)
+        if system is not None:
+            Q, Gg = system
+            # g(d) = g0 + G(d − base): minimise ½dᵀQd + (Gᵀg0 − Q base)ᵀd.
+            d = _box_least_squares(Q, Gg - Q @ base, lower, upper, ~kinks.valid)
+            return gradient(th, d)[:2]
+        # Columns by forward mode. g is affine in d when a sample's free pairs lie in one layer;
+        # otherwise multilinear, and the linearisation is renewed at the last solution (a
+        # Gauss–Newton iteration on ‖g(d)‖² over the box; each column stays parallel to its
+        # kink's normal, so a stationary point with a free d_k keeps that pair on its kink).
+        d = base
+        for _ in range(_RELINEARISATIONS):
+            G = jax.jacfwd(lambda e: gradient(th, e)[0])(d)  # (p, K); zero columns where not valid
+            g = gradient(th, d)[0]
+            Q = G.T @ G
+            d = _box_least_squares(Q, G.T @ g - Q @ d, lower, upper, ~kinks.valid)
         return gradient(th, d)[:2]
 
     return jax.lax.cond(jnp.any(kinks.valid), slide, lambda th: gradient(th, base)[:2], theta)
@@ -287,8 +300,8 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
     - ``units_at_kink``: units with at least one sample in their band;
     - ``band_overflow``: more pairs in band than ``max_kinks`` (the excess get φ'(z) and the
       field is then not the minimum-norm element; raise ``max_kinks``);
-    - ``min_kink_distance``: min over pairs of |z_iu|/‖h_iu‖, the parameter-space distance of the
-      closest weight row to a kink;
+    - ``min_band_ratio``: min over pairs of |z_iu| / band half-width (< 1: in band; how close the
+      nearest pair outside the band is);
     - ``active_pairs``: pairs with z > 0.
     """
     if not isinstance(model, AbstractNonsmoothModel):
@@ -296,13 +309,12 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
     X = jnp.asarray(X, dtype=jnp.float64)
     z, width = _band(model, X, rtol, atol)
     in_band = jnp.abs(z) <= width
-    h_norm = jax.vmap(model.kink_scales)(X)[:, 1]
-    distance = jnp.abs(z) / jnp.where(h_norm > 0, h_norm, 1.0)
+    ratio = jnp.where(width > 0, jnp.abs(z) / jnp.where(width > 0, width, 1.0), jnp.where(z == 0, 0.0, jnp.inf))
     count = jnp.sum(in_band)
     return {
         "pairs_at_kink": count,
         "units_at_kink": jnp.sum(jnp.any(in_band, axis=0)),
         "band_overflow": count > model.max_kinks,
-        "min_kink_distance": jnp.min(distance),
+        "min_band_ratio": jnp.min(ratio),
         "active_pairs": jnp.sum(z > 0),
     }

@@ -115,9 +115,9 @@ class TwoLayer(AbstractNonsmoothModel):
     def pre_activations(self, x):
         return self.W @ x
 
-    def kink_scales(self, x):
-        row_norms = jnp.linalg.norm(self.W, axis=1)
-        return jnp.stack([row_norms, jnp.broadcast_to(jnp.linalg.norm(x), row_norms.shape)])
+    def kink_widths(self, x, kink_rtol, kink_atol):
+        # z_u = ⟨w_u, x⟩ moves by at most (atol + rtol‖w_u‖)‖x‖ when w_u moves by its tolerance.
+        return (kink_atol + kink_rtol * jnp.linalg.norm(self.W, axis=1)) * jnp.linalg.norm(x)
 
     def forward(self, x, slopes):
         return jnp.dot(self.a, leaky_relu_with_slope(self.W @ x, slopes, self.leak))
@@ -237,13 +237,21 @@ class MLP(AbstractNonsmoothModel):
         zs, _, _ = self._hidden(x)
         return jnp.concatenate(zs)
 
-    def kink_scales(self, x):
+    def kink_widths(self, x, kink_rtol, kink_atol):
+        # z_u = ⟨w_u, h⟩ (h the layer's input) moves by (atol + rtol‖w_u‖)‖h‖ through its own row and
+        # by ‖w_u‖·E through its input, E bounding how far h moves when the layers below move by
+        # their tolerances: E_1 = 0, E_{l+1} = ‖W_l‖_F E_l + (atol·√size_l + rtol‖W_l‖_F)‖h_{l−1}‖
+        # (φ is 1-Lipschitz). Without E a deeper kink's band is narrower than where the solver
+        # lands, and it chatters (benchmarks/relu.py, the 2-D MLP).
         _, inputs, _ = self._hidden(x)
-        row_norms = jnp.concatenate([jnp.linalg.norm(W, axis=1) for W in self.layers[:-1]])
-        input_norms = jnp.concatenate(
-            [jnp.broadcast_to(jnp.linalg.norm(h), (W.shape[0],)) for W, h in zip(self.layers[:-1], inputs)]
-        )
-        return jnp.stack([row_norms, input_norms])
+        widths, E = [], 0.0
+        for W, h in zip(self.layers[:-1], inputs):
+            rows = jnp.linalg.norm(W, axis=1)
+            h_norm = jnp.linalg.norm(h)
+            widths.append((kink_atol + kink_rtol * rows) * h_norm + rows * E)
+            frobenius = jnp.linalg.norm(W)
+            E = frobenius * E + (kink_atol * np.sqrt(W.size) + kink_rtol * frobenius) * h_norm
+        return jnp.concatenate(widths)
 
     def forward(self, x, slopes):
         _, _, h = self._hidden(x, slopes)

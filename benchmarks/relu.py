@@ -1,0 +1,219 @@
+"""ReLU networks through kinks: the plain gradient field against the minimum-norm Clarke subgradient.
+
+Gradient flow of a ReLU network is the differential inclusion θ' ∈ −∂L(θ); its solution follows the
+minimum-norm element of the Clarke subdifferential, which slides along a kink when both sides push
+into it. A plain gradient (JAX's derivative of max at a tie) makes the field jump there, and an
+adaptive solver chatters across the kink with ever smaller steps. One run prints three tables:
+
+1. Before/after on the issue's examples ("plain": a hand-written Equinox module, the old path;
+   "min-norm": ``fs.networks.TwoLayer`` / ``fs.networks.MLP``, whose field is −∂⁰L):
+   - Frei et al. (2023) two-layer leaky-ReLU net, outer layer fixed, n = 30, d = 300, m = 20,
+     15% label noise, logistic loss, log time to log t = 5;
+   - a 2-D bias-free ReLU MLP (two hidden layers of 16, as ``eqx.nn.MLP(2, "scalar", 16, 2,
+     use_bias=False)``), XOR-like labels, logistic loss, log time to log t = 10;
+   - Timor et al. (2023) 2×2 ReLU net, squared loss, t = 300 (a seed whose plain solve slides).
+2. The band: a hand-solved single-neuron flow with a sliding phase (tests/test_nonsmooth.py),
+   final error against the closed form and steps, for bands of 0.01–100 × the solver tolerance.
+3. The alternative the issue allows: a smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε)
+   on the same flow, error and steps as ε → 0.
+
+    python benchmarks/relu.py            # full (a few minutes on 2 cores)
+    python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
+"""
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+import flowsim as fs
+from flowsim._nonsmooth import kink_statistics
+
+nets = fs.networks
+
+
+class PlainTwoLayer(eqx.Module):
+    """aᵀφ(Wx) written by hand: its field is JAX's gradient (the path before this change)."""
+
+    W: jax.Array
+    a: jax.Array
+    leak: float = eqx.field(static=True)
+
+    def __call__(self, x):
+        z = self.W @ x
+        return self.a @ jnp.maximum(z, self.leak * z)
+
+
+class PlainMLP(eqx.Module):
+    layers: tuple
+    leak: float = eqx.field(static=True)
+
+    def __call__(self, x):
+        h = x
+        for W in self.layers[:-1]:
+            z = W @ h
+            h = jnp.maximum(z, self.leak * z)
+        return self.layers[-1] @ h
+
+
+class SmoothTwoLayer(eqx.Module):
+    W: jax.Array
+    a: jax.Array
+    leak: float = eqx.field(static=True)
+    width: float = eqx.field(static=True)
+
+    def __call__(self, x):
+        z = self.W @ x
+        return self.a @ (self.leak * z + (1 - self.leak) * self.width * jax.nn.softplus(z / self.width))
+
+
+def first_layer(leaf):
+    return eqx.is_inexact_array(leaf) and leaf.ndim == 2
+
+
+def timed(problem, **options):
+    start = time.perf_counter()
+    traj = fs.simulate(problem, **options)
+    jax.block_until_ready(traj.final)
+    return traj, time.perf_counter() - start
+
+
+def row(name, traj, wall, extra=""):
+    return (f"{name:<44} {int(traj.stats['num_steps']):>7} {int(traj.stats['num_rejected_steps']):>7} "
+            f"{wall:>7.1f} {float(traj.log_t_reached):>9.3g} {str(bool(traj.ok)):>5}  {extra}")
+
+
+def frei_data(n=30, d=300, noise=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    mu = np.zeros(d)
+    mu[0] = d ** 0.3
+    X = clean[:, None] * mu[None] + rng.standard_normal((n, d))
+    y = clean.copy()
+    y[rng.permutation(n)[: int(round(noise * n))]] *= -1
+    return X, y
+
+
+def examples(quick: bool):
+    print("1. The issue's examples (wall includes compilation; 'log t' is where the solve stopped)\n")
+    print(f"{'example / field / solver':<44} {'steps':>7} {'rejected':>7} {'wall s':>7} {'log t':>9} {'ok':>5}")
+    max_steps = 20_000
+    # Frei et al. 2023 with label noise.
+    X, y = frei_data()
+    n, d = X.shape
+    m, leak = 20, 0.1
+    net = nets.TwoLayer.init(jax.random.key(0), d, m, scale=1 / np.sqrt(d), leak=leak)
+    log_t1 = 2.0 if quick else 5.0
+    for label, model in (("plain", PlainTwoLayer(net.W, net.a, leak)), ("min-norm", net)):
+        problem = fs.Problem(model, X, y, "logistic", trainable=first_layer)
+        traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", max_steps=max_steps, n_save=10)
+        extra = ""
+        if label == "min-norm":
+            stats = kink_statistics(traj.final, X)
+            extra = f"pairs at kink {int(stats['pairs_at_kink'])}, log L {float(traj.log_loss[-1]):.3f}"
+        print(row(f"Frei n=30 d=300 m=20 15% noise / {label} / tsit5", traj, wall, extra), flush=True)
+    # 2-D ReLU MLP, two hidden layers.
+    rng = np.random.default_rng(0)
+    X2 = rng.standard_normal((20, 2))
+    y2 = np.sign(X2[:, 0] * X2[:, 1])
+    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(0))
+    layers = [layer.weight for layer in mlp.layers]
+    layers[-1] = layers[-1][0]
+    log_t1 = 4.0 if quick else 10.0
+    for label, model in (("plain", PlainMLP(tuple(layers), 0.0)), ("min-norm", nets.MLP(layers))):
+        problem = fs.Problem(model, X2, y2, "logistic")
+        traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", max_steps=max_steps, n_save=10)
+        extra = ""
+        if label == "min-norm":
+            extra = f"pairs at kink {int(kink_statistics(traj.final, X2)['pairs_at_kink'])}, " \
+                    f"log L {float(traj.log_loss[-1]):.3f}"
+        print(row(f"2-D MLP 2-16-16-1 XOR / {label} / tsit5", traj, wall, extra), flush=True)
+    # Timor et al. 2023, 2×2, a seed that slides.
+    x1, x2 = np.array([1.0, 0.99]), np.array([-1.0, 0.99])
+    X3 = np.stack([x1 / np.linalg.norm(x1), x2 / np.linalg.norm(x2)])
+    seed = 3
+    mlp = eqx.nn.MLP(2, 2, 2, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(seed))
+    layers = [0.1 * layer.weight for layer in mlp.layers]
+    for label, model in (("plain", PlainMLP(tuple(layers), 0.0)), ("min-norm", nets.MLP(layers))):
+        problem = fs.Problem(model, X3, np.eye(2), "squared")
+        traj, wall = timed(problem, t1=300.0, solver="tsit5", max_steps=100_000, n_save=10)
+        print(row(f"Timor 2x2 seed {seed} / {label} / tsit5", traj, wall, f"log L {float(traj.log_loss[-1]):.4f}"),
+              flush=True)
+
+
+# ---------------------------------------------------------------- the hand-solved sliding flow
+
+GAMMA, C, Y1, Y2, N, T_END = 0.2, 0.3, -1.0, 3.0, 2, 12.0
+W0 = np.array([0.5, 0.5])
+X_S = np.array([[1.0, 0.0], [C, 1.0]])
+Y_S = np.array([Y1, Y2])
+
+
+def sliding_reference():
+    A, b = X_S.T @ X_S, X_S.T @ Y_S
+    w_star = np.linalg.solve(A, b)
+    phase1 = lambda t: w_star + scipy.linalg.expm(-A * t / N) @ (W0 - w_star)  # noqa: E731
+    t1 = scipy.optimize.brentq(lambda t: phase1(t)[0], 0.0, 50.0, xtol=1e-15)
+    w2 = phase1(t1)[1]
+    t2 = t1 + N * np.log(C * (Y2 - w2) / GAMMA)
+    x1 = np.array([GAMMA, 0.0])
+    A3 = np.outer(x1, x1) + np.outer(X_S[1], X_S[1])
+    w3 = np.linalg.solve(A3, Y1 * x1 + Y2 * X_S[1])
+    w_t2 = np.array([0.0, Y2 + (w2 - Y2) * np.exp(-(t2 - t1) / N)])
+    return w3 + scipy.linalg.expm(-A3 * (T_END - t2) / N) @ (w_t2 - w3)
+
+
+def band_table():
+    print("\n2. Band width (pairs within (kink_atol + kink_rtol·‖w‖)·‖x‖ of a kink are free), single-neuron "
+          "flow with a sliding phase, tsit5, t = 12\n")
+    print(f"{'rtol':>8} {'band / tol':>10} {'steps':>7} {'rejected':>8} {'ok':>5} {'error':>10}")
+    reference = sliding_reference()
+    for rtol in (1e-6, 1e-8, 1e-10):
+        atol = 1e-2 * rtol
+        for factor in (None, 0.01, 1.0, 10.0, 100.0):
+            if factor is None:
+                model = PlainTwoLayer(jnp.asarray(W0[None]), jnp.ones(1), GAMMA)
+            else:
+                model = nets.TwoLayer(W0[None], np.ones(1), GAMMA, kink_rtol=factor * rtol, kink_atol=factor * atol)
+            problem = fs.Problem(model, X_S, Y_S, "squared", trainable=first_layer)
+            traj = fs.simulate(problem, t1=T_END, solver="tsit5", rtol=rtol, atol=atol, max_steps=20_000, n_save=4)
+            error = np.max(np.abs(np.asarray(traj.final.W[0]) - reference))
+            label = "plain" if factor is None else f"{factor:g}"
+            print(f"{rtol:>8.0e} {label:>10} {int(traj.stats['num_steps']):>7} "
+                  f"{int(traj.stats['num_rejected_steps']):>8} {str(bool(traj.ok)):>5} {error:>10.2e}", flush=True)
+
+
+def smoothing_table():
+    print("\n3. Smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε) on the same flow (tsit5 and kvaerno5, "
+          "rtol 1e-8)\n")
+    print(f"{'ε':>8} {'solver':>9} {'steps':>7} {'rejected':>8} {'ok':>5} {'error':>10}")
+    reference = sliding_reference()
+    for width in (1e-2, 1e-3, 1e-4, 1e-5):
+        for solver in ("tsit5", "kvaerno5"):
+            model = SmoothTwoLayer(jnp.asarray(W0[None]), jnp.ones(1), GAMMA, width)
+            problem = fs.Problem(model, X_S, Y_S, "squared", trainable=first_layer)
+            traj = fs.simulate(problem, t1=T_END, solver=solver, rtol=1e-8, atol=1e-10, max_steps=20_000, n_save=4)
+            error = np.max(np.abs(np.asarray(traj.final.W[0]) - reference))
+            print(f"{width:>8.0e} {solver:>9} {int(traj.stats['num_steps']):>7} "
+                  f"{int(traj.stats['num_rejected_steps']):>8} {str(bool(traj.ok)):>5} {error:>10.2e}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64\n")
+    examples(args.quick)
+    band_table()
+    smoothing_table()
+
+
+if __name__ == "__main__":
+    main()
