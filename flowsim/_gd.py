@@ -185,11 +185,13 @@ _run = eqx.filter_jit(_gd_loop)
 
 
 def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
-    """GD for several steps η_i at once, member i saved at its own step indices ``save_steps[i]``.
+    """GD for several steps η_i, member i saved at its own step indices ``save_steps[i]``.
 
-    One compiled, vmapped loop (private: ``fs.analysis.gf_vs_gd`` lines GD up with the flow
-    through it). ``lrs``: shape (r,); ``save_steps``: integer array (r, m), each row as
-    ``gradient_descent``'s ``save_steps``. Returns a Trajectory with a leading axis of length r.
+    Private: ``fs.analysis.gf_vs_gd`` lines GD up with the flow through it. ``lrs``: shape (r,);
+    ``save_steps``: integer array (r, m), each row as ``gradient_descent``'s ``save_steps``.
+    Returns a Trajectory with a leading axis of length r. The members run one after the other
+    through the same compiled loop (``lr`` and the grid are traced: one compilation); a vmapped
+    loop would run every member for as many steps as the longest (η_0/η_i times more work).
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
@@ -197,19 +199,13 @@ def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
     grid = np.asarray(save_steps)
     if lrs.ndim != 1 or grid.ndim != 2 or grid.shape[0] != lrs.shape[0]:
         raise ValueError(f"lrs must have shape (r,) and save_steps (r, m); got {lrs.shape} and {grid.shape}")
-    for lr in lrs:
-        _check_lr(float(lr))
-    grid = np.stack([_explicit_save_steps(row, None) for row in grid])
-    segment_lengths = np.diff(np.concatenate([np.zeros((grid.shape[0], 1), np.int64), grid], axis=1), axis=1)
+    runs = [gradient_descent(problem, float(lr), save_steps=row) for lr, row in zip(lrs, grid)]
     metadata = (
         ("solver", "gradient_descent"),
         ("lr", tuple(float(lr) for lr in lrs)),
         ("steps", tuple(int(k) for k in grid[:, -1])),
-        ("num_params", int(make_field(problem, False)[0].shape[-1])),
+        ("num_params", runs[0].info["num_params"]),
     )
-
-    def run(*args):
-        batch = eqx.filter_vmap(_run, in_axes=(None, 0, 0, 0))(*args)
-        return dataclasses.replace(batch, metadata=metadata)
-
-    return run_timed(run, problem, jnp.asarray(lrs), jnp.asarray(segment_lengths), jnp.asarray(grid))
+    batch = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[dataclasses.replace(run, metadata=())
+                                                                      for run in runs])
+    return dataclasses.replace(batch, metadata=metadata)

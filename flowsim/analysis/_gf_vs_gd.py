@@ -106,7 +106,7 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bo
     The save points are lined up (``lined_up_steps``): GD with step η_i is saved at its steps
     k_ij, and each flow is evaluated at exactly t_ij = k_ij·η_i, by ``fs.simulate``'s explicit
     save grid (one gradient-flow solve for all η_i; one modified-flow solve per η_i, same
-    compiled program). All GD runs are one vmapped loop.
+    compiled program). All GD runs share one compiled loop (lr is traced).
 
     **Arguments:**
 
