@@ -318,3 +318,16 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
         "min_band_ratio": jnp.min(ratio),
         "active_pairs": jnp.sum(z > 0),
     }
+
+
+def kink_crossings(models, X: Float[Array, "n d"]) -> Int[Array, ""]:
+    """The number of activation changes between consecutive saved states: Σ over saves and
+    (unit, sample) pairs of [sign z changed]. ``models``: a model with a leading time axis on its
+    arrays (``traj.params``). A lower bound on the kink crossings of the solve (a pair that crosses
+    and comes back between two saves is not seen); a sliding pair counts when it leaves its kink."""
+    if not isinstance(models, AbstractNonsmoothModel):
+        raise TypeError(f"kink_crossings needs an AbstractNonsmoothModel (a ReLU network), got {type(models).__name__}")
+    X = jnp.asarray(X, dtype=jnp.float64)
+    z = eqx.filter_vmap(lambda model: jax.vmap(model.pre_activations)(X))(models)
+    active = z > 0
+    return jnp.sum(active[1:] != active[:-1])

@@ -18,7 +18,7 @@ from scipy.integrate import solve_ivp
 
 import flowsim as fs
 from flowsim._flow import make_field
-from flowsim._nonsmooth import kink_statistics
+from flowsim._nonsmooth import kink_crossings, kink_statistics
 
 nets = fs.networks
 
@@ -121,6 +121,7 @@ def test_transversal_kink_crossing_matches_scipy_glued_pieces():
     assert bool(traj.ok), traj.message
     np.testing.assert_allclose(np.asarray(traj.final.W[0]), second.y[:, -1], atol=1e-8)
     assert float(traj.final.W[0, 0]) < -0.1  # crossed, did not stick
+    assert int(kink_crossings(traj.params, X)) == 1  # one pair changed sign, once
 
 
 # ---------------------------------------------------------------- the field against bounded least squares
