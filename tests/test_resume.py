@@ -241,7 +241,7 @@ def test_sweep_without_a_folder_returns_what_a_stored_sweep_returns(tmp_path):
     plain = fs.sweep([1, 2], "k", each=each)
     stored = fs.sweep([1, 2], "k", each=each, cache=Resume(tmp_path))
     loaded = fs.sweep([1, 2], "k", each=lambda k: pytest.fail("recomputed"), cache=Resume(tmp_path))
-    for a, b, c in zip(plain, stored, loaded):
+    for a, b, c in zip(plain, stored, loaded, strict=True):
         assert a.keys() == b.keys() == c.keys() == {"x", "n"}
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -275,7 +275,7 @@ def test_value_keys_are_stable_and_refuse_what_has_no_stable_value():
     assert len(set(keys)) == len(keys)
     model = fs.networks.Linear(np.ones(3))
     assert value_key(model) == value_key(fs.networks.Linear(np.ones(3))) != value_key(fs.networks.Linear(np.zeros(3)))
-    with pytest.raises(StoreError, match="object.*has no stable key"):
+    with pytest.raises(StoreError, match=r"object.*has no stable key"):
         value_key(object())
 
 
@@ -306,7 +306,7 @@ def test_tampered_results_and_sweep_members_are_refused_without_unpickling(count
     summary = json.loads((run / "summary.json").read_text())
     summary["results"]["sha256"] = _store.sha256(run / "results.npz")
     (run / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(StoreError, match="cannot be read.*allow_pickle=False"):
+    with pytest.raises(StoreError, match=r"cannot be read.*allow_pickle=False"):
         _store.load_run(run)
     # ... and altered bytes without the checksum updated.
     assert main(["run", "counting.py"]) == 0

@@ -118,7 +118,7 @@ def member_messages(traj: Trajectory) -> np.ndarray:
             leaf = np.asarray(leaf)
             if leaf.shape[: len(batch)] != batch:
                 return leaf  # a setting shared by every member
-            return leaf.reshape((-1,) + leaf.shape[len(batch):])[k]
+            return leaf.reshape((-1, *leaf.shape[len(batch):]))[k]
 
         return jax.tree_util.tree_map(pick, traj).message
 
