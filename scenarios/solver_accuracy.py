@@ -1,0 +1,251 @@
+"""Work–precision diagrams: every flowsim solver and SciPy's `solve_ivp` on gradient flows with exact answers.
+
+Three problems, each with a reference computed independently of any ODE solver:
+
+- `stiff_quadratic`: L = ½(θ − θ*)ᵀH(θ − θ*), eigenvalues of H log-spaced over [1e-3, 1e3] (condition 10⁶);
+  θ(t1) = θ* + e^{−t1·H}(θ0 − θ*) by the matrix exponential.
+- `diagonal_regression`: depth-2 diagonal net β = u ⊙ v (u(0) = α, v(0) = 0) on underdetermined squared-loss
+  data, run until it has converged; its limit is the mirror-map interpolator (`fs.analysis.interpolation_limit`; Woodworth et al. 2020).
+- `log_time_logistic`: one weight, logistic loss, x = y = 1, integrated in log time to t = e^{log_t1}: w' = σ(−w),
+  so w + e^w = w0 + e^{w0} + t, solved here by Newton's method.
+
+Each solver runs at each rtol (atol = atol_factor·rtol); flowsim's at the same tolerances, SciPy's (RK45,
+DOP853, LSODA, BDF, Radau) on the same field as a jitted JAX function, with its exact Jacobian for the implicit
+ones. Measured in one run: the relative error of the final state, the evaluations of the field ∇L (and of its
+Jacobian, each counted once: flowsim's by a callback in the model, SciPy's by counting calls), and the wall time
+(flowsim: a second, compiled run without the counter).
+"""
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import scipy.integrate
+import scipy.linalg
+
+import flowsim as fs
+
+EXPLICIT = ("tsit5", "dopri5", "dopri8")
+
+
+class Tally:
+    """A host-side counter (hashed by identity, so it can sit in a static field)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def tick(self):
+        self.count += 1
+
+
+class Counted(eqx.Module):
+    """The model, with a host callback that counts its forward passes over the data (one per field or Jacobian
+    evaluation: the callback has no batched operand, so a vmap over samples or tangents calls it once)."""
+
+    model: eqx.Module
+    tally: Tally = eqx.field(static=True)
+
+    def __call__(self, x):
+        jax.debug.callback(self.tally.tick, ordered=False)
+        return self.model(x)
+
+
+class Weights(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return x @ self.w
+
+
+class Diagonal2(eqx.Module):
+    u: jax.Array
+    v: jax.Array
+
+    def __call__(self, x):
+        return x @ (self.u * self.v)
+
+
+def stiff_quadratic(config):
+    d = config["quadratic_dim"]
+    rng = np.random.default_rng(config["seed"])
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    lam = np.geomspace(1e-3, 1e3, d)
+    X = math.sqrt(d) * (np.sqrt(lam)[:, None] * Q.T)  # XᵀX/n = Q diag(λ) Qᵀ = H
+    theta_star, w0 = rng.standard_normal(d), rng.standard_normal(d)
+    H, t1 = Q @ np.diag(lam) @ Q.T, config["quadratic_t1"]
+    exact = theta_star + scipy.linalg.expm(-t1 * H) @ (w0 - theta_star)
+    rhs = lambda t, w: -(H @ (w - theta_star))  # noqa: E731
+    return Weights(jnp.asarray(w0)), X, X @ theta_star, "squared", dict(t1=t1), exact, rhs
+
+
+def diagonal_regression(config):
+    n, d, alpha = config["diagonal_n"], config["diagonal_d"], config["diagonal_alpha"]
+    rng = np.random.default_rng(config["seed"])
+    X, y = rng.standard_normal((n, d)), rng.standard_normal(n)
+    # u(0) = α, v(0) = 0: ρ = u·v takes either sign, and u² − v² = α² is conserved, so the limit ρ∞ gives
+    # u∞² = (α² + √(α⁴ + 4ρ∞²))/2 and v∞ = ρ∞/u∞.
+    rho = fs.analysis.interpolation_limit(X, y, np.stack([np.full(d, alpha), np.zeros(d)])).rho
+    u = np.sqrt((alpha**2 + np.sqrt(alpha**4 + 4 * rho**2)) / 2)
+    exact = np.concatenate([u, rho / u])
+
+    def rhs(t, theta):
+        u, v = theta[:d], theta[d:]
+        g = X.T @ (X @ (u * v) - y) / n
+        return jnp.concatenate([-g * v, -g * u])
+
+    return Diagonal2(jnp.full(d, alpha), jnp.zeros(d)), X, y, "squared", dict(t1=config["diagonal_t1"]), \
+        exact, rhs
+
+
+def log_time_logistic(config):
+    w0, log_t1 = config["logistic_w0"], config["logistic_log_t1"]
+    big = w0 + math.exp(w0) + math.exp(log_t1)
+    w = math.log(big)
+    for _ in range(50):  # Newton on w + e^w = big, in the form w = log(big − w)
+        w = math.log(big - w)
+    rhs = lambda s, w: jnp.exp(s - jax.nn.softplus(w))  # dw/ds = e^s σ(−w), s = log(1 + t)  # noqa: E731
+    return Weights(jnp.asarray([w0])), np.ones((1, 1)), np.ones(1), "logistic", dict(log_t1=log_t1), np.array([w]), rhs
+
+
+PROBLEMS = {"stiff_quadratic": stiff_quadratic, "diagonal_regression": diagonal_regression,
+            "log_time_logistic": log_time_logistic}
+
+
+def flat(model):
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(model)])
+
+
+def run_flowsim(model, X, y, loss, horizon, exact, solver, rtols, config):
+    tally = Tally()
+    plain, counted = fs.Problem(model, X, y, loss=loss), fs.Problem(Counted(model, tally), X, y, loss=loss)
+    options = dict(solver=solver, n_save=2, max_steps=config["max_steps"], **horizon)
+    fs.simulate(plain, rtol=rtols[0], atol=config["atol_factor"] * rtols[0], **options)  # compile once
+    out = {"error": [], "evals": [], "wall_s": [], "ok": []}
+    for rtol in rtols:
+        tol = dict(rtol=rtol, atol=config["atol_factor"] * rtol)
+        tally.count = 0
+        traj = fs.simulate(counted, **tol, **options)
+        out["evals"].append(tally.count)
+        timed = fs.simulate(plain, **tol, **options)
+        out["wall_s"].append(float(timed.stats["wall_time_s"]))
+        out["error"].append(np.linalg.norm(flat(timed.final) - exact) / np.linalg.norm(exact))
+        out["ok"].append(bool(traj.ok) and bool(timed.ok))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def run_scipy(rhs, y0, t_end, exact, method, rtols, config):
+    fun, jac = jax.jit(rhs), jax.jit(jax.jacfwd(rhs, argnums=1))
+    fun(0.0, y0), jac(0.0, y0)  # compile before timing
+    out = {"error": [], "evals": [], "wall_s": [], "ok": []}
+    for rtol in rtols:
+        calls = [0]
+
+        def f(t, y):
+            calls[0] += 1
+            return np.asarray(fun(t, y))
+
+        def J(t, y):
+            calls[0] += 1
+            return np.asarray(jac(t, y))
+
+        start = time.perf_counter()
+        sol = scipy.integrate.solve_ivp(f, (0.0, t_end), y0, method=method, rtol=rtol,
+                                        atol=config["atol_factor"] * rtol,
+                                        **({} if method in ("RK45", "DOP853") else {"jac": J}))
+        out["wall_s"].append(time.perf_counter() - start)
+        out["evals"].append(calls[0])
+        out["error"].append(np.linalg.norm(sol.y[:, -1] - exact) / np.linalg.norm(exact))
+        out["ok"].append(bool(sol.success))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def run(config):
+    rtols = np.asarray(config["rtols"])
+    out = {"rtols": rtols}
+    for name in config["problems"]:
+        model, X, y, loss, horizon, exact, rhs = PROBLEMS[name](config)
+        y0 = flat(model)
+        t_end = horizon["t1"] if "t1" in horizon else float(np.logaddexp(0.0, horizon["log_t1"]))
+        out[name] = {"flowsim": {s: run_flowsim(model, X, y, loss, horizon, exact, s, rtols, config)
+                                 for s in config["flowsim_solvers"]},
+                     "scipy": {m: run_scipy(rhs, y0, t_end, exact, m, rtols, config) for m in config["scipy_methods"]}}
+    return out
+
+
+def cheapest(results, prefix, names, cost, target):
+    """The least `cost` over the named solvers' runs whose error is ≤ target (inf if none)."""
+    best = np.inf
+    for name in names:
+        err, c = results[f"{prefix}/{name}/error"], results[f"{prefix}/{name}/{cost}"]
+        ok = results[f"{prefix}/{name}/ok"] & (err <= target)
+        best = min(best, float(np.min(c[ok])) if ok.any() else np.inf)
+    return best
+
+
+def claims(results, config):
+    rtols, out = results["rtols"], []
+    worst, where = 0.0, ""
+    for name in config["problems"]:
+        for s in config["flowsim_solvers"]:
+            ratio = results[f"{name}/flowsim/{s}/error"] / rtols
+            ratio = np.where(results[f"{name}/flowsim/{s}/ok"], ratio, np.inf)
+            if ratio.max() > worst:
+                worst, where = float(ratio.max()), f"{s} on {name} at rtol {rtols[int(np.argmax(ratio))]:.0e}"
+    out.append(fs.Claim.at_most("flowsim_error_within_10x_rtol", worst, 10.0,
+                                f"max over solvers, problems, rtols of (relative error of the final state)/rtol; "
+                                f"worst: {where}"))
+    implicit = [s for s in config["flowsim_solvers"] if s not in EXPLICIT and s != "auto"]
+    explicit = [s for s in config["flowsim_solvers"] if s in EXPLICIT]
+    for name in config["stiff_problems"]:
+        target = config["target_error"]
+        ratio = cheapest(results, f"{name}/flowsim", implicit, "evals", target) / cheapest(
+            results, f"{name}/flowsim", explicit, "evals", target)
+        out.append(fs.Claim.at_most(f"{name}_implicit_fewer_evals_than_explicit", ratio, 1.0,
+                                    f"fewest evaluations reaching error ≤ {target:g}: best implicit / best explicit"))
+    for name in config["problems"]:
+        for cost in ("wall_s", "evals"):
+            ratio = cheapest(results, f"{name}/flowsim", config["flowsim_solvers"], cost, config["target_error"]) / \
+                cheapest(results, f"{name}/scipy", config["scipy_methods"], cost, config["target_error"])
+            out.append(fs.Claim.at_most(f"{name}_flowsim_vs_scipy_{cost}", ratio, config["max_ratio_vs_scipy"],
+                                        f"cheapest flowsim run / cheapest SciPy run reaching error ≤ "
+                                        f"{config['target_error']:g} ({cost}, same run)"))
+    return out
+
+
+def plot(results, config):
+    problems = config["problems"]
+    fig, axes = plt.subplots(len(problems), 2, figsize=(11, 3.4 * len(problems)), squeeze=False)
+    for row, name in zip(axes, problems):
+        for lib, names, ls in (("flowsim", config["flowsim_solvers"], "-"), ("scipy", config["scipy_methods"], "--")):
+            for i, s in enumerate(names):
+                err = np.maximum(results[f"{name}/{lib}/{s}/error"], 1e-17)
+                for ax, cost in zip(row, ("evals", "wall_s")):
+                    ax.loglog(results[f"{name}/{lib}/{s}/{cost}"], err, ls=ls, marker="o" if lib == "flowsim" else "x",
+                              ms=3, color=f"C{i}" if lib == "flowsim" else f"C{i + 3}", label=f"{lib} {s}")
+        row[0].set(xlabel="evaluations of ∇L (and its Jacobian)", ylabel="relative error at t1", title=name)
+        row[1].set(xlabel="wall time [s]", title=name)
+    axes[0, 1].legend(fontsize=6, ncol=2)
+    fig.suptitle("Work–precision: flowsim solvers (solid) and SciPy solve_ivp (dashed)")
+    return {"work_precision": fig}
+
+
+scenario = fs.Scenario(
+    name="solver_accuracy",
+    title="Work–precision of flowsim's solvers and SciPy's on gradient flows with exact answers",
+    reference="flowsim engine check (Diffrax solvers vs SciPy solve_ivp); Hairer & Wanner work–precision diagrams",
+    config=dict(problems=["stiff_quadratic", "diagonal_regression", "log_time_logistic"],
+                stiff_problems=["stiff_quadratic"],
+                flowsim_solvers=["auto", "tsit5", "dopri5", "dopri8", "kvaerno3", "kvaerno4", "kvaerno5", "kencarp4",
+                                 "kencarp5"],
+                scipy_methods=["RK45", "DOP853", "LSODA", "BDF", "Radau"], rtols=[1e-4, 1e-6, 1e-8, 1e-10],
+                atol_factor=1e-3, target_error=1e-7, max_ratio_vs_scipy=1.0, max_steps=200_000, seed=0,
+                quadratic_dim=6, quadratic_t1=10.0, diagonal_n=5, diagonal_d=10, diagonal_alpha=0.3,
+                diagonal_t1=2000.0, logistic_w0=-0.5, logistic_log_t1=50.0),
+    quick=dict(problems=["stiff_quadratic"], flowsim_solvers=["tsit5", "kvaerno5"], scipy_methods=["RK45", "Radau"],
+               rtols=[1e-6, 1e-9], target_error=1e-6),
+    run=run, claims=claims, plot=plot,
+)
