@@ -29,15 +29,14 @@ def run(config):
     for D in config["depths"]:
         sw = A.scale_accuracy_sweep(X, y, D, alphas, lams, rtol=config["rtol"], atol=config["atol"],
                                     progress=lambda rows: fs.sweep(rows, desc=f"D={D}: rows of ε"))
-        rich = l1.rho if D == 2 else A.vertex_kkt_point(sw.beta[-1, 0], X, y, D)
+        rich, extra = (l1.rho, {}) if D == 2 else rich_vertex(sw.beta[-1], X, y, D)
         reduced_error = np.full(sw.beta.shape[:2], np.nan)
         for a in fs.sweep(range(0, len(alphas), config["check_every"]), desc=f"D={D}: reduced ODE"):
             ref = A.reduced_scale_flow(X, y, alphas[a], D, lams).beta
             reduced_error[:, a] = np.linalg.norm(sw.beta[:, a] - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
         out[f"D{D}"] = {"beta": sw.beta, "ok": sw.ok, "num_steps": sw.num_steps, "row_wall_s": sw.wall_time_s,
                         "reached": sw.log_inv_eps_reached, "reduced_error": reduced_error,
-                        "rich": rich if D == 2 else rich.beta, "rich_kkt": 0.0 if D == 2 else rich.kkt_residual,
-                        "c": A.phase_coordinate(sw.beta, X, y, 2.0 / D, rich if D == 2 else rich.beta),
+                        "rich": rich, **extra, "c": A.phase_coordinate(sw.beta, X, y, 2.0 / D, rich),
                         "one_minus_cos_l2": 1 - A.unit(sw.beta) @ A.unit(l2.direction),
                         "l1_gap": l1.margin - np.asarray(A.normalized_margin(sw.beta, X, y, 1.0))}
         if D == 2:  # flow vs the Q_μ minimiser, μ = α²/γ with γ the flow's smallest margin
@@ -47,12 +46,26 @@ def run(config):
             out["D2"]["q_error"] = np.linalg.norm(sw.beta / gamma[..., None] - q, axis=-1) / np.linalg.norm(q, axis=-1)
             out["D2"]["q_c"] = A.phase_coordinate(q, X, y, 1.0, l1.rho)
     taus = np.logspace(0, np.log10(config["q_log_inv_mu_max"]), 40)  # the Q_μ program alone, far beyond float64 ε
-    out["q_tau"] = taus
-    out["q_gap"] = [l1.margin - float(A.normalized_margin(A.q_minimizer(X, y, log_inv_mu=t).beta, X, y, 1.0)) for t in taus]
+    taus = np.concatenate([np.linspace(-8, 0, 12)[:-1], taus])
+    q_betas = np.array([A.q_minimizer(X, y, log_inv_mu=t).beta for t in taus])
+    out["q_tau"], out["q_gap"] = taus, l1.margin - np.asarray(A.normalized_margin(q_betas, X, y, 1.0))
+    out["q_c_of_tau"] = A.phase_coordinate(q_betas, X, y, 1.0, l1.rho)  # c of argmin Q_μ, μ = e^(−τ)
     net = fs.networks.SignedDiagonal.init(config["d"], 2, config["gd_alpha"])
     gd = fs.gradient_descent(fs.Problem(net, X, y, loss="exponential"), lr=config["gd_lr"], steps=config["gd_steps"])
     out["gd"] = gd
     return out
+
+
+def rich_vertex(betas, X, y, D):
+    """ℓ_{2/D} is not convex: read a vertex off each α's deepest-ε state, keep the certified KKT points, and
+    use the one with the largest ℓ_{2/D} margin as the rich reference (the smallest α's is reported apart)."""
+    vertices = [A.vertex_kkt_point(b, X, y, D) for b in betas]
+    margins = np.array([float(A.normalized_margin(v.beta, X, y, 2.0 / D)) for v in vertices])
+    certified = np.array([v.kkt_residual <= 1e-8 for v in vertices])
+    best = int(np.argmax(np.where(certified, margins, -np.inf)))
+    return vertices[best].beta, {"rich_kkt": vertices[best].kkt_residual, "rich_alpha_index": best,
+                                 "small_alpha_kkt": vertices[0].kkt_residual, "small_alpha_margin": margins[0],
+                                 "small_alpha_support": int(vertices[0].support.sum()), "rich_margin": margins[best]}
 
 
 def power_fit(x, y):
@@ -73,6 +86,13 @@ def transition(results, D, min_alpha_D):
     keep = np.isfinite(cross)
     slope = np.polyfit(alphas[keep], cross[keep], 1)[0] if keep.sum() >= 2 else np.nan
     return cross, slope
+
+
+def q_transition(results):
+    """log(1/μ*) where the Q_μ minimiser's c crosses 1/2 (the D = 2 prediction of the transition line)."""
+    c_q, tau = results["q_c_of_tau"], results["q_tau"]
+    k = np.flatnonzero((c_q[:-1] < 0.5) & (c_q[1:] >= 0.5))[0]
+    return tau[k] + (0.5 - c_q[k]) * (tau[k + 1] - tau[k]) / (c_q[k + 1] - c_q[k])
 
 
 def gd_extrapolation(results, config):
@@ -109,29 +129,51 @@ def claims(results, config):
                             f"d log log(1/ε) / d log α along the c = 1/2 contour ({np.isfinite(cross).sum()} α with "
                             f"α^D ≥ {config['transition_min_alpha_D']:g}), "
                             f"against D = {D} from μ = α^D/log(1/ε) fixed"))
+    cross, _ = transition(results, 2, config["transition_min_alpha_D"])
+    predicted = 2 * np.log10(alphas) + q_transition(results) / np.log(10)
+    miss = np.nanmax(np.abs(cross - predicted))
+    out.append(fs.Claim.at_most("D2_transition_at_q_prediction", miss, config["max_transition_miss"],
+                                f"max |log10 log(1/ε)| between the flow's c = 1/2 contour and the line α²/log(1/ε) = μ* = "
+                                f"e^(−{q_transition(results):.3g}) where argmin Q_μ has c = 1/2 (no fit)"))
     if "D3/rich_kkt" in results:
-        out.append(fs.Claim.at_most("D3_rich_reference_is_kkt_point", results["D3/rich_kkt"], 1e-6,
-                                    "KKT residual of the ℓ_{2/3} vertex read off the smallest-α, deepest-ε flow"))
-    gap = results["D2/l1_gap"][:, 0]
-    deep = lams >= 10
+        best = results["alphas"][int(results["D3/rich_alpha_index"])]
+        out.append(fs.Claim.at_most("D3_rich_reference_is_kkt_point", results["D3/rich_kkt"], 1e-8,
+                                    f"KKT residual of the ℓ_{{2/3}} vertex read off the deepest-ε flow at α = {best:.3g} "
+                                    f"(largest ℓ_{{2/3}} margin, {float(results['D3/rich_margin']):.4f}, of the certified ones)"))
+        out.append(fs.Claim.at_most("D3_small_alpha_limit_is_another_kkt_point", results["D3/small_alpha_kkt"], 1e-8,
+                                    f"α = {alphas[0]:.3g} reaches a different certified KKT point: {int(results['D3/small_alpha_support'])} "
+                                    f"non-zeros, ℓ_{{2/3}} margin {float(results['D3/small_alpha_margin']):.4f} < "
+                                    f"{float(results['D3/rich_margin']):.4f} (non-convex: the rich limit depends on α)"))
+    lag = alphas[None, :] ** 2 * lams[:, None] <= config["lag_alpha2_lam"]
+    deep, gap = lag[:, 0] & (lams >= 10), results["D2/l1_gap"][:, 0]
     p = -power_fit(lams[deep], gap[deep])[0]
-    out.append(fs.Claim("D2_small_alpha_l1_gap_law", p, 0.0, bool(np.all(np.diff(gap[deep]) < 0)) and p > 0,
-                        f"α = {alphas[0]:.3g}: γ₁* − γ₁(β) falls monotonically from {gap[deep][0]:.3g} to {gap[-1]:.3g} as "
-                        f"log(1/ε) goes {lams[deep][0]:.3g} → {lams[-1]:.3g}; measured law gap ∝ log(1/ε)^(−p) (p shown; "
-                        f"at fixed α that is ∝ μ^p); the Q_μ minimiser at the deepest ε is {results['D2/q_error'][-1, 0]:.2g} "
-                        f"away (relative): the flow lags it"))
-    track = (alphas[None, :] >= config["track_alpha"]) & (lams[:, None] >= config["track_lam"])
+    tau = np.log(lams[deep] / alphas[0] ** 2)  # log(1/μ) along the cut
+    p_inv_log = np.log(tau[-1] / tau[0]) / np.log(lams[deep][-1] / lams[deep][0])
+    out.append(fs.Claim("D2_small_alpha_l1_gap_law", p, config["max_gap_power"],
+                        bool(np.all(np.diff(gap[deep]) < 0)) and 0 < p <= config["max_gap_power"],
+                        f"α = {alphas[0]:.3g}, α²·log(1/ε) ≤ {config['lag_alpha2_lam']:g}: γ₁* − γ₁(β) falls monotonically "
+                        f"{gap[deep][0]:.3g} → {gap[deep][-1]:.3g} as log(1/ε) goes {lams[deep][0]:.3g} → {lams[deep][-1]:.3g}: "
+                        f"gap ∝ log(1/ε)^(−p), p shown (∝ 1/log(1/μ) would be p ≈ {p_inv_log:.3g}); past α²·log(1/ε) ≈ 1 it "
+                        f"drops to {gap[-1]:.2g} at log(1/ε) = {lams[-1]:.3g}"))
+    out.append(fs.Claim.at_least("D2_flow_lags_q_minimiser_while_alpha2_log_small", np.min(results["D2/q_error"][lag]), 1e-2,
+                                 f"min ‖β/γ − argmin Q_μ‖/‖·‖ over the {lag.sum()} grid points with α²·log(1/ε) ≤ "
+                                 f"{config['lag_alpha2_lam']:g}: the flow is not yet at the Q_μ minimiser there"))
+    track = (alphas[None, :] ** 2 * lams[:, None] >= config["track_alpha2_lam"]) & (lams[:, None] >= config["track_min_lam"])
     out.append(fs.Claim.at_most("D2_flow_tracks_q_minimiser", np.max(results["D2/q_error"][track]), 1e-2,
-                                f"max ‖β/γ − argmin Q_μ‖/‖·‖, μ = α²/γ, over α ≥ {config['track_alpha']:g}, "
-                                f"log(1/ε) ≥ {config['track_lam']:g} (min over α = {alphas[0]:.3g}: "
-                                f"{np.min(results['D2/q_error'][:, 0]):.3g}: no tracking there)"))
+                                f"max ‖β/γ − argmin Q_μ‖/‖·‖, μ = α²/γ (γ the flow's smallest margin), over the {track.sum()} "
+                                f"grid points with α²·log(1/ε) ≥ {config['track_alpha2_lam']:g} and log(1/ε) ≥ "
+                                f"{config['track_min_lam']:g}"))
     tau, qgap = results["q_tau"], np.asarray(results["q_gap"])
-    ok = (qgap > 1e-13) & (tau >= 3)
+    floor = np.flatnonzero((qgap < 1e-12) & (tau > 0))
+    ok = (tau >= 3) & (np.arange(tau.size) < (floor[0] if floor.size else tau.size))
     ratio = (qgap[ok] * tau[ok])[0] / (qgap[ok] * tau[ok])[-1]
+    rate = -np.polyfit(tau[ok][tau[ok] >= 10], np.log(qgap[ok][tau[ok] >= 10]), 1)[0]
+    slack = results["l1_dual_slack"]
     out.append(fs.Claim.at_least("q_gap_faster_than_inverse_log", ratio, 100.0,
                                  f"the Q_μ minimiser's ℓ1 gap × log(1/μ) falls {ratio:.3g}× over log(1/μ) = "
-                                 f"{tau[ok][0]:.3g} → {tau[ok][-1]:.3g}: not ∝ 1/log(1/μ); it decays like "
-                                 f"μ^s, smallest LP dual slack s = {np.min(results['l1_dual_slack'][results['l1_dual_slack'] > 1e-9]):.3f}"))
+                                 f"{tau[ok][0]:.3g} → {tau[ok][-1]:.3g} (then below 1e-12, round-off, up to log(1/μ) = "
+                                 f"{tau[-1]:.3g}): not ∝ 1/log(1/μ) but ≈ μ^r, fitted r = {rate:.3f} (smallest LP dual "
+                                 f"slack {np.min(slack[slack > 1e-9]):.3f})"))
     a, b, per_step = gd_extrapolation(results, config)
     log10_wall = np.log10(per_step) + (lams[-1] - a) / (b * np.log(10))
     out.append(fs.Claim.at_least("gd_cannot_reach_deepest_eps", log10_wall, 17.64,
@@ -151,14 +193,18 @@ def plot(results, config):
         ax.contour(alphas, lams, results[f"D{D}/c"], levels=[0.5], colors="w")
         cross, slope = transition(results, D, config["transition_min_alpha_D"])
         keep = np.isfinite(cross)
-        if keep.any():  # μ = α^D / log(1/ε) constant through the measured contour's median point
+        if D == 2:  # predicted: c(argmin Q_μ) = 1/2 at μ*, i.e. log(1/ε) = α²/μ*
+            tau_star = q_transition(results)
+            ax.plot(alphas, 2 * alphas + tau_star / np.log(10), "r--",
+                    label=f"predicted: α²/log(1/ε) = μ* = e^{-tau_star:.2f} (Q_μ); measured slope {slope:.2f}")
+        elif keep.any():  # no Q_μ for D > 2: the slope-D line through the measured contour's median point
             a0, l0 = np.median(alphas[keep]), np.median(cross[keep])
-            ax.plot(alphas, l0 + D * (alphas - a0), "r--", label=f"μ = α^{D}/log(1/ε) const (slope {D}); measured {slope:.2f}")
+            ax.plot(alphas, l0 + D * (alphas - a0), "r--", label=f"α^{D}/log(1/ε) const (slope {D}); measured {slope:.2f}")
         ax.set(xlabel="log10 α", ylabel="log10 log(1/ε)  (ε: summed loss)", ylim=(lams[0], lams[-1]),
                title=f"D = {D}: c = 0 kernel (ℓ2) … 1 rich ({'ℓ1' if D == 2 else 'ℓ_{2/D} KKT'})")
         ax.legend(fontsize=7, loc="upper left")
         fig.colorbar(mesh, ax=ax, label="c (white: c = 1/2)")
-    fig.suptitle("Where the flow's β sits between the kernel and rich limits when the loss reaches ε")
+    fig.suptitle("β between the kernel and rich limits when the loss reaches ε")
 
     cuts, (ax_a, ax_e, ax_g) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     for a in range(0, len(alphas), 2):
@@ -172,12 +218,13 @@ def plot(results, config):
         ax_e.plot(alphas, results["D2/q_c"][k], "x", color=plt.cm.plasma(k / len(lams)))
     ax_e.set(xlabel="log10 α", ylabel="c", title="fixed ε, D = 2 (×: Q_μ minimiser, μ = α²/γ)")
     ax_e.legend(fontsize=6)
-    ax_g.loglog(results["log_inv_eps"], results["D2/l1_gap"][:, 0], "-o", label=f"flow, α = {results['alphas'][0]:.2g}")
-    ax_g.loglog(results["log_inv_eps"], results["D2/l1_gap"][:, len(alphas) // 2], "-s", label=f"flow, α = {results['alphas'][len(alphas) // 2]:.2g}")
-    tau = results["q_tau"][results["q_tau"] < 600]
-    ax_g.loglog(np.exp(tau) * results["alphas"][0] ** 2, np.maximum(results["q_gap"][: len(tau)], 1e-17), "k:",
-                label=f"Q_μ minimiser, μ = α²/log(1/ε), α = {results['alphas'][0]:.2g}")
-    ax_g.set(xlabel="log(1/ε)", ylabel="γ₁* − γ₁(β)", title="ℓ1 margin gap (D = 2)", ylim=(1e-16, 1))
+    for a in (0, 2, len(alphas) // 2):  # the flow against log(1/μ), μ = α²/log(1/ε), next to the Q_μ program
+        tau_flow = np.log(results["log_inv_eps"] / results["alphas"][a] ** 2)
+        ax_g.semilogy(tau_flow, results["D2/l1_gap"][:, a], "-o", ms=3, label=f"flow, α = {results['alphas'][a]:.2g}")
+    tau, qgap = results["q_tau"], np.asarray(results["q_gap"])
+    keep = (tau <= 80) & (tau >= 1)
+    ax_g.semilogy(tau[keep], np.maximum(qgap[keep], 1e-16), "k:", label="argmin Q_μ (margin ≥ 1)")
+    ax_g.set(xlabel="log(1/μ) = log(log(1/ε)/α²)", ylabel="γ₁* − γ₁(β)", title="ℓ1 margin gap (D = 2)", ylim=(1e-16, 1))
     ax_g.legend(fontsize=7)
     return {"phase_diagram": fig, "cuts": cuts}
 
@@ -188,8 +235,8 @@ scenario = fs.Scenario(
     reference="Moroshko, Gunasekar, Woodworth, Lee, Srebro & Soudry, NeurIPS 2020 (initialization scale vs training accuracy)",
     config=dict(seed=0, n=6, d=12, gap=0.1, depths=[2, 3], log10_alpha_lo=-3.0, log10_alpha_hi=3.0, n_alpha=9,
                 log10_lam_lo=0.0, log10_lam_hi=6.0, n_eps=9, rtol=1e-10, atol=1e-12, check_every=2,
-                max_reduced_error=1e-7, kernel_mu=100.0, kernel_min_lam=30.0, slope_tolerance=0.3, transition_min_alpha_D=1.0, max_gap_power=0.2,
-                track_alpha=1.0, track_lam=1e3, q_log_inv_mu_max=1e8, gd_alpha=1.0, gd_lr=0.05, gd_steps=20000),
-    quick=dict(depths=[2], log10_alpha_lo=-1.0, n_alpha=5, n_eps=5, log10_lam_hi=4.0, check_every=4, gd_steps=2000, q_log_inv_mu_max=1e3),
+                max_reduced_error=1e-7, kernel_mu=100.0, kernel_min_lam=30.0, slope_tolerance=0.3, max_transition_miss=0.2, transition_min_alpha_D=1.0, max_gap_power=0.3,
+                lag_alpha2_lam=0.1, track_alpha2_lam=1e4, track_min_lam=1e3, q_log_inv_mu_max=1e6, gd_alpha=1.0, gd_lr=0.05, gd_steps=20000),
+    quick=dict(depths=[2], n_eps=5, log10_lam_hi=4.0, check_every=4, gd_steps=2000, q_log_inv_mu_max=1e3),
     run=run, claims=claims, plot=plot,
 )

@@ -28,18 +28,11 @@ def data():
 
 
 def _flow(X, y, alphas, depth, log_inv_eps, rtol=1e-11, atol=1e-13):
-    """The full flow of β = u₊^D − u₋^D (mean exponential loss), vmapped over α, stopped at the paper's ε."""
-    target = float(A_.mean_log_loss(-log_inv_eps, X.shape[0]))
-
-    def one(alpha):
-        net = fs.networks.SignedDiagonal.init(X.shape[1], depth, alpha)
-        problem = fs.Problem(net, X, y, loss="exponential")
-        return fs.simulate(problem, log_t1=2.0 * log_inv_eps + 50.0, target_log_loss=target, n_save=2,
-                           rtol=rtol, atol=atol)
-
-    traj = eqx.filter_vmap(one)(jnp.asarray(alphas))
-    assert np.all(np.asarray(traj.status) == int(fs.Status.TARGET_REACHED))
-    return np.asarray(eqx.filter_vmap(lambda m: m.beta())(traj.final)), np.asarray(traj.log_loss[:, -1])
+    """The full flow of β = u₊^D − u₋^D (flowsim's mean exponential loss), one vmapped solve per ε row over α
+    and target_log_loss, stopped when the paper's summed loss reaches ε."""
+    sweep = A_.scale_accuracy_sweep(X, y, depth, alphas, log_inv_eps, rtol=rtol, atol=atol)
+    assert sweep.ok.all()
+    return sweep
 
 
 # ---------------------------------------------------------------- the network
@@ -99,16 +92,15 @@ def test_signed_diagonal_refuses_non_integer_depth_and_bool_scale():
 def test_flow_matches_reduced_ode_depth_2(data):
     """The acceptance test of issue 11: ≤ 1e-8 relative at several (α, ε), D = 2, across 4 decades of α."""
     X, y = data
-    alphas = [1e-3, 1e-1, 3.0]
-    for log_inv_eps in (30.0, 1e4):
-        beta, log_loss = _flow(X, y, alphas, 2, log_inv_eps)
-        # the flow stopped at flowsim's mean loss L = ε/n, i.e. at the paper's summed loss ε
-        np.testing.assert_allclose(A_.summed_log_loss(log_loss, N), -log_inv_eps, rtol=1e-9)
-        for k, alpha in enumerate(alphas):
-            ref = A_.reduced_scale_flow(X, y, alpha, 2, [log_inv_eps])
-            assert ref.loss_residual[0] < 1e-9 * log_inv_eps
-            err = np.linalg.norm(beta[k] - ref.beta[0]) / np.linalg.norm(ref.beta[0])
-            assert err <= 1e-8, (alpha, log_inv_eps, err)
+    alphas, lams = [1e-3, 1e-1, 3.0], [30.0, 1e4]
+    sweep = _flow(X, y, alphas, 2, lams)
+    # the flow stopped at flowsim's mean loss L = ε/n, i.e. at the paper's summed loss ε
+    np.testing.assert_allclose(sweep.log_inv_eps_reached, np.array(lams)[:, None] * np.ones((1, 3)), rtol=1e-9)
+    for a, alpha in enumerate(alphas):
+        ref = A_.reduced_scale_flow(X, y, alpha, 2, lams)
+        assert np.all(ref.loss_residual < 1e-9 * np.array(lams))
+        err = np.linalg.norm(sweep.beta[:, a] - ref.beta, axis=-1) / np.linalg.norm(ref.beta, axis=-1)
+        assert np.all(err <= 1e-8), (alpha, err)
 
 
 def test_depth_3_closed_form_h_D_matches_the_flow(data):
@@ -116,10 +108,10 @@ def test_depth_3_closed_form_h_D_matches_the_flow(data):
     full flow of u₊³ − u₋³, which knows nothing of h_D."""
     X, y = data
     alphas = [1e-2, 1.0]
-    beta, _ = _flow(X, y, alphas, 3, 100.0)
-    for k, alpha in enumerate(alphas):
+    sweep = _flow(X, y, alphas, 3, [100.0])
+    for a, alpha in enumerate(alphas):
         ref = A_.reduced_scale_flow(X, y, alpha, 3, [100.0]).beta[0]
-        assert np.linalg.norm(beta[k] - ref) / np.linalg.norm(ref) <= 1e-8
+        assert np.linalg.norm(sweep.beta[0, a] - ref) / np.linalg.norm(ref) <= 1e-8
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
@@ -190,6 +182,34 @@ def test_q_minimizer_limits_are_l2_and_l1(data):
     assert abs(float(A_.normalized_margin(small.beta, X, y, 1.0)) - l1.margin) < 1e-12
 
 
+def test_l1_dual_slack_matches_scipy_dual_lp(data):
+    """The ℓ1 max-margin LP's dual, max 1ᵀκ s.t. |X̃ᵀκ| ≤ 1, κ ≥ 0, solved by scipy's linprog (HiGHS) here."""
+    X, y = data
+    Xt = y[:, None] * X
+    res = scipy.optimize.linprog(-np.ones(N), A_ub=np.vstack([Xt.T, -Xt.T]), b_ub=np.ones(2 * D_IN),
+                                 bounds=[(0, None)] * N, method="highs")
+    assert res.status == 0
+    np.testing.assert_allclose(A_.l1_dual_slack(X, y), 1 - np.abs(Xt.T @ res.x), atol=1e-8)
+    assert abs(-res.fun - 1 / A_.max_margin_value(X, y, 1.0)) < 1e-9  # strong duality: 1ᵀκ = ‖b*‖₁
+
+
+def test_phase_coordinate_and_vertex_kkt_point(data):
+    X, y = data
+    l1, l2 = A_.max_margin_solution(X, y, 1.0), A_.max_margin_solution(X, y, 2.0)
+    np.testing.assert_allclose(A_.phase_coordinate(np.stack([l2.direction, 3 * l1.rho]), X, y, 1.0, l1.rho), [0, 1],
+                               atol=1e-12)
+    # a rich-regime-like state: the LP vertex blurred off its support and scaled -> the vertex, certified
+    blurred = 40 * (l1.rho + 1e-5 * np.random.default_rng(0).standard_normal(D_IN))
+    for depth in (2, 3):
+        vertex = A_.vertex_kkt_point(blurred, X, y, depth)
+        np.testing.assert_allclose(vertex.beta, l1.rho, atol=1e-10)
+    assert A_.vertex_kkt_point(blurred, X, y, 2).kkt_residual < 1e-9
+    with pytest.raises(ValueError, match="separate"):
+        A_.vertex_kkt_point(-l1.rho, X, y, 2)
+    with pytest.raises(ValueError, match="not above"):
+        A_.phase_coordinate(l1.rho, X, y, 1.0, l2.direction)
+
+
 # ---------------------------------------------------------------- units and regime parameter
 
 
@@ -223,8 +243,31 @@ def test_loss_normalisation_conversion(data):
         (lambda X, y: A_.log_regime_parameter(1.0, 2, 0.0), "0."),
         (lambda X, y: A_.log_regime_parameter(-1.0, 2, 10.0), "-1."),
         (lambda X, y: A_.mean_log_loss(-1.0, 0), "0"),
+        (lambda X, y: A_.scale_accuracy_sweep(X, y, 2, [0.0, 1.0], [10.0]), "alphas"),
+        (lambda X, y: A_.scale_accuracy_sweep(X, y, 2, [1.0], [-1.0]), "log_inv_eps"),
+        (lambda X, y: A_.scale_accuracy_sweep(X, y, 1, [1.0], [1.0]), "depth"),
     ],
 )
 def test_references_refuse_bad_inputs(data, call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call(*data)
+
+
+# ---------------------------------------------------------------- the scenario, quick config, end to end
+
+
+def test_scenario_quick_run_holds_its_claims(tmp_path):
+    import json
+    import pathlib
+
+    from flowsim.harness import main
+
+    scenario = pathlib.Path(__file__).resolve().parents[1] / "scenarios" / "moroshko2020_scale_vs_accuracy.py"
+    code = main(["run", str(scenario), "--quick", "--strict", "--out", str(tmp_path / "runs"),
+                 "--figures", str(tmp_path / "figs")])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "moroshko2020_scale_vs_accuracy-quick" / "summary.json").read_text())
+    assert summary["all_claims_hold"]
+    names = {c["name"] for c in summary["claims"]}
+    assert {"D2_flow_matches_reduced_ode", "D2_transition_slope", "gd_cannot_reach_deepest_eps"} <= names
+    assert (tmp_path / "figs" / "moroshko2020_scale_vs_accuracy" / "phase_diagram.png").exists()
