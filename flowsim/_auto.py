@@ -9,7 +9,8 @@
    If the step h the controller proposes next satisfies h·ρ ≥ ``STIFF_STEP_RATIO``, the steps
    are held by stability, not accuracy (Tsit5's real stability boundary is ≈ 3.5): the flow is
    stiff there. Then try the implicit solver (Kvaerno5) over ``TRIAL_SPANS`` times the span the
-   explicit segment covered.
+   explicit segment covered. A trial is also made when the explicit steps crawl (below
+   ``CRAWL_STEP`` times the time covered), as they do once a field is round-off noise.
 3. Costs are compared per unit of solver time at the step each solver proposes next:
    (measured wall per step) / h. A trial whose cost is not below the explicit one is undone, and
    the next trial waits until the solver time has grown ``RETRY_FACTOR``-fold (so trials cost a
@@ -41,7 +42,8 @@ EXPLICIT_STABLE_STEP = 3.0
 POWER_ITERATIONS = 20
 TRIAL_SPANS = 4.0  # an implicit trial covers this many times the span of the explicit segment before it
 RETRY_FACTOR = 4.0
-SWITCH_BACK_FACTOR = 0.25  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
+SWITCH_BACK_FACTOR = 0.25
+CRAWL_STEP = 1e-4  # explicit steps below this fraction of the time covered also trigger a trial  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
 AUTO_EXPLICIT = "tsit5"
 AUTO_IMPLICIT = "kvaerno5"
 
@@ -197,10 +199,14 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                 explicit_step_cost = wall / steps
                 explicit_rate = explicit_step_cost / step
                 ratio = step * rho
-                if ratio >= STIFF_STEP_RATIO and time1 >= next_trial_time:
+                # Steps far below the time already covered, whatever ρ says (e.g. a field that is
+                # round-off noise once the loss is at machine precision): worth an implicit trial too.
+                crawling = step < CRAWL_STEP * max(time1, 1.0)
+                if (ratio >= STIFF_STEP_RATIO or crawling) and time1 >= next_trial_time:
                     current, trial_span = AUTO_IMPLICIT, TRIAL_SPANS * (time1 - time0)
                     carry = _start_afresh(carry, current)
-                    switches.append((_round(log_t_now), current, f"trial: explicit h·ρ = {ratio:.3g}"))
+                    why = f"explicit h·ρ = {ratio:.3g}" if ratio >= STIFF_STEP_RATIO else f"explicit h = {step:.3g}"
+                    switches.append((_round(log_t_now), current, f"trial: {why}"))
                 continue
             implicit_rate = (wall / steps) / step
             if was_trial and explicit_rate is not None and implicit_rate >= explicit_rate:

@@ -380,9 +380,15 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
     kept_states = carry.solver_states[static.solver]
     solver_state, controller_state, made_jump = jax.tree_util.tree_map(
         lambda start, kept: jnp.where(fresh, start, kept), new_states[:3], kept_states)
-    dt0 = jnp.where(fresh, new_states[3], carry.dt)
+    # Diffrax's initial step probes the field at t0 + h0 with h0 = 0.01‖y‖/‖f‖; mid-solve in log time
+    # (a switch of solver) that can be s + 10^5, where e^s overflows and the step comes back NaN.
+    # Then the step the previous solver proposed is the better start.
+    carried_ok = jnp.isfinite(carry.dt) & (carry.dt > 0)
+    fallback = jnp.where(carried_ok, carry.dt, 1e-6 * jnp.maximum(1.0, jnp.abs(time0)))
+    started = jnp.where(jnp.isfinite(new_states[3]) & (new_states[3] > 0), new_states[3], fallback)
+    dt0 = jnp.where(fresh, started, carry.dt)
     # An empty interval (a finished member, or a warm-up call) still needs a positive first step.
-    dt0 = jnp.where(dt0 > 0, dt0, jnp.finfo(dt0.dtype).tiny)
+    dt0 = jnp.where(jnp.isfinite(dt0) & (dt0 > 0), dt0, jnp.finfo(dt0.dtype).tiny)
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=jnp.clip(save_times, time0, time1)), diffrax.SubSaveAt(t1=True)],
         solver_state=True,

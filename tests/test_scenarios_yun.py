@@ -8,7 +8,7 @@ import pytest
 import scipy.optimize
 
 import flowsim as fs
-from flowsim._cli import main
+from flowsim.harness import main
 
 SCENARIOS = pathlib.Path(__file__).resolve().parents[1] / "scenarios"
 FIGURES = {
@@ -26,7 +26,7 @@ KNOWN_FAILURES: dict[str, set[str]] = {}
 def test_quick_run_holds_its_claims(name, tmp_path):
     code = main(["run", str(SCENARIOS / f"{name}.py"), "--quick", "--strict", "--out", str(tmp_path / "runs"),
                  "--figures", str(tmp_path / "figs")])
-    summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / f"{name}-quick" / "summary.json").read_text())
     failing = {c["name"] for c in summary["claims"] if not c["holds"]}
     assert failing == KNOWN_FAILURES.get(name, set())
     assert code == (0 if not failing else 1)
