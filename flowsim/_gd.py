@@ -104,13 +104,10 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
             raise ValueError("steps must be given (an integer ≥ 1) unless save_steps is")
         n_save = as_int("n_save", 100 if n_save is None else n_save, minimum=2)
         grid = gd_save_steps(steps, n_save)
-    concrete_lr = None if is_traced(lr) else float(lr)
+    # lr, t1 and log t1 are values (Trajectory.settings: arrays, one per member under vmap); the rest is static.
     metadata = (
         ("solver", "gradient_descent"),
-        ("lr", concrete_lr),
         ("steps", steps),
-        ("t1", None if concrete_lr is None else concrete_lr * steps),
-        ("log_t1", None if concrete_lr is None else math.log(concrete_lr * steps)),
         ("num_params", int(make_field(problem, False)[0].shape[-1])),
     )
     segment_lengths = np.diff(np.concatenate([[0], grid]))
@@ -178,6 +175,7 @@ def _gd_loop(problem, lr, segment_lengths, save_steps) -> Trajectory:
         status=status,
         log_t_reached=log_t_from_time(num_steps * lr),
         metadata=(),
+        settings={"lr": lr, "t1": lr * save_steps[-1], "log_t1": jnp.log(lr * save_steps[-1])},
     )
 
 
@@ -202,7 +200,6 @@ def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
     runs = [gradient_descent(problem, float(lr), save_steps=row) for lr, row in zip(lrs, grid)]
     metadata = (
         ("solver", "gradient_descent"),
-        ("lr", tuple(float(lr) for lr in lrs)),
         ("steps", tuple(int(k) for k in grid[:, -1])),
         ("num_params", runs[0].info["num_params"]),
     )

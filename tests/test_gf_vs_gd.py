@@ -1,11 +1,17 @@
 """GD against gradient flow and the modified flow (Elkabetz & Cohen 2021; Barrett & Dherin 2021), sharpness,
 and GD's traced step: all checked against closed forms (matrix powers, expm, eigvalsh)."""
 
+import importlib.util
+import json
+import pathlib
+
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.linalg
 import scipy.special
 
@@ -75,6 +81,8 @@ def test_gradient_descent_lr_is_traced_no_recompile_and_vmaps(quadratic, monkeyp
     lrs = jnp.asarray([0.1, 0.05, 0.02])
     batch = eqx.filter_vmap(lambda lr: fs.gradient_descent(problem, lr, save_steps=[0, 5, 20]))(lrs)
     assert batch.params.w.shape == (3, 3, 5) and np.all(np.asarray(batch.ok))
+    np.testing.assert_allclose(batch.info["lr"], lrs)  # the step of each member, as a value
+    np.testing.assert_allclose(batch.info["t1"], 20 * lrs)
     for i, lr in enumerate(np.asarray(lrs)):
         np.testing.assert_allclose(batch.params.w[i], gd_exact(H, theta_star, w0, lr, [0, 5, 20]), atol=1e-13)
 
@@ -304,3 +312,71 @@ def test_cross_entropy_problem_gd_matches_a_hand_written_loop():
     np.testing.assert_allclose(gd.final.W, W, atol=1e-12)
     logp = X @ W - scipy.special.logsumexp(X @ W, axis=1, keepdims=True)
     assert float(gd.loss[-1]) == pytest.approx(-np.mean(np.sum(Y * logp, axis=1)), rel=1e-12)
+
+
+# --- the two scenarios -------------------------------------------------------------------------------------
+
+SCENARIOS = pathlib.Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, SCENARIOS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_elkabetz_quick_run_holds_its_claims(tmp_path):
+    from flowsim.harness._cli import main
+
+    code = main(["run", str(SCENARIOS / "elkabetz2021_gf_vs_gd.py"), "--quick", "--strict", "--out",
+                 str(tmp_path / "runs"), "--figures", str(tmp_path / "figs")])
+    assert code == 0  # --strict: every claim holds and every flow reached its horizon
+    run_dir = tmp_path / "runs" / "elkabetz2021_gf_vs_gd"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    claims = {c["name"]: c for c in summary["claims"]}
+    with np.load(run_dir / "results.npz", allow_pickle=False) as r:
+        lrs, d_gf, d_mf = r["linear/lrs"], r["linear/distance_to_flow"], r["linear/distance_to_modified"]
+        assert bool(r["linear/flow_ok"]) and np.all(r["linear/gd_ok"])
+        # η_0 = 0.5/λ*, λ* the largest sharpness along the saved flow; the steps halve.
+        assert lrs[0] * r["linear/max_sharpness"] == pytest.approx(0.5)
+        np.testing.assert_allclose(lrs[:-1] / lrs[1:], 2.0)
+    # The orders, refitted here by least squares on the saved distances at t1.
+    assert claims["linear_order_gd_to_gf"]["value"] == pytest.approx(np.polyfit(np.log(lrs), np.log(d_gf[:, -1]), 1)[0])
+    assert claims["linear_order_gd_to_modified_flow"]["value"] == pytest.approx(
+        np.polyfit(np.log(lrs), np.log(d_mf[:, -1]), 1)[0])
+    for name in summary["figures"]["files"]:
+        assert (tmp_path / "figs" / "elkabetz2021_gf_vs_gd" / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["stiff_quadratic", "diagonal_regression", "log_time_logistic"])
+def test_solver_accuracy_references_agree_with_a_tight_scipy_solve(name):
+    """Each closed-form reference (expm, the mirror-map limit, the logistic closed form) against DOP853 at
+    rtol 1e-13 on the scenario's field — two independent routes to the same number."""
+    module = load("solver_accuracy")
+    config = module.scenario.make_config()
+    model, X, y, loss, horizon, exact, rhs = module.PROBLEMS[name](config)
+    t_end = horizon["t1"] if "t1" in horizon else float(np.logaddexp(0.0, horizon["log_t1"]))
+    fun = jax.jit(rhs)
+    sol = scipy.integrate.solve_ivp(lambda t, w: np.asarray(fun(t, w)), (0.0, t_end), module.flat(model),
+                                    method="DOP853", rtol=1e-13, atol=1e-15)
+    assert sol.success
+    np.testing.assert_allclose(sol.y[:, -1], exact, rtol=1e-9, atol=1e-11)
+    # The field the scenario hands SciPy is flowsim's: −∇L (in log time, −e^s ∇L).
+    problem = fs.Problem(model, X, y, loss=loss)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    theta, unravel = jax.flatten_util.ravel_pytree(params)
+    grad = jax.grad(lambda th: problem.loss_value(eqx.combine(unravel(th), static)))
+    scale = 1.0 if "t1" in horizon else np.exp(0.7)
+    np.testing.assert_allclose(rhs(np.log(scale), theta), -scale * grad(theta), rtol=1e-12)
+
+
+def test_solver_accuracy_counts_every_field_evaluation():
+    module = load("solver_accuracy")
+    config = module.scenario.make_config(quick=True)
+    model, X, y, loss, horizon, _, _ = module.PROBLEMS["stiff_quadratic"](config)
+    tally = module.Tally()
+    traj = fs.simulate(fs.Problem(module.Counted(model, tally), X, y, loss=loss), solver="tsit5", rtol=1e-5,
+                       atol=1e-8, n_save=2, **horizon)
+    # Tsit5 is FSAL: 6 new stages per attempted step, plus a few (first stage, step-size guess, saved losses).
+    assert 0 <= tally.count - 6 * int(traj.stats["num_steps"]) <= 16
