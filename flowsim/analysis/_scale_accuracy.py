@@ -194,8 +194,11 @@ def reduced_scale_flow(
         dν/dλ = p / (pᵀ K p),   p = softmax(−X̃β),
 
     in σ = log(1 + λ − λ₀), λ₀ = −log n (β = 0), so that steps grow geometrically with λ. Neither t nor
-    exp(−m) is formed: λ = 10^6 (ε = e^(−10^6)) is as cheap as λ = 10. Beyond ≈ 10^15 the softmax can no
-    longer resolve margin differences of order one in float64.
+    exp(−m) is formed: λ = 10^6 (ε = e^(−10^6)) costs about as much as λ = 10^3 (~3 s). Margins are ~λ, so
+    the softmax resolves their differences only to λ·10^-16: the loss-level residual (``loss_residual``) grows
+    from ~10^-8 at λ = 10^8 to ~10^-4 at λ = 10^9 (measured, D = 2, n = 6), where Radau also slows down; use
+    λ ≲ 10^8. For D > 2 the closed form needs 1 − s, which loses digits sooner (loss residual ~10^-4 at
+    λ = 10^6 for α = 10^-2, D = 3).
 
     **Arguments:** ``X`` (n, d), ``y`` (n,) labels ±1 (separable), ``alpha`` > 0, ``depth`` D ≥ 2,
     ``log_inv_eps`` the accuracies as log(1/ε) with ε the *summed* loss (each > −log n, i.e. ε < n);
