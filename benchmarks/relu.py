@@ -85,7 +85,7 @@ def timed(problem, **options):
 
 def row(name, traj, wall, extra=""):
     return (f"{name:<44} {int(traj.stats['num_steps']):>7} {int(traj.stats['num_rejected_steps']):>7} "
-            f"{wall:>7.1f} {float(traj.log_t_reached):>9.3g} {str(bool(traj.ok)):>5}  {extra}")
+            f"{wall:>7.1f} {float(traj.log_t_reached):>9.3g} {bool(traj.ok)!s:>5}  {extra}")
 
 
 def frei_data(n=30, d=300, noise=0.15, seed=0):
@@ -95,7 +95,7 @@ def frei_data(n=30, d=300, noise=0.15, seed=0):
     mu[0] = d ** 0.3
     X = clean[:, None] * mu[None] + rng.standard_normal((n, d))
     y = clean.copy()
-    y[rng.permutation(n)[: int(round(noise * n))]] *= -1
+    y[rng.permutation(n)[: round(noise * n)]] *= -1
     return X, y
 
 
@@ -105,7 +105,7 @@ def examples(quick: bool):
     max_steps = 20_000
     # Frei et al. 2023 with label noise.
     X, y = frei_data()
-    n, d = X.shape
+    d = X.shape[1]
     m, leak = 20, 0.1
     net = nets.TwoLayer.init(jax.random.key(0), d, m, scale=1 / np.sqrt(d), leak=leak)
     log_t1 = 2.0 if quick else 5.0
@@ -159,7 +159,7 @@ Y_S = np.array([Y1, Y2])
 def sliding_reference():
     A, b = X_S.T @ X_S, X_S.T @ Y_S
     w_star = np.linalg.solve(A, b)
-    phase1 = lambda t: w_star + scipy.linalg.expm(-A * t / N) @ (W0 - w_star)  # noqa: E731
+    phase1 = lambda t: w_star + scipy.linalg.expm(-A * t / N) @ (W0 - w_star)
     t1 = scipy.optimize.brentq(lambda t: phase1(t)[0], 0.0, 50.0, xtol=1e-15)
     w2 = phase1(t1)[1]
     t2 = t1 + N * np.log(C * (Y2 - w2) / GAMMA)
@@ -187,7 +187,7 @@ def band_table():
             error = np.max(np.abs(np.asarray(traj.final.W[0]) - reference))
             label = "plain" if factor is None else f"{factor:g}"
             print(f"{rtol:>8.0e} {label:>10} {int(traj.stats['num_steps']):>7} "
-                  f"{int(traj.stats['num_rejected_steps']):>8} {str(bool(traj.ok)):>5} {error:>10.2e}", flush=True)
+                  f"{int(traj.stats['num_rejected_steps']):>8} {bool(traj.ok)!s:>5} {error:>10.2e}", flush=True)
 
 
 def smoothing_table():
@@ -202,7 +202,7 @@ def smoothing_table():
             traj = fs.simulate(problem, t1=T_END, solver=solver, rtol=1e-8, atol=1e-10, max_steps=20_000, n_save=4)
             error = np.max(np.abs(np.asarray(traj.final.W[0]) - reference))
             print(f"{width:>8.0e} {solver:>9} {int(traj.stats['num_steps']):>7} "
-                  f"{int(traj.stats['num_rejected_steps']):>8} {str(bool(traj.ok)):>5} {error:>10.2e}", flush=True)
+                  f"{int(traj.stats['num_rejected_steps']):>8} {bool(traj.ok)!s:>5} {error:>10.2e}", flush=True)
 
 
 def main():

@@ -21,6 +21,11 @@ free set, through which the field stays differentiable). Its columns are paralle
 normals ∇_θ z_k, so on the free set ⟨∇_θ z_k, θ'⟩ = 0: the pair stays on its kink (sliding), and a
 transversal crossing clips d to a bound and crosses.
 
+Limitation: where one sample has pairs at kinks in several layers at once (a corner of a deep
+network) g is multilinear in d and the limiting gradients no longer form a box; the field then
+re-linearises (``_RELINEARISATIONS``), which is not the exact minimum-norm element, and a 2-D
+MLP with two hidden layers still chatters at such corners (``benchmarks/relu.py``).
+
 Numerically a pair counts as "at its kink" inside a band: |z_iu| is at most what a change of
 every parameter by kink_atol + kink_rtol·|θ| can move it. For a first-layer unit z = ⟨w_u, x_i⟩
 that is (kink_atol + kink_rtol‖w_u‖)‖x_i‖ (the parameter-space distance of w_u to the kink
@@ -113,7 +118,6 @@ class AbstractNonsmoothModel(eqx.Module):
         ``sample``, ``unit``: the free pairs; ``valid``: which of them are in band. Return None
         (the default) to let ``min_norm_scaled_gradient`` build G by forward-mode differentiation."""
         del X, cotangent, gradient, sample, unit, valid
-        return None
 
     def slopes(self, z: Array) -> Array:
         """φ'(z) away from kinks: 1 for z > 0, γ otherwise."""

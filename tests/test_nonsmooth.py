@@ -75,7 +75,7 @@ def single_neuron_problem(c, **band):
 
 
 RTOL, ATOL = 1e-10, 1e-12
-BAND = dict(kink_rtol=10 * RTOL, kink_atol=10 * ATOL)
+BAND = {"kink_rtol": 10 * RTOL, "kink_atol": 10 * ATOL}
 T_END = 12.0
 SAVE_T = np.array([0.5, 1.0, 1.6, 2.0, 2.5, 3.0, 5.0, 8.0])
 
@@ -107,7 +107,7 @@ def test_transversal_kink_crossing_matches_scipy_glued_pieces():
 
         return rhs
 
-    hit = lambda t, w: w[0]  # noqa: E731
+    hit = lambda t, w: w[0]
     hit.terminal, hit.direction = True, -1
     first = solve_ivp(piece(1.0), (0, T_END), W0, events=hit, rtol=1e-12, atol=1e-14, method="DOP853")
     t_cross = first.t_events[0][0]
@@ -217,7 +217,7 @@ def test_two_layer_field_is_the_min_norm_subgradient():
     # Away from kinks the field is the ordinary gradient.
     net_off = nets.TwoLayer(rng.standard_normal((m, d)), a, leak)
     plain = fs.Problem(net_off, X, y, "logistic", trainable=net_off.first_layer_filter())
-    loss = lambda W: plain.loss_value(eqx.tree_at(lambda t: t.W, net_off, W))  # noqa: E731
+    loss = lambda W: plain.loss_value(eqx.tree_at(lambda t: t.W, net_off, W))
     np.testing.assert_allclose(field_gradient(plain), np.asarray(jax.grad(loss)(net_off.W)).ravel(), rtol=1e-12)
     assert int(kink_statistics(net_off, X)["pairs_at_kink"]) == 0
 
@@ -297,7 +297,7 @@ def test_frei_label_noise_reaches_the_horizon():
 
 
 def test_models_compute_the_papers_networks():
-    X, Y = timor_data()
+    X, _ = timor_data()
     W1, W2 = np.array([[1.0, -2.0], [0.5, 1.0]]), np.array([[2.0, 0.0], [-1.0, 3.0]])
     net = nets.MLP([W1, W2])
     for x in X:

@@ -19,7 +19,12 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import as_int
-from .._nonsmooth import AbstractNonsmoothModel, leaky_relu, leaky_relu_with_slope, rank_one_kink_system
+from .._nonsmooth import (
+    AbstractNonsmoothModel,
+    leaky_relu,
+    leaky_relu_with_slope,
+    rank_one_kink_system,
+)
 from ._validation import as_layer_list, as_real_array, check_input, check_positive_int
 
 DEFAULT_MAX_KINKS = 64
