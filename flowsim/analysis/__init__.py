@@ -7,6 +7,16 @@ from ._directions import unit as unit
 from ._gf_vs_gd import GDFlowComparison as GDFlowComparison
 from ._gf_vs_gd import fitted_order as fitted_order
 from ._gf_vs_gd import gf_vs_gd as gf_vs_gd
+from ._homogeneous import HomogeneousKKT as HomogeneousKKT
+from ._homogeneous import LinearComparison as LinearComparison
+from ._homogeneous import compare_with_linear as compare_with_linear
+from ._homogeneous import effective_direction as effective_direction
+from ._homogeneous import homogeneity_degree as homogeneity_degree
+from ._homogeneous import homogeneous_kkt as homogeneous_kkt
+from ._homogeneous import homogeneous_kkt_residuals as homogeneous_kkt_residuals
+from ._homogeneous import homogeneous_margin as homogeneous_margin
+from ._homogeneous import singular_value_ratios as singular_value_ratios
+from ._homogeneous import smoothed_margin as smoothed_margin
 from ._interpolation import InterpolationLimit as InterpolationLimit
 from ._interpolation import interpolation_limit as interpolation_limit
 from ._interpolation import mirror_map as mirror_map
