@@ -20,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import numpy as np
 from sklearn.datasets import load_digits
 
@@ -131,6 +132,7 @@ def plot(results, config):
     axes[0].set_ylabel("distance"), axes[0].legend(fontsize=7)
     ax_o.set(xlabel="step η", ylabel="distance at t1", title="orders: GD–GF O(η), GD–modified flow O(η²)")
     ax_o.legend(fontsize=7)
+    ax_o.xaxis.set_minor_formatter(NullFormatter())
     ax_e.axvline(2.0, color="k", ls="--", lw=1, label="η·λ* = 2")
     ax_e.axhline(config["leave_factor"], color="gray", ls=":", lw=1)
     ax_e.set(xlabel="η·λ*  (λ* = max_t λ_max(∇²L(θ_GF(t))))", ylabel="max_t ‖θ_GD − θ_GF‖/η, ÷ small-step value",
