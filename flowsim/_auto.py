@@ -43,7 +43,8 @@ POWER_ITERATIONS = 20
 TRIAL_SPANS = 4.0  # an implicit trial covers this many times the span of the explicit segment before it
 RETRY_FACTOR = 4.0
 SWITCH_BACK_FACTOR = 0.25
-CRAWL_STEP = 1e-4  # explicit steps below this fraction of the time covered also trigger a trial  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
+CRAWL_STEP = 1e-4  # explicit steps below this fraction of the time covered also trigger a trial,
+CRAWL_MAX_REJECTED = 0.3  # unless this fraction of them was rejected (kinks, not stiffness)  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
 AUTO_EXPLICIT = "tsit5"
 AUTO_IMPLICIT = "kvaerno5"
 
@@ -181,6 +182,7 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
             timer.warm(current, lambda: segment(problem, carry, save_times, settings,
                                                           jnp.asarray(time0), static))
             steps_before = int(carry.num_steps)
+            rejected_before = int(carry.num_rejected_steps)
             carry, wall = timer.run(lambda: segment(problem, carry, save_times, settings,
                                                     jnp.asarray(end_time), static))
             time1 = float(carry.time)
@@ -201,7 +203,10 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                 ratio = step * rho
                 # Steps far below the time already covered, whatever ρ says (e.g. a field that is
                 # round-off noise once the loss is at machine precision): worth an implicit trial too.
-                crawling = step < CRAWL_STEP * max(time1, 1.0)
+                # Not when most steps are rejected: that is a kink (a ReLU activation changing), which
+                # an implicit solver does not step over any better.
+                rejected = int(carry.num_rejected_steps) - rejected_before
+                crawling = step < CRAWL_STEP * max(time1, 1.0) and rejected < CRAWL_MAX_REJECTED * steps
                 if (ratio >= STIFF_STEP_RATIO or crawling) and time1 >= next_trial_time:
                     current, trial_span = AUTO_IMPLICIT, TRIAL_SPANS * (time1 - time0)
                     carry = _start_afresh(carry, current)

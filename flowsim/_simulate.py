@@ -21,6 +21,7 @@ import numpy as np
 
 from ._checks import as_bool, as_int, is_traced
 from ._flow import ModifiedFlow, base_problem, make_field, time_from_log_t
+from ._nonsmooth import AbstractNonsmoothModel, kink_crossings, kink_statistics
 from ._problem import Problem
 from ._solvers import (
     EXPLICIT_SOLVERS,
@@ -505,6 +506,12 @@ def _finish(problem, carry: _Carry, save_times, settings: Settings, log_time: bo
         "num_rejected_steps": carry.num_rejected_steps,
         "wall_time_s": jnp.asarray(jnp.nan),
     }
+    inner = base_problem(problem)
+    if isinstance(inner.model, AbstractNonsmoothModel):
+        # Where the run ended against the ReLU kinks, and how many activation changes the saves saw.
+        final_model = field.model(carry.theta)
+        stats["pairs_at_kink"] = kink_statistics(final_model, inner.X, settings.rtol, settings.atol)["pairs_at_kink"]
+        stats["kink_crossings"] = kink_crossings(models, inner.X)
     return Trajectory(
         log_t=log_t,
         params=models,

@@ -94,6 +94,8 @@ class Trajectory(eqx.Module):
             member = {k: (v.ravel()[index] if isinstance(v, np.ndarray) and v.size == status.size else v)
                       for k, v in info.items()}
             member["rejected_fraction"] = _rejected_fraction(self.stats, index, status.size)
+            if "pairs_at_kink" in self.stats:
+                member["pairs_at_kink"] = int(np.asarray(self.stats["pairs_at_kink"]).ravel()[index])
             text = _describe(Status(int(code)), float(log_t), member)
             if text and batched:
                 text = f"member {index}: {text}"
