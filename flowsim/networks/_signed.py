@@ -80,13 +80,6 @@ class SignedDiagonal(AbstractLinearTensorNetwork):
         return u_plus**self.power - u_minus**self.power
 
     def margin_geometry(self) -> MarginGeometry:
-        """q = 2/D, ρ = β, S = I: the model is D-homogeneous in θ = (u₊, u₋) and the smallest ‖θ‖² giving
-        β_j is Σ_j |β_j|^{2/D}, so the limit direction on separable data is a KKT point of
-        min ‖β‖_{2/D} s.t. margins ≥ 1 (Lyu & Li 2020; Moroshko et al. 2020). Sign-free: no coordinates."""
-        return MarginGeometry(q=2.0 / self.power, transform=jnp.eye(self.input_dim), rho=self.beta(),
-                              layer_coordinates=None)
-
-    def margin_geometry(self) -> MarginGeometry:
         """q = 2/D, S = I, ρ = β; no layer coordinates (β_j = u₊[j]^D − u₋[j]^D is not a product).
 
         The model is D-homogeneous; its gradient-flow limit on separable data is a KKT point of the ℓ2
