@@ -30,16 +30,6 @@ def _problems(name, quick):
 
     import flowsim as fs
 
-    class TwoLayerLeaky(eqx.Module):
-        """f(x) = Σ_j a_j φ(⟨w_j, x⟩), φ(z) = max(γz, z) (Frei et al. 2023); a is fixed."""
-
-        W: jax.Array
-        a: jax.Array
-
-        def __call__(self, x):
-            z = self.W @ x
-            return jnp.dot(self.a, jnp.maximum(0.1 * z, z))
-
     class PlainDiagonal(eqx.Module):
         u: jax.Array
         v: jax.Array
@@ -48,15 +38,14 @@ def _problems(name, quick):
             return jnp.dot(x, self.u * self.v)
 
     if name == "leaky_relu":
+        # Frei et al.'s two-layer leaky-ReLU net, outer layer fixed (fs.networks.TwoLayer: the flow is
+        # the minimum-norm Clarke subgradient, so it slides along kinks instead of stalling there).
         n, d, m = 30, (100 if quick else 200), 20
         rng = np.random.default_rng(0)
         X = rng.normal(size=(n, d)) / math.sqrt(d)
         y = np.sign(X @ rng.normal(size=d))
-        W = 0.1 * rng.normal(size=(m, d)) / math.sqrt(d)
-        a = np.where(np.arange(m) % 2 == 0, 1.0, -1.0) / math.sqrt(m)
-        model = TwoLayerLeaky(jnp.asarray(W), jnp.asarray(a))
-        spec = TwoLayerLeaky(True, False)
-        return fs.Problem(model, X, y, "logistic", trainable=spec), dict(log_t1=5.0)
+        net = fs.networks.TwoLayer.init(jax.random.key(0), d, m, scale=0.1, leak=0.1)
+        return fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter()), dict(log_t1=5.0)
     if name == "diagonal_log_time":
         X, y = fs.data.separable(10, 20, seed=2)
         return fs.Problem(PlainDiagonal(0.1 * jnp.ones(20), 0.1 * jnp.ones(20)), X, y, "logistic"), dict(
@@ -97,8 +86,6 @@ def run_overhead(quick):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    import numpy as np
-
     import flowsim as fs
 
     class PlainDiagonal(eqx.Module):

@@ -196,6 +196,8 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
             if not auto or int(carry.status) >= 0 or time1 <= time0 or steps == 0:
                 continue
             step = float(carry.dt)  # the step the controller proposes next: the cost ahead
+            if not (math.isfinite(step) and step > 0):
+                continue
             rho = float(spectral_radius(problem, carry.theta, carry.time, log_time))
             if current in EXPLICIT_SOLVERS:
                 explicit_step_cost = wall / steps
