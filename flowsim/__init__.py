@@ -19,6 +19,7 @@ from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
 from ._gd import gradient_descent as gradient_descent
 from ._losses import AbstractLoss as AbstractLoss
+from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._losses import Exponential as Exponential
 from ._losses import Logistic as Logistic
 from ._losses import Squared as Squared
