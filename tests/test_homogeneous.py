@@ -1,6 +1,8 @@
 """fs.analysis for homogeneous networks, against independent computations: a hand-solved two-neuron KKT
 point, a cvxpy max-margin program in parameter space, direct NumPy formulas and dense SVDs."""
 
+import pathlib
+
 import cvxpy as cp
 import equinox as eqx
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 import flowsim as fs
 from flowsim import networks as nets
+from flowsim.harness import main
 
 A = fs.analysis
 
@@ -162,3 +165,24 @@ def test_bad_inputs_are_refused(call, error, words):
     regression = fs.Problem(nets.TwoLayer(np.eye(2), np.ones(2)), np.eye(2), np.ones(2))
     with pytest.raises(error, match=words):
         call(problem, regression)
+
+
+SCENARIO = pathlib.Path(__file__).resolve().parents[1] / "scenarios" / "timor2023_relu_rank.py"
+
+
+def test_timor_quick_run_end_to_end(tmp_path):
+    """--quick --strict exits 0; the saved final weights, pushed through NumPy, give the saved outcomes."""
+    code = main(["run", str(SCENARIO), "--quick", "--strict", "--out", str(tmp_path / "runs"),
+                 "--figures", str(tmp_path / "figs")])
+    assert code == 0
+    with np.load(tmp_path / "runs" / "timor2023_relu_rank-quick" / "results.npz") as saved:
+        r = dict(saved)
+    W1 = r["W1_final"]
+    s = np.linalg.svd(W1, compute_uv=False)
+    np.testing.assert_allclose(r["long/stable_rank_W1"], np.sum(s**2, 1) / s[:, 0] ** 2, rtol=1e-10)
+    x = np.array([[1.0, 0.99], [-1.0, 0.99]])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    dead = ~(np.einsum("bud,nd->bun", W1, x) > 1e-4 * np.linalg.norm(W1, axis=2)[:, :, None]).any(2)
+    np.testing.assert_array_equal(r["long/dead_units"], dead.sum(1))
+    assert r["long/converged"].any() and (~r["long/converged"]).any()
+    assert np.all(r["long/log_loss"][r["long/converged"]] < np.log(1e-4))
