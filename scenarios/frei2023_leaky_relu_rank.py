@@ -70,7 +70,7 @@ def claims(results, config):
     out = [
         fs.Claim("gf_stable_rank_at_most_2", float(sr[-1]), config["max_final_stable_rank"],
                  ok and sr[-1] <= config["max_final_stable_rank"],
-                 f"‖W‖_F²/‖W‖₂² at log t = {float(r['flow/log_t'][-1]):.3g} (at log t = {float(r["flow/log_t"][0]):.3g}: {sr[0]:.2f}); "
+                 f"‖W‖_F²/‖W‖₂² at log t = {float(r['flow/log_t'][-1]):.3g} (at log t = {float(r['flow/log_t'][0]):.3g}: {sr[0]:.2f}); "
                  f"σ₃/σ₁: {ratio3[1]:.3g} → {ratio3[-1]:.3g}; horizon reached: {ok}"),
         fs.Claim("gf_kkt_residual_falls", float(res[finite][-1]) if finite.any() else np.inf, float(res[finite][0])
                  if finite.any() else np.inf, ok and finite.sum() >= 2 and res[finite][-1] < res[finite][0],

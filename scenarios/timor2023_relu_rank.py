@@ -36,11 +36,12 @@ def wilson(k, n, level=0.95):
     return mid - half, mid + half
 
 
-def outcome(W1, W2, log_loss, X, target, kink_rel):
-    """Per run: converged, and for the others why: units dead on both inputs, inputs no unit sees. A unit
-    held at its kink (0 ≤ ⟨w_u, x⟩ ≤ kink_rel·‖w_u‖‖x‖: the flow slides along it) counts as inactive there."""
+def outcome(W1, W2, log_loss, X, target, dead_below):
+    """Per run: converged, and for the others why: units dead on both inputs, inputs no unit sees. Unit u
+    counts as active on x_i when it adds more than ``dead_below`` to the output, ‖W₂[:, u]‖·relu(⟨w_u, x_i⟩)
+    (a unit sliding along its kink, or shrunk to ~1e-6, is dead in effect)."""
     z = np.einsum("bud,nd->bun", W1, X)
-    active = z > kink_rel * np.linalg.norm(W1, axis=2)[:, :, None]
+    active = np.linalg.norm(W2, axis=1)[:, :, None] * np.maximum(z, 0.0) > dead_below
     return {"converged": log_loss < np.log(target), "dead_units": (~active.any(2)).sum(1),
             "dead_samples": (~active.any(1)).sum(1), "stable_rank_W1": np.asarray(fs.analysis.stable_rank(W1)),
             "stable_rank_W2": np.asarray(fs.analysis.stable_rank(W2)), "log_loss": log_loss}
@@ -62,9 +63,9 @@ def run(config):
     init = np.einsum("bud,nd->bun", W1[:, 0], X) > 0
     one_each = np.array([[1, 0], [0, 1]], bool)
     out = {"log_t": log_t, "log_loss": ll, "ok": np.asarray(traj.ok), "num_steps": np.asarray(traj.stats["num_steps"]),
-           "W1_final": W1[:, -1], "init_one_input_each": np.all(init == one_each, (1, 2)) | np.all(init == ~one_each, (1, 2))}
+           "W1_final": W1[:, -1], "W2_final": W2[:, -1], "init_one_input_each": np.all(init == one_each, (1, 2)) | np.all(init == ~one_each, (1, 2))}
     for name, i in (("paper", paper), ("long", -1)):
-        for key, value in outcome(W1[:, i], W2[:, i], ll[:, i], X, config["target_loss"], config["kink_rel"]).items():
+        for key, value in outcome(W1[:, i], W2[:, i], ll[:, i], X, config["target_loss"], config["dead_below"]).items():
             out[f"{name}/{key}"] = value
     # A rank-1 zero-loss solution: W₁ = [w; −w] with w = (c, 0) splits the inputs; W₂ rescales each.
     c = 1.0
@@ -181,7 +182,7 @@ scenario = fs.Scenario(
     name="timor2023_relu_rank",
     title="2×2 ReLU nets under gradient flow: how often the learned W₁ is near rank 1 vs rank 2",
     reference="Timor, Vardi & Shamir, ALT 2023, §3.2 and Theorem 3 (their code's setup, 288 seeds)",
-    config=dict(seeds=288, radius=1e-4, t_paper=300.0, t_long=1e4, n_save=60, target_loss=1e-4, kink_rel=1e-4,
+    config=dict(seeds=288, radius=1e-4, t_paper=300.0, t_long=1e4, n_save=60, target_loss=1e-4, dead_below=1e-4,
                 rtol=1e-8, atol=1e-10, max_steps=200_000),
     quick=dict(seeds=32, t_long=600.0, n_save=30),
     run=run, claims=claims, plot=plot,
