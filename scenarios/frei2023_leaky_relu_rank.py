@@ -51,7 +51,7 @@ def run(config):
            "kkt_log_t": np.asarray(flow.log_t)[kkt_idx], "kkt_residual": A.homogeneous_kkt_residuals(problem, params, degree=1),
            "agreement": compare.agreement, "one_minus_cos": compare.one_minus_cos,
            "svm_margin": svm.margin, "test_accuracy": float(np.mean(np.sign(jax.vmap(flow.final)(X_fresh)) == y_fresh)),
-           "orthogonality": float(np.diag(G).min() / (n * off))}
+           "orthogonality": float(np.diag(G).min() / (n * off)), "init_stable_rank": float(A.stable_rank(net.W))}
     for k, scale in enumerate(config["gd_scales"]):
         net_k = fs.networks.TwoLayer.init(jax.random.key(config["seed"]), d, m, scale=scale, leak=leak, balanced=True)
         gd = fs.gradient_descent(fs.Problem(net_k, X, y, "logistic", trainable=net_k.first_layer_filter()),
@@ -70,7 +70,8 @@ def claims(results, config):
     out = [
         fs.Claim("gf_stable_rank_at_most_2", float(sr[-1]), config["max_final_stable_rank"],
                  ok and sr[-1] <= config["max_final_stable_rank"],
-                 f"‖W‖_F²/‖W‖₂² at log t = {float(r['flow/log_t'][-1]):.3g} (at log t = {float(r['flow/log_t'][0]):.3g}: {sr[0]:.2f}); "
+                 f"‖W‖_F²/‖W‖₂² at log t = {float(r['flow/log_t'][-1]):.3g} (init {float(r['init_stable_rank']):.2f}, "
+                 f"log t = {float(r['flow/log_t'][0]):.3g}: {sr[0]:.2f}); "
                  f"σ₃/σ₁: {ratio3[1]:.3g} → {ratio3[-1]:.3g}; horizon reached: {ok}"),
         fs.Claim("gf_kkt_residual_falls", float(res[finite][-1]) if finite.any() else np.inf, float(res[finite][0])
                  if finite.any() else np.inf, ok and finite.sum() >= 2 and res[finite][-1] < res[finite][0],
@@ -94,9 +95,10 @@ def plot(results, config):
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     log_t = np.asarray(r["flow/log_t"])
     keep = log_t > 0
-    ax[0].semilogx(log_t[keep], np.asarray(r["stable_rank"])[keep], label="stable rank")
+    ax[0].loglog(log_t[keep], np.asarray(r["stable_rank"])[keep], label="stable rank")
+    ax[0].axhline(float(r["init_stable_rank"]), color="C0", ls=":", label="stable rank at t = 0")
     for k in (1, 2):
-        ax[0].semilogx(log_t[keep], np.asarray(r["sv_ratios"])[keep, k], label=f"σ{k + 1}/σ1")
+        ax[0].loglog(log_t[keep], np.asarray(r["sv_ratios"])[keep, k], label=f"σ{k + 1}/σ1")
     ax[0].set(xlabel="log t", title="GF: first-layer rank")
     ax[0].legend(fontsize=7)
     ax[1].loglog(np.asarray(r["kkt_log_t"]), np.asarray(r["kkt_residual"]), "o-")
@@ -113,8 +115,8 @@ scenario = fs.Scenario(
     name="frei2023_leaky_relu_rank",
     title="Leaky-ReLU nets on nearly orthogonal data: rank ≤ 2 first layer, KKT direction, linear boundary",
     reference="Frei, Vardi, Bartlett, Srebro & Hu, ICLR 2023 (Theorems 3.2, 4.2; Figure 1 trend)",
-    config=dict(seed=0, n=20, d=2000, m=20, leak=0.1, mu_power=0.25, init_scale=1e-4, n_fresh=500, log_t1=200.0,
-                first_log_t=0.5, n_save=30, rtol=1e-8, atol=1e-10, max_steps=50_000, kkt_saves=6,
+    config=dict(seed=0, n=20, d=5000, m=20, leak=0.1, mu_power=0.25, init_scale=1e-4, n_fresh=500, log_t1=200.0,
+                first_log_t=0.5, n_save=30, rtol=1e-8, atol=1e-10, max_steps=50_000, kkt_saves=10,
                 gd_scales=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], gd_lr=0.1, gd_steps=20,
                 max_final_stable_rank=2.05, min_agreement=0.95),
     quick=dict(n=10, d=200, m=8, log_t1=50.0, n_save=15, kkt_saves=4, n_fresh=200, gd_steps=5),
