@@ -148,11 +148,11 @@ def run_scipy(rhs, y0, t_end, exact, method, rtols, config):
 
         def f(t, y):
             calls[0] += 1
-            return np.asarray(fun(t, y))
+            return np.asarray(fun(float(t), y))  # one argument type: no recompilation while timed
 
         def J(t, y):
             calls[0] += 1
-            return np.asarray(jac(t, y))
+            return np.asarray(jac(float(t), y))
 
         start = time.perf_counter()
         sol = scipy.integrate.solve_ivp(f, (0.0, t_end), y0, method=method, rtol=rtol,
