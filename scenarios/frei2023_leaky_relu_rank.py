@@ -85,8 +85,9 @@ def claims(results, config):
     ]
     first = [float(r[f"gd/{k}/stable_rank"][1]) for k in range(len(config["gd_scales"]))]
     out.append(fs.Claim("gd_small_init_collapses_after_one_step", first[0], first[-1], first[0] < first[-1],
-                        "stable rank after ONE GD step by init scale: " + ", ".join(
-                            f"{s:g}: {v:.2f}" for s, v in zip(config["gd_scales"], first, strict=True))))
+                        "stable rank after ONE GD step (and after the last) by init scale: " + ", ".join(
+                            f"{s:g}: {v:.2f} ({float(r[f'gd/{k}/stable_rank'][-1]):.2f})"
+                            for k, (s, v) in enumerate(zip(config["gd_scales"], first, strict=True)))))
     return out
 
 
