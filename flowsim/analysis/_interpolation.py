@@ -253,7 +253,8 @@ def interpolation_limit(
     D, grad, phi, dphi = dual(lam)
     gnorm = np.linalg.norm(grad)
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         if gnorm <= 1e-13 * ynorm:
             break
         H = (A * dphi) @ A.T

@@ -214,7 +214,7 @@ class ShortKernelConvolutional(AbstractLinearTensorNetwork):
         return MarginGeometry(q=None, transform=jnp.eye(self.input_dim), rho=self.beta(), layer_coordinates=None)
 
 
-class Convolutional(abc.ABC):
+class Convolutional(abc.ABC):  # noqa: B024 - a constructor with two registered virtual subclasses, not an interface
     """Linear circular convolutional network f(x) = ⟨x ∗ v_1 ∗ … ∗ v_{L−1}, v_L⟩ (Yun, Krishnan &
     Mobahi, ICLR 2021): ``Convolutional(layers, kernel_size=None)`` builds a
     `FullLengthConvolutional` (filters of length k = d: an orthogonally decomposable network with
