@@ -95,10 +95,13 @@ class GradientFlowField(AbstractGradientField):
     fixed_arrays: PyTree  # leaves `trainable` excludes: traced, never differentiated
     static_model: PyTree = eqx.field(static=True)
     log_time: bool = eqx.field(static=True)
+    # The solve's tolerances (possibly traced): they set the kink band of non-smooth models.
+    rtol: Array | None = None
+    atol: Array | None = None
 
     def scaled_gradient(self, theta: Float[Array, " p"], log_scale) -> tuple[Array, Array]:
         if isinstance(self.problem.model, AbstractNonsmoothModel):
-            return min_norm_scaled_gradient(self, theta, log_scale)
+            return min_norm_scaled_gradient(self, theta, log_scale, self.rtol, self.atol)
         preds, pullback = jax.vjp(self.predictions, theta)
         cotangent = self.problem.loss.scaled_gradient(preds, self.problem.y, log_scale)
         (grad,) = pullback(cotangent / self.problem.num_samples)
@@ -114,9 +117,12 @@ class ModifiedGradientField(AbstractGradientField):
     static_model: PyTree = eqx.field(static=True)
     log_time: bool = eqx.field(static=True)
     lr: Float[Array, ""]
+    rtol: Array | None = None
+    atol: Array | None = None
 
     def scaled_gradient(self, theta: Float[Array, " p"], log_scale) -> tuple[Array, Array]:
-        plain = GradientFlowField(self.problem, self.unravel, self.fixed_arrays, self.static_model, self.log_time)
+        plain = GradientFlowField(self.problem, self.unravel, self.fixed_arrays, self.static_model, self.log_time,
+                                  self.rtol, self.atol)
 
         def gradient(th):
             return plain.scaled_gradient(th, log_scale)
@@ -144,14 +150,16 @@ def base_problem(problem) -> Problem:
     return problem.problem if isinstance(problem, ModifiedFlow) else problem
 
 
-def make_field(problem, log_time: bool) -> tuple[Array, AbstractGradientField]:
-    """θ₀ and the vector field for a ``Problem`` or a ``ModifiedFlow``."""
+def make_field(problem, log_time: bool, rtol=None, atol=None) -> tuple[Array, AbstractGradientField]:
+    """θ₀ and the vector field for a ``Problem`` or a ``ModifiedFlow``; ``rtol``, ``atol``: the solve's
+    tolerances (they set the kink band of non-smooth models; None: the models' defaults)."""
     inner = base_problem(problem)
     theta0, unravel, rest = flatten_model(inner.model, inner)
     fixed_arrays, static_model = eqx.partition(rest, eqx.is_array)
     if isinstance(problem, ModifiedFlow):
-        return theta0, ModifiedGradientField(inner, unravel, fixed_arrays, static_model, log_time, problem.lr)
-    return theta0, GradientFlowField(inner, unravel, fixed_arrays, static_model, log_time)
+        return theta0, ModifiedGradientField(inner, unravel, fixed_arrays, static_model, log_time, problem.lr,
+                                             rtol, atol)
+    return theta0, GradientFlowField(inner, unravel, fixed_arrays, static_model, log_time, rtol, atol)
 
 
 def time_from_log_t(log_t, log_time: bool):

@@ -297,7 +297,7 @@ def _invalid_input(problem: Problem, settings: Settings) -> jax.Array:
 
 @eqx.filter_jit
 def init_carry(problem, save_times, settings: Settings, static: _Static) -> _Carry:
-    theta0, field = make_field(problem, static.log_time)
+    theta0, field = make_field(problem, static.log_time, settings.rtol, settings.atol)
     inner = base_problem(problem)
     status = jnp.asarray(-1, dtype=jnp.int32)
     status = jnp.where(_invalid_input(inner, settings), Status.INVALID_INPUT, status)
@@ -360,7 +360,7 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
 
     Returns the new carry. ``status`` stays −1 when the segment ended at its step budget or at an
     ``end_time`` short of the horizon (the solve may continue); otherwise it says why it stopped."""
-    _, field = make_field(problem, static.log_time)
+    _, field = make_field(problem, static.log_time, settings.rtol, settings.atol)
     solver = make_solver(static.solver, settings.rtol, settings.atol, static.linear_solver)
     terms = make_terms(static.solver, field)
     done = carry.status >= 0
@@ -446,8 +446,8 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
 
 
 @eqx.filter_jit
-def _final_checks(problem, carry: _Carry, log_time: bool):
-    _, field = make_field(problem, log_time)
+def _final_checks(problem, carry: _Carry, settings: Settings, log_time: bool):
+    _, field = make_field(problem, log_time, settings.rtol, settings.atol)
     velocity = field(carry.time, carry.theta)
     finite_state = jnp.all(jnp.isfinite(carry.theta))
     # Also probe one proposed step ahead: a solver stalls in front of a field that turns NaN/Inf
@@ -492,8 +492,8 @@ def _metadata_tuple(metadata: dict, static: _Static, linear) -> tuple:
 
 @eqx.filter_jit
 def _finish(problem, carry: _Carry, save_times, settings: Settings, log_time: bool) -> Trajectory:
-    _, field = make_field(problem, log_time)
-    status = _final_checks(problem, carry, log_time)
+    _, field = make_field(problem, log_time, settings.rtol, settings.atol)
+    status = _final_checks(problem, carry, settings, log_time)
     # The final state is appended after the grid (as Diffrax's SaveAt(ts=…, t1=True) does).
     ts = jnp.concatenate([jnp.where(carry.filled, carry.save_time, carry.time), carry.time[None]])
     ys = jnp.concatenate([jnp.where(carry.filled[:, None], carry.saves, carry.theta[None, :]), carry.theta[None]])
@@ -510,7 +510,9 @@ def _finish(problem, carry: _Carry, save_times, settings: Settings, log_time: bo
     if isinstance(inner.model, AbstractNonsmoothModel):
         # Where the run ended against the ReLU kinks, and how many activation changes the saves saw.
         final_model = field.model(carry.theta)
-        stats["pairs_at_kink"] = kink_statistics(final_model, inner.X, settings.rtol, settings.atol)["pairs_at_kink"]
+        at_end = kink_statistics(final_model, inner.X, settings.rtol, settings.atol)
+        stats["pairs_at_kink"] = at_end["pairs_at_kink"]
+        stats["band_overflow"] = at_end["band_overflow"]
         stats["kink_crossings"] = kink_crossings(models, inner.X)
     return Trajectory(
         log_t=log_t,

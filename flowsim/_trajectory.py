@@ -96,6 +96,7 @@ class Trajectory(eqx.Module):
             member["rejected_fraction"] = _rejected_fraction(self.stats, index, status.size)
             if "pairs_at_kink" in self.stats:
                 member["pairs_at_kink"] = int(np.asarray(self.stats["pairs_at_kink"]).ravel()[index])
+                member["band_overflow"] = bool(np.asarray(self.stats["band_overflow"]).ravel()[index])
             text = _describe(Status(int(code)), float(log_t), member)
             if text and batched:
                 text = f"member {index}: {text}"
@@ -147,6 +148,9 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
         if info.get("pairs_at_kink"):
             text += (f" {int(info['pairs_at_kink'])} (neuron, sample) pairs sit at a ReLU kink at the last state: the "
                      "flow is sliding along a kink.")
+        if info.get("band_overflow"):
+            text += (" More pairs sit at kinks than the model's max_kinks, so the field there is not the minimum-norm "
+                     "subgradient: build the network with a larger max_kinks.")
         if rejected == rejected and rejected > 0.3:
             text += (f" {100 * rejected:.0f}% of the steps were rejected: the field changes abruptly here "
                      "(a kink of the model, or a field that is not finite just past this state).")
