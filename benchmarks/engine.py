@@ -86,6 +86,7 @@ def run_overhead(quick):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
+
     import flowsim as fs
 
     class PlainDiagonal(eqx.Module):

@@ -14,27 +14,27 @@ from ._config import enable_compilation_cache as _enable_compilation_cache
 _jax.config.update("jax_enable_x64", True)
 _enable_compilation_cache()
 
+from . import _data as data
+from . import analysis as analysis
+from . import harness as harness
+from . import networks as networks
+from ._batch import simulate_batch as simulate_batch
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
 from ._gd import gradient_descent as gradient_descent
 from ._losses import AbstractLoss as AbstractLoss
-from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._losses import Exponential as Exponential
 from ._losses import Logistic as Logistic
 from ._losses import Squared as Squared
+from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._problem import Problem as Problem
 from ._simulate import simulate as simulate
-from ._batch import simulate_batch as simulate_batch
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim
 from .harness import Scenario as Scenario
 from .harness import show_progress as show_progress
 from .harness import sweep as sweep
-from . import _data as data
-from . import analysis as analysis
-from . import harness as harness
-from . import networks as networks
 
 __version__ = "0.1.0"

@@ -79,7 +79,7 @@ class Problem(eqx.Module):
 
     model: PyTree
     X: Float[Array, "n d"]
-    y: Float[Array, "n *k"]
+    y: Float[Array, "n *k"]  # noqa: F821 (a jaxtyping shape string)
     loss: AbstractLoss
     # One bool per leaf of `model` (in tree order): which leaves are θ. Static, so stacked
     # problems (vmap) share it and it never becomes an array.

@@ -6,9 +6,7 @@ import sys
 import textwrap
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import flowsim as fs

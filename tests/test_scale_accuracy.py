@@ -10,7 +10,6 @@ primal and against the ℓ2 / ℓ1 max-margin programs in the limits μ → ∞ 
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

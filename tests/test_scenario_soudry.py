@@ -8,8 +8,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from flowsim.harness import _runner
-from flowsim.harness import main
+from flowsim.harness import _runner, main
 
 SCENARIO = pathlib.Path(__file__).resolve().parents[1] / "scenarios" / "soudry2018_logistic.py"
 

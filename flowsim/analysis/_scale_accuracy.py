@@ -40,7 +40,6 @@ from .._simulate import simulate
 from .._trajectory import Status
 from ..networks import SignedDiagonal
 
-
 _MAX_LOG_INV_MU = 1e8
 
 

@@ -10,7 +10,7 @@ from ._convolutional import ShortKernelConvolutional as ShortKernelConvolutional
 from ._diagonal import Diagonal as Diagonal
 from ._fully_connected import FullyConnected as FullyConnected
 from ._linear import Linear as Linear
-from ._signed import SignedDiagonal as SignedDiagonal
-from ._tensor import TensorNetwork as TensorNetwork
 from ._relu import MLP as MLP
 from ._relu import TwoLayer as TwoLayer
+from ._signed import SignedDiagonal as SignedDiagonal
+from ._tensor import TensorNetwork as TensorNetwork
