@@ -26,6 +26,7 @@ from ._gd import gradient_descent as gradient_descent
 from ._losses import AbstractLoss as AbstractLoss
 from ._losses import Exponential as Exponential
 from ._losses import Logistic as Logistic
+from ._losses import SoftmaxCrossEntropy as SoftmaxCrossEntropy
 from ._losses import Squared as Squared
 from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._problem import Problem as Problem

@@ -20,8 +20,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import numpy as np
+from matplotlib.ticker import NullFormatter
 from sklearn.datasets import load_digits
 
 import flowsim as fs
