@@ -197,7 +197,7 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                 store.save(carry, current)
                 last_write = _time.perf_counter()
             was_trial, trial_span = trial_span is not None, None
-            if not auto or int(carry.status) >= 0 or time1 <= time0 or steps == 0:
+            if not auto or nonsmooth or int(carry.status) >= 0 or time1 <= time0 or steps == 0:
                 continue
             step = float(carry.dt)  # the step the controller proposes next: the cost ahead
             if not (math.isfinite(step) and step > 0):
