@@ -68,7 +68,8 @@ class Problem(eqx.Module):
     - ``X``: inputs, shape (n, d).
     - ``y``: targets, shape (n,) (labels ±1 for classification) or (n, k).
     - ``loss``: ``"squared"`` (ℓ = ½‖f − y‖²), ``"logistic"`` (ℓ = log(1 + e^{−yf})) or
-      ``"exponential"`` (ℓ = e^{−yf}), or an ``AbstractLoss`` instance.
+      ``"exponential"`` (ℓ = e^{−yf}), ``"cross_entropy"`` (softmax cross-entropy; y one-hot rows of
+      shape (n, k)), or an ``AbstractLoss`` instance.
     - ``trainable``: which leaves are θ — an Equinox filter spec, i.e. a callable leaf → bool or
       a pytree of bools shaped like ``model`` (default: every inexact-array leaf). Leaves it
       excludes stay fixed exactly (e.g. the fixed outer layer of Frei et al. 2023).
@@ -122,6 +123,16 @@ class Problem(eqx.Module):
                 f"model output for one input has shape {tuple(out.shape)} but targets y[i] have shape {expected}; "
                 "a model maps ONE input x of shape (d,) to a scalar (or (k,) for multi-output regression)"
             )
+        if self.loss.name == "cross_entropy":
+            if y.ndim != 2 or y.shape[1] < 2:
+                raise ValueError(f"cross_entropy needs targets y of shape (n, k) with k ≥ 2 classes (one-hot or "
+                                 f"probability rows), got shape {tuple(y.shape)}")
+            if is_concrete(y):
+                rows = np.asarray(y)
+                bad = np.flatnonzero((rows < 0).any(axis=1) | ~np.isclose(rows.sum(axis=1), 1.0, atol=1e-12))
+                if bad.size:
+                    raise ValueError(f"cross_entropy targets must be probability rows (entries ≥ 0 summing to 1); "
+                                     f"row {int(bad[0])} is {rows[bad[0]].tolist()}")
         if self.loss.is_classification:
             if y.ndim != 1:
                 raise ValueError(f"{self.loss.name} loss needs scalar labels y of shape (n,), got {tuple(y.shape)}")

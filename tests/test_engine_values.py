@@ -286,3 +286,24 @@ def test_trainable_filter_keeps_excluded_leaves_fixed_exactly():
         fs.Problem(net, X, y, "logistic", trainable=lambda leaf: "yes")
     with pytest.raises(ValueError, match="does not match the model"):
         fs.Problem(net, X, y, "logistic", trainable=(True,))
+
+
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (np.array([0.0, 1.0, 2.0]), r"shape \(n, k\) with k ≥ 2"),
+        (np.array([[1.0, 0.0], [0.5, 0.6], [0.0, 1.0]]), "row 1 is"),
+        (np.array([[1.0, 0.0], [-1.0, 2.0], [0.0, 1.0]]), "row 1 is"),
+    ],
+)
+def test_cross_entropy_targets_must_be_probability_rows(y, match):
+    class Logits(eqx.Module):
+        W: jax.Array
+
+        def __call__(self, x):
+            return self.W @ x
+
+    k = 1 if y.ndim == 1 else y.shape[1]
+    model = Logits(jnp.zeros((k, 2))) if y.ndim == 2 else Linear(jnp.zeros(2))
+    with pytest.raises(ValueError, match=match):
+        fs.Problem(model, np.ones((3, 2)), y, "cross_entropy")
