@@ -3,7 +3,7 @@
 Every generator is deterministic in `seed` (NumPy's default generator), returns float64 NumPy arrays, and
 draws inputs x_i ~ N(0, I_d). `symmetric=True` makes every input circularly even, x_j = x_{(−j) mod d}, so its
 DFT is real: a full-length convolutional network trained on such data keeps real, even filters and stays a
-*real* diagonal network in the DFT basis (Yun, Krishnan & Mobahi, ICLR 2021; science.md §2), where the
+*real* diagonal network in the DFT basis (Yun, Krishnan & Mobahi, ICLR 2021), where the
 per-coordinate mirror map applies.
 """
 

@@ -1,6 +1,6 @@
 """Per-sample losses, their logs, and the stably scaled gradient that drives the flow.
 
-Every loss provides three things (science.md §1):
+Every loss provides three things (the log-time weights of the README, "The engine"):
 
 - ``per_sample(prediction, target)``: ℓ_i, which may underflow to 0;
 - ``log_per_sample(prediction, target)``: log ℓ_i, finite where ℓ_i underflows;
