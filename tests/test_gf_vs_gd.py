@@ -332,7 +332,7 @@ def test_elkabetz_quick_run_holds_its_claims(tmp_path):
     code = main(["run", str(SCENARIOS / "elkabetz2021_gf_vs_gd.py"), "--quick", "--strict", "--out",
                  str(tmp_path / "runs"), "--figures", str(tmp_path / "figs")])
     assert code == 0  # --strict: every claim holds and every flow reached its horizon
-    run_dir = tmp_path / "runs" / "elkabetz2021_gf_vs_gd"
+    run_dir = tmp_path / "runs" / "elkabetz2021_gf_vs_gd-quick"  # --quick runs never overwrite a full run
     summary = json.loads((run_dir / "summary.json").read_text())
     claims = {c["name"]: c for c in summary["claims"]}
     with np.load(run_dir / "results.npz", allow_pickle=False) as r:
