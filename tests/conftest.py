@@ -4,6 +4,7 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 import scipy.optimize
 
 jax.config.update("jax_enable_x64", True)
@@ -12,6 +13,15 @@ _cache = pathlib.Path(os.environ.get("FLOWSIM_JAX_CACHE", pathlib.Path.home() / 
 _cache.mkdir(parents=True, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop in-memory compiled programs after each test module. Hundreds of XLA programs kept alive in one
+    process ended in a segfault inside XLA's CPU compiler late in the full suite (never in a module run
+    alone); the persistent cache above makes the recompiles cheap."""
+    yield
+    jax.clear_caches()
 
 
 # ----------------------------------------------------------------------------------------------------------
