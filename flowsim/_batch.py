@@ -15,6 +15,14 @@ from ._problem import Problem
 from ._simulate import simulate
 from ._trajectory import Trajectory
 
+_VALUE_OPTIONS = ("t1", "log_t1", "rtol", "atol", "target_log_loss")
+
+
+@eqx.filter_jit
+def _solve(problems, values, structure):
+    """One compiled vmapped solve, cached by the problems' structure and ``structure``."""
+    return eqx.filter_vmap(lambda problem: simulate(problem, **values, **structure))(problems)
+
 
 def batch_size(problems) -> int:
     """The leading axis shared by every array leaf of a stacked Problem."""
@@ -63,7 +71,11 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, **o
         raise ValueError("devices is empty: give at least one device")
     mesh = Mesh(np.asarray(devices), ("batch",))
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
-    solve = eqx.filter_jit(eqx.filter_vmap(lambda problem: simulate(problem, **options)))
+    # Values (tolerances, horizon, target) travel as arrays, so new values reuse the compiled solve;
+    # the rest (solver, save count, ...) is structure and part of the cache key.
+    values = {key: jnp.asarray(value, dtype=jnp.float64) for key, value in options.items()
+              if key in _VALUE_OPTIONS and value is not None}
+    structure = {key: value for key, value in options.items() if key not in values}
 
     start = time.perf_counter()
     pieces = []
@@ -75,7 +87,7 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, **o
         part = eqx.filter(part, eqx.is_array)
         part = jax.device_put(part, sharding)
         part = eqx.combine(part, eqx.filter(problems, lambda leaf: not eqx.is_array(leaf)))
-        result = solve(part)
+        result = _solve(part, values, structure)
         pieces.append(jax.tree_util.tree_map(lambda leaf: leaf[:members] if eqx.is_array(leaf) else leaf, result))
     if len(pieces) == 1:
         batched = pieces[0]
