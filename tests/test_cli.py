@@ -131,6 +131,21 @@ def test_run_all_and_list(project, capsys):
     assert "Traceback" not in err
 
 
+def test_showcase_runs_only_the_marked_scenarios(project, capsys):
+    write_scenario(project / "scenarios", "alpha")
+    write_scenario(project / "scenarios", "slow", DECAY.replace("quick={\"n\": 20}", "quick={\"n\": 20}, showcase=False"))
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "slow  (" in out and "[not in --showcase]" in out
+    code, out, _ = run_cli(capsys, "run", "--showcase", "--quick")
+    assert code == 0 and "--showcase --quick: 1 scenario(s)" in out
+    assert (project / "runs/alpha-quick/summary.json").exists() and not (project / "runs/slow-quick").exists()
+    code, out, _ = run_cli(capsys, "run", "--all", "--quick")
+    assert code == 0 and "2 scenario(s)" in out and (project / "runs/slow-quick/summary.json").exists()
+    (project / "scenarios" / "alpha.py").unlink()
+    code, _, err = run_cli(capsys, "run", "--showcase", "--quick")
+    assert code == 2 and "no showcase scenarios" in err
+
+
 # --------------------------------------------------------------------------------------------
 # Errors: one message, exit code 2, no traceback wall.
 
@@ -158,7 +173,10 @@ scenario = fs.Scenario(name="crash", title="t", reference="r", config={"n": 4}, 
         (DECAY, ["run", "{file}", "--set", "rat=2"], "valid keys: n, rate, t1, tags, threshold"),
         (DECAY, ["run", "{file}", "--set", "n=many"], "n expects an integer (default 200); 'many' is not an integer"),
         (DECAY, ["run", "{file}", "--set", "n"], "expected key=value"),
-        (None, ["run"], "give either a scenario FILE or --all"),
+        (None, ["run"], "give either a scenario FILE, --all or --showcase"),
+        (None, ["run", "--all", "--showcase"], "give --all (every scenario) or --showcase"),
+        ("import flowsim as fs\nscenario = fs.Scenario(name='s', title='t', reference='r', config={}, "
+         "run=lambda c: {}, showcase='yes')\n", ["run", "{file}"], "showcase must be True or False, got 'yes'"),
         (None, ["plot", "runs/none"], "no run folder 'runs/none'"),
         (None, ["run", "--all", "--dir", "nope"], "no scenario folder 'nope'"),
     ],

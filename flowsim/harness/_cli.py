@@ -3,6 +3,7 @@
     flowsim list [--dir DIR]
     flowsim run FILE [--quick] [--fresh] [--set key=value ...] [--out DIR] [--figures DIR] [--strict]
     flowsim run --all [--dir DIR] [--quick] [--fresh] [--out DIR] [--figures DIR] [--strict]
+    flowsim run --showcase [...]   (as --all, only the scenarios marked showcase=True)
     flowsim plot RUN_DIR [--figures DIR] [--scenario FILE]
 
 A run goes to OUT/<name>/ (OUT/<name>-quick/ with --quick). Rerunning an interrupted run resumes it
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario file (or --all), save results, draw figures, check claims")
     run.add_argument("file", nargs="?", help="scenario file, e.g. scenarios/soudry2018_logistic.py")
     run.add_argument("--all", action="store_true", help="run every scenario in --dir (default ./scenarios)")
+    run.add_argument("--showcase", action="store_true",
+                     help="run the showcase scenarios in --dir (those with showcase=True: the main job, ~30 min)")
     run.add_argument("--dir", default="scenarios", help="scenario folder for --all (default: ./scenarios)")
     run.add_argument("--quick", action="store_true", help="use the scenario's quick overrides (a fast check)")
     run.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -124,7 +127,8 @@ def _list(args) -> int:
             print(f"{f}\n    cannot be loaded: {e}\n")
             status = EXIT_ERROR
             continue
-        print(f"{s.name}  ({f})\n    {s.title}\n    {s.reference}\n")
+        mark = "" if s.showcase else "  [not in --showcase]"
+        print(f"{s.name}  ({f}){mark}\n    {s.title}\n    {s.reference}\n")
     return status
 
 
@@ -132,14 +136,17 @@ def _run(args, debug: bool) -> int:
     from ._runner import run_scenario
     from ._scenario import ScenarioError, find_scenarios, load_scenario, parse_set_args
 
-    if args.all == bool(args.file):
-        raise ScenarioError("give either a scenario FILE or --all (e.g. `flowsim run scenarios/x.py`).")
-    if args.all and args.sets:
-        raise ScenarioError("--set applies to one scenario; use it with FILE, not with --all.")
+    if args.all and args.showcase:
+        raise ScenarioError("give --all (every scenario) or --showcase (the showcase subset), not both.")
+    every = args.all or args.showcase
+    if every == bool(args.file):
+        raise ScenarioError("give either a scenario FILE, --all or --showcase (e.g. `flowsim run scenarios/x.py`).")
+    if every and args.sets:
+        raise ScenarioError("--set applies to one scenario; use it with FILE, not with --all/--showcase.")
     overrides = parse_set_args(args.sets)
     kwargs = dict(quick=args.quick, out=args.out, figures=args.figures, fresh=args.fresh)
 
-    if not args.all:
+    if not every:
         scenario, path = load_scenario(args.file)
         scenario.make_config(quick=args.quick, overrides=overrides)  # refuse bad --set before any work
         summary = run_scenario(scenario, path, overrides=overrides, **kwargs)
@@ -156,6 +163,9 @@ def _run(args, debug: bool) -> int:
         t0 = time.perf_counter()
         try:
             scenario, path = load_scenario(f)
+            if args.showcase and not scenario.showcase:
+                print("    skipped: not a showcase scenario (`flowsim run --all` runs it)", file=sys.stderr)
+                continue
             summary = run_scenario(scenario, path, **kwargs)
         except ScenarioError as e:
             _error(str(e), e if debug else None)
@@ -167,8 +177,11 @@ def _run(args, debug: bool) -> int:
         if not summary["solver_ok"]:
             status += ", solver FAIL"
         rows.append((scenario.name, status, time.perf_counter() - t0))
+    if not rows:
+        raise ScenarioError(f"no showcase scenarios in {args.dir}/ (mark one with showcase=True).")
     width = max(len(r[0]) for r in rows)
-    print(f"flowsim run --all{' --quick' if args.quick else ''}: {len(rows)} scenario(s), "
+    print(f"flowsim run {'--showcase' if args.showcase else '--all'}{' --quick' if args.quick else ''}: "
+          f"{len(rows)} scenario(s), "
           f"{time.perf_counter() - t_all:.1f} s")
     for name, status, wall in rows:
         print(f"  {name:<{width}}  {status:<18} {wall:8.1f} s")

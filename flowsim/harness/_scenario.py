@@ -114,6 +114,8 @@ class Scenario:
       rerun of an interrupted run continues from its checkpoints and finished sweep members.
     - `claims(results, config) -> list[fs.Claim]`: evaluated on the results as saved and reloaded.
     - `plot(results, config) -> dict[str, Figure]`: figures from the reloaded results only.
+    - `showcase`: whether `flowsim run --showcase` (the README's main command, which must fit
+      ~30 minutes on 2 cores) runs it; `flowsim run --all` runs every scenario either way.
     """
 
     name: str
@@ -124,6 +126,7 @@ class Scenario:
     claims: Callable[[dict, dict], list] | None = None
     plot: Callable[[dict, dict], Mapping[str, Any]] | None = None
     quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    showcase: bool = True
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -136,6 +139,8 @@ class Scenario:
                 raise ValueError(f"Scenario {self.name!r}: {field} must be a string.")
         if not isinstance(self.config, Mapping):
             raise ValueError(f"Scenario {self.name!r}: config must be a dict, got {type(self.config).__name__}.")
+        if not isinstance(self.showcase, bool):
+            raise ValueError(f"Scenario {self.name!r}: showcase must be True or False, got {self.showcase!r}.")
         if not isinstance(self.quick, Mapping):
             raise ValueError(f"Scenario {self.name!r}: quick must be a dict, got {type(self.quick).__name__}.")
         for key in self.config:
