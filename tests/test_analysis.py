@@ -175,6 +175,16 @@ def test_normalized_margin_batched_and_jittable():
     np.testing.assert_allclose(A_.normalized_margin(1e200 * B, X, y, 3.0), A_.normalized_margin(B, X, y, 3.0), rtol=1e-13)
 
 
+def test_singular_values_of_wide_tall_and_batched_matrices_match_numpy():
+    rng = np.random.default_rng(3)
+    for shape in [(4, 300), (300, 4), (5, 5), (6, 3, 200)]:
+        W = rng.standard_normal(shape) * np.geomspace(1, 1e-6, shape[-1])  # spread singular values
+        ref = np.linalg.svd(W, compute_uv=False)
+        np.testing.assert_allclose(A_.singular_values(W), ref, rtol=1e-10, atol=1e-14 * ref.max())
+        np.testing.assert_allclose(A_.singular_value_ratios(W), ref / ref[..., :1], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(A_.stable_rank(W), (ref**2).sum(-1) / ref[..., 0] ** 2, rtol=1e-12)
+
+
 def test_stable_rank():
     W = np.random.default_rng(9).standard_normal((3, 4, 5, 6))
     ref = np.array([[np.linalg.norm(w, "fro") ** 2 / np.linalg.norm(w, 2) ** 2 for w in row] for row in W])

@@ -30,6 +30,7 @@ from ._margins import max_margin as max_margin
 from ._margins import max_margin_solution as max_margin_solution
 from ._margins import max_margin_value as max_margin_value
 from ._margins import normalized_margin as normalized_margin
+from ._ranks import singular_values as singular_values
 from ._ranks import stable_rank as stable_rank
 from ._regression import min_norm_interpolant as min_norm_interpolant
 from ._regression import rank_one_limit as rank_one_limit

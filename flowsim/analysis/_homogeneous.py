@@ -31,6 +31,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import as_positive_float
 from .._nonsmooth import AbstractNonsmoothModel
+from ._ranks import singular_values
 
 # ----------------------------------------------------------------------------- plumbing
 
@@ -354,7 +355,7 @@ def singular_value_ratios(W: ArrayLike) -> Float[Array, "*batch r"]:
     W = jnp.asarray(W, dtype=jnp.float64)
     if W.ndim < 2 or W.shape[-1] == 0 or W.shape[-2] == 0:
         raise ValueError(f"W must have shape (..., m, k) with m, k ≥ 1; got shape {W.shape}")
-    s = jnp.linalg.svd(W, compute_uv=False)
+    s = singular_values(W)
     return s / s[..., :1]
 
 
