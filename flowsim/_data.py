@@ -87,3 +87,32 @@ def separable(
         if len(X) == n:
             return X, np.sign(X @ teacher)
     raise ValueError(f"gap = {gap} is too large: few Gaussian points lie that far from the teacher's hyperplane")
+
+
+def relu_teacher_student(
+    n: int, d: int, width: int = 2, seed: int = 0
+) -> tuple[Float[np.ndarray, "n d"], Float[np.ndarray, " n"], Float[np.ndarray, "m d"], Float[np.ndarray, " m"]]:
+    """Regression data labelled by a bias-free two-layer ReLU teacher f*(x) = Σ_j a_j relu(⟨u_j, x⟩).
+
+    Inputs are uniform on the unit sphere (x_i = g_i/‖g_i‖, g_i ~ N(0, I_d)); the teacher's rows u_j are
+    orthonormal (a random orthonormal frame, so ``width`` ≤ d) and a_j = +1, −1, +1, … alternate, so the
+    teacher is balanced (‖u_j‖ = |a_j| = 1), its first layer has rank ``width``, and its path norm
+    Σ_j |a_j|‖u_j‖ = ``width``. Used for the depth study of Timor, Vardi & Shamir (ALT 2023).
+
+    **Arguments:** ``n`` samples, ``d`` input dimension, ``width`` teacher units (1 ≤ width ≤ d), ``seed``.
+
+    **Returns:** ``(X, y, U, a)``: inputs (n, d), targets y_i = f*(x_i) (n,), teacher rows U (width, d) and
+    outer weights a (width,).
+    """
+    from ._checks import as_int
+
+    n, d, width = as_int("n", n), as_int("d", d), as_int("width", width)
+    if width > d:
+        raise ValueError(f"the teacher's width must be at most d = {d} (its rows are orthonormal), got {width}")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, width)))
+    U = Q.T
+    a = np.where(np.arange(width) % 2 == 0, 1.0, -1.0)
+    return X, np.maximum(X @ U.T, 0.0) @ a, U, a
