@@ -1,5 +1,15 @@
-"""``simulate_batch``: one compiled, vmapped solve of many problems, sharded over every device."""
+"""``simulate_batch``: many problems as vmapped solves, sharded over every device (and every process).
 
+Two schedules. ``"lockstep"``: each chunk is ONE compiled ``eqx.filter_vmap(fs.simulate)``; a vmapped
+while loop runs until its slowest member is done, so every member pays the slowest one's steps.
+``"refill"``: a fixed set of slots steps in short segments (the engine's own exact continuation:
+solver, controller state and next step carried over); after each segment the members that finished
+leave their slots and the next members of the batch take them, so no member waits for a slow one for
+longer than a segment. Both give every member exactly the steps and values of its own single solve.
+"""
+
+import dataclasses
+import inspect
 import math
 import time
 
@@ -9,19 +19,52 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._checks import as_int
-from ._flow import ModifiedFlow
+from ._checks import as_choice, as_int
+from ._flow import ModifiedFlow, make_field, time_from_log_t
 from ._problem import Problem
-from ._simulate import simulate
-from ._trajectory import Trajectory
+from ._simulate import (
+    _MAX_LINEAR_LOG_T,
+    Settings,
+    _explicit_grid,
+    _finish,
+    _horizon,
+    _metadata_tuple,
+    _Static,
+    _tolerance,
+    init_carry,
+    save_grid,
+    segment,
+    simulate,
+)
+from ._solvers import LINEAR_SOLVER_NAMES, SOLVER_NAMES, resolve_linear_solver
+from ._trajectory import Status, Trajectory
 
 _VALUE_OPTIONS = ("t1", "log_t1", "rtol", "atol", "target_log_loss")
+SCHEDULES = ("lockstep", "refill")
 
 
 @eqx.filter_jit
 def _solve(problems, values, structure):
     """One compiled vmapped solve, cached by the problems' structure and ``structure``."""
     return eqx.filter_vmap(lambda problem: simulate(problem, **values, **structure))(problems)
+
+
+@eqx.filter_jit
+def _refill_segment(problems, carry, is_new, save_times, settings, static):
+    """One segment for every slot: slots with ``is_new`` start their member's solve afresh (``init_carry``),
+    the others continue theirs; at most ``static.max_steps`` steps each."""
+
+    def one(problem, kept, new):
+        start = init_carry(problem, save_times, settings, static)
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(new, a, b), start, kept)
+        return segment(problem, carry, save_times, settings, settings.time1, static)
+
+    return eqx.filter_vmap(one)(problems, carry, is_new)
+
+
+@eqx.filter_jit
+def _refill_finish(problems, carry, save_times, settings, log_time):
+    return eqx.filter_vmap(lambda problem, c: _finish(problem, c, save_times, settings, log_time))(problems, carry)
 
 
 def batch_size(problems) -> int:
@@ -36,64 +79,224 @@ def batch_size(problems) -> int:
     return sizes.pop()
 
 
-def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, **options) -> Trajectory:
-    """Solve a batch of problems as ONE compiled ``eqx.filter_vmap(fs.simulate)``, sharded over devices.
+def _to_devices(tree, sharding):
+    """Host arrays (the same on every process) as global arrays split over ``sharding``'s devices: each
+    process supplies the shards of its own devices, so this works across processes too."""
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.make_array_from_callback(np.shape(leaf), sharding, lambda index: leaf[index]), tree)
+
+
+def _to_host(tree):
+    """Global arrays back as numpy on every process (``process_allgather`` when some shards live on other
+    processes' devices)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if all(leaf.is_fully_addressable for leaf in leaves if isinstance(leaf, jax.Array)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _take(tree, index):
+    return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
+
+
+def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, schedule: str = "lockstep",
+                   segment_steps: int = 50, **options) -> Trajectory:
+    """Solve a batch of problems as vmapped ``fs.simulate`` solves, sharded over devices.
 
     **Arguments:**
 
     - ``problems``: a ``fs.Problem`` whose array leaves carry a leading batch axis (what
       ``eqx.filter_vmap(lambda seed: fs.Problem(...))(seeds)`` builds).
-    - ``chunk_size``: members solved at once (default: the whole batch). Smaller chunks bound the
-      memory, and since a vmapped solve steps in lockstep until its slowest member finishes, they
-      also stop one slow member (a stiff one, or one stalled at a kink) from holding everyone.
+    - ``chunk_size``: members solved at once (default: the whole batch for ``"lockstep"``, 96 slots
+      for ``"refill"``); rounded up to a multiple of the device count.
     - ``devices``: the devices to shard over (default ``jax.devices()``: every GPU, or every CPU
       device — ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` makes four on one CPU; after
-      ``jax.distributed.initialize()`` the devices of every process).
+      ``jax.distributed.initialize()`` the devices of every process, and every process gets the
+      whole result).
+    - ``schedule``: ``"lockstep"`` (each chunk one vmapped solve: its while loop runs until the
+      chunk's slowest member is done) or ``"refill"`` (``chunk_size`` slots step in segments of
+      ``segment_steps`` steps; a finished member's slot goes to the next member at once).
+    - ``segment_steps``: steps per refill segment, rounded down to a divisor of ``max_steps`` so a
+      member stops at exactly ``max_steps`` as its single solve would.
     - ``**options``: as ``fs.simulate`` (horizon, solver, tolerances, target, …). Under vmap
       ``solver="auto"`` cannot measure stiffness, so it is Kvaerno5 in log time and Tsit5 in
       linear time; name the solver when you know the problem.
 
     **Returns:** a batched ``fs.Trajectory``: every leaf with the batch axis first; each member keeps
     its own steps, status and message (``traj.message`` names the members that failed).
+    ``traj.info["lockstep_waste"]`` is the work done over the work needed: Σ over the compiled
+    calls of slots × loop iterations, over Σ member steps (1 = no member waited).
 
-    Each chunk is padded to a multiple of the device count (with copies of its last member, dropped
-    afterwards) and split over a one-axis ``jax.sharding.Mesh`` with ``NamedSharding``; JAX's
-    partitioner runs the members of each device independently, with no communication.
+    Arrays go to a one-axis ``jax.sharding.Mesh`` with ``NamedSharding`` (padded with copies of a
+    member, dropped afterwards); JAX's partitioner runs each device's members independently, with no
+    communication. A member's adaptive steps never depend on its batch neighbours, so both schedules
+    return each member's single solve.
     """
     if not isinstance(problems, (Problem, ModifiedFlow)):
         raise TypeError(f"problems must be a stacked flowsim.Problem, got {type(problems).__name__}")
     if "checkpoint" in options:
         raise ValueError("simulate_batch does not take checkpoint=: checkpoint single solves, or chunks yourself")
+    schedule = as_choice("schedule", schedule, SCHEDULES)
     size = batch_size(problems)
-    chunk = size if chunk_size is None else as_int("chunk_size", chunk_size)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty: give at least one device")
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+    default_chunk = size if schedule == "lockstep" else min(size, 96)
+    chunk = default_chunk if chunk_size is None else as_int("chunk_size", chunk_size)
+    chunk = math.ceil(min(chunk, size) / len(devices)) * len(devices)
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec("batch"))
+    arrays, rest = eqx.partition(problems, eqx.is_array)
+    arrays = jax.device_get(arrays)  # host copies (the same on every process) to gather chunks from
+
+    start = time.perf_counter()
+    if schedule == "lockstep":
+        batched, waste = _lockstep(arrays, rest, size, chunk, sharding, options)
+    else:
+        segment_steps = as_int("segment_steps", segment_steps)
+        batched, waste = _refill(arrays, rest, size, chunk, sharding, segment_steps, options)
+    batched = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf, batched)
+    batched = jax.block_until_ready(batched)
+    wall = time.perf_counter() - start
+    metadata = dict(batched.metadata, schedule=schedule, lockstep_waste=waste)
+    batched = dataclasses.replace(batched, metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
+    return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], batched, jnp.full((size,), wall))
+
+
+def _lockstep(arrays, rest, size, chunk, sharding, options):
+    """Each chunk (padded with copies of its last member) as ONE compiled vmapped ``simulate``."""
     # Values (tolerances, horizon, target) travel as arrays, so new values reuse the compiled solve;
     # the rest (solver, save count, ...) is structure and part of the cache key.
     values = {key: jnp.asarray(value, dtype=jnp.float64) for key, value in options.items()
               if key in _VALUE_OPTIONS and value is not None}
     structure = {key: value for key, value in options.items() if key not in values}
-
-    start = time.perf_counter()
-    pieces = []
+    pieces, work = [], 0
     for begin in range(0, size, chunk):
         members = min(chunk, size - begin)
-        padded = math.ceil(members / len(devices)) * len(devices)
-        index = np.minimum(np.arange(begin, begin + padded), begin + members - 1)
-        part = jax.tree_util.tree_map(lambda leaf: leaf[index] if eqx.is_array(leaf) else leaf, problems)
-        part = eqx.filter(part, eqx.is_array)
-        part = jax.device_put(part, sharding)
-        part = eqx.combine(part, eqx.filter(problems, lambda leaf: not eqx.is_array(leaf)))
-        result = _solve(part, values, structure)
-        pieces.append(jax.tree_util.tree_map(lambda leaf: leaf[:members] if eqx.is_array(leaf) else leaf, result))
-    if len(pieces) == 1:
-        batched = pieces[0]
+        index = np.minimum(np.arange(begin, begin + chunk), begin + members - 1)
+        part = eqx.combine(_to_devices(_take(arrays, index), sharding), rest)
+        solved = _solve(part, values, structure)
+        result = _to_host(eqx.filter(solved, eqx.is_array))
+        work += chunk * int(np.max(result.stats["num_steps"]))
+        pieces.append(_take(result, slice(0, members)))
+    arrays_out = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *pieces)
+    batched = eqx.combine(arrays_out, eqx.filter(solved, eqx.is_array, inverse=True))
+    return batched, work / max(int(np.sum(batched.stats["num_steps"])), 1)
+
+
+def _plan(problem, options):
+    """``fs.simulate``'s argument handling for a solve driven here in segments: (save_times, settings,
+    static, metadata, linear solver). Checks and defaults are simulate's own (its signature and helpers)."""
+    try:
+        bound = inspect.signature(simulate).bind(problem, **options)
+    except TypeError as error:
+        raise TypeError(f"simulate_batch: {error}") from None
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["progress"]:
+        raise ValueError("schedule='refill' does not show progress=True: it reports per segment in Python instead")
+    if (a["t1"] is None) == (a["log_t1"] is None):
+        raise ValueError("give exactly one horizon: t1 (physical time) or log_t1 (t1 = e^log_t1), "
+                         f"got t1={a['t1']!r}, log_t1={a['log_t1']!r}")
+    if a["t1"] is not None:
+        t1 = _horizon("t1", a["t1"], positive=True)
+        log_horizon = jnp.log(t1)
     else:
-        batched = jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves) if eqx.is_array(leaves[0])
-                                         else leaves[0], *pieces)
-    batched = jax.block_until_ready(batched)
-    wall = time.perf_counter() - start
-    return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], batched, jnp.full((size,), wall))
+        log_horizon = _horizon("log_t1", a["log_t1"], positive=False)
+    time_choice = as_choice("time", a["time"], ("auto", "linear", "log"))
+    log_time = (a["log_t1"] is not None) if time_choice == "auto" else (time_choice == "log")
+    if not log_time and float(log_horizon) > _MAX_LINEAR_LOG_T:
+        raise ValueError(f"log_t1 = {float(log_horizon)} is beyond what linear time can represent: integrate in "
+                         "log time (time='log')")
+    solver = as_choice("solver", a["solver"], SOLVER_NAMES)
+    linear_solver = as_choice("linear_solver", a["linear_solver"], LINEAR_SOLVER_NAMES)
+    if isinstance(problem, ModifiedFlow) and log_time:
+        raise ValueError("fs.modified_flow is integrated in linear time only: give t1 (not log_t1), or time='linear'")
+    rtol, atol = _tolerance("rtol", a["rtol"]), _tolerance("atol", a["atol"])
+    n_save = as_int("n_save", a["n_save"], minimum=2)
+    max_steps = as_int("max_steps", a["max_steps"])
+    has_target = a["target_log_loss"] is not None
+    if has_target:
+        target = _horizon("target_log_loss", a["target_log_loss"], positive=False)
+    else:
+        target = jnp.asarray(jnp.nan)
+    grid = save_grid(log_horizon, n_save, log_time) if a["save_log_t"] is None else _explicit_grid(a["save_log_t"],
+                                                                                                 log_horizon)
+    time1 = t1 if (a["t1"] is not None and not log_time) else time_from_log_t(log_horizon, log_time)
+    settings = Settings(rtol=rtol, atol=atol, log_t1=log_horizon, time1=time1, target_log_loss=target)
+    name = solver if solver != "auto" else ("kvaerno5" if log_time else "tsit5")
+    num_params = int(make_field(problem, log_time)[0].shape[-1])
+    linear = resolve_linear_solver(linear_solver, num_params)
+    metadata = dict(time="log" if log_time else "linear", max_steps=max_steps, num_params=num_params, t1=None,
+                    auto="under jit/vmap: fixed rule (no measurement possible)" if solver == "auto" else None)
+    static = _Static(name, linear, log_time, max_steps, False, has_target, solvers=(name,))
+    return time_from_log_t(grid, log_time), settings, static, metadata, linear
+
+
+def _segment_budget(max_steps: int, segment_steps: int) -> int:
+    """The largest divisor of ``max_steps`` not above ``segment_steps``."""
+    budget = min(segment_steps, max_steps)
+    while max_steps % budget:
+        budget -= 1
+    if 4 * budget < min(segment_steps, max_steps):
+        raise ValueError(
+            f"segment_steps = {segment_steps}: refill segments must divide max_steps = {max_steps} (so members "
+            f"stop exactly where their single solve does), and its largest divisor ≤ {segment_steps} is {budget}; "
+            "give a rounder max_steps (e.g. 100000)"
+        )
+    return budget
+
+
+def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
+    """``slots`` members step together in segments; finished members leave, the next ones take their slots."""
+    first = eqx.combine(_take(arrays, 0), rest)
+    save_times, settings, static, metadata, linear = _plan(first, options)
+    max_steps = static.max_steps
+    static = static._replace(max_steps=_segment_budget(max_steps, segment_steps))
+    shapes, fixed = eqx.partition(eqx.filter_eval_shape(init_carry, first, save_times, settings, static),
+                                  lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct))
+    blank = jax.tree_util.tree_map(lambda leaf: np.zeros((slots, *leaf.shape), leaf.dtype), shapes)
+    finals = jax.tree_util.tree_map(lambda leaf: np.zeros((size, *leaf.shape), leaf.dtype), shapes)
+
+    carry, occupant = blank, np.full(slots, -1)
+    is_new = np.zeros(slots, bool)
+    queue, work = 0, 0
+    while True:
+        # Give every free slot the next member; slots left over hold a finished stand-in.
+        free = np.flatnonzero(occupant < 0)
+        take = free[: max(0, size - queue)]
+        occupant[take] = np.arange(queue, queue + take.size)
+        is_new[:] = False
+        is_new[take] = True
+        queue += take.size
+        if np.all(occupant < 0):
+            break
+        idle = occupant < 0
+        carry.status[idle] = Status.HORIZON_REACHED
+        part = eqx.combine(_to_devices(_take(arrays, np.maximum(occupant, 0)), sharding), rest)
+        device_carry = eqx.combine(_to_devices(carry, sharding), fixed)
+        before = np.where(is_new, 0, carry.num_steps)
+        carry = _to_host(eqx.filter(_refill_segment(part, device_carry, _to_devices(is_new, sharding), save_times,
+                                                    settings, static), eqx.is_array))
+        carry = jax.tree_util.tree_map(np.array, carry)  # writable host copies
+        work += slots * int(np.max(np.where(idle, 0, carry.num_steps - before)))
+        done = ~idle & ((carry.status >= 0) | (carry.num_steps >= max_steps))
+        for slot in np.flatnonzero(done):
+            for final, leaf in zip(jax.tree_util.tree_leaves(finals), jax.tree_util.tree_leaves(carry)):
+                final[occupant[slot]] = leaf[slot]
+        occupant[done] = -1
+
+    pieces = []
+    for begin in range(0, size, slots):
+        members = min(slots, size - begin)
+        index = np.minimum(np.arange(begin, begin + slots), size - 1)
+        part = eqx.combine(_to_devices(_take(arrays, index), sharding), rest)
+        result = _refill_finish(part, eqx.combine(_to_devices(_take(finals, index), sharding), fixed), save_times, settings,
+                                static.log_time)
+        pieces.append(_take(_to_host(eqx.filter(result, eqx.is_array)), slice(0, members)))
+    arrays_out = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *pieces)
+    batched = eqx.combine(arrays_out, eqx.filter(result, eqx.is_array, inverse=True))
+    batched = dataclasses.replace(batched, metadata=_metadata_tuple(metadata, static._replace(max_steps=max_steps),
+                                                                    linear))
+    return batched, work / max(int(np.sum(finals.num_steps)), 1)
