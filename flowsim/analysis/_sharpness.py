@@ -29,6 +29,10 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
     When the Krylov space closes early (an invariant subspace), the iteration restarts from a
     fresh random vector orthogonal to the basis, so every eigenvalue stays reachable.
 
+    For a ReLU network (``AbstractNonsmoothModel``) the Hessian–vector product is that of the
+    current linear piece (activation pattern held fixed: the Hessian away from kinks), so
+    λ_max is the sharpness of that piece; kinks add no curvature to it.
+
     **Arguments:**
 
     - ``problem``: the ``fs.Problem`` whose loss L is differentiated.
