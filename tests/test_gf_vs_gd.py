@@ -157,6 +157,23 @@ def test_gf_vs_gd_with_incommensurate_steps_compares_at_each_runs_own_times(quad
         comparison.order("modified")
 
 
+def test_gf_vs_gd_modified_mask_solves_the_modified_flow_for_the_chosen_steps_only(quadratic):
+    problem, H, theta_star, w0 = quadratic
+    lrs = np.array([0.4, 0.2, 0.1])
+    comparison = fs.analysis.gf_vs_gd(problem, lrs, t1=2.0, n_save=6, modified=[False, True, False])
+    times = np.asarray(comparison.steps) * lrs[:, None]
+    theta_mf = np.asarray(comparison.theta_modified)
+    assert np.all(np.isnan(theta_mf[[0, 2]])) and np.all(np.isnan(np.asarray(comparison.distance_to_modified)[[0, 2]]))
+    np.testing.assert_allclose(theta_mf[1], flow_exact(H + 0.5 * 0.2 * H @ H, theta_star, w0, times[1]), atol=1e-9)
+    np.testing.assert_allclose(comparison.theta_flow[2], flow_exact(H, theta_star, w0, times[2]), atol=1e-9)
+
+
+@pytest.mark.parametrize("modified", [[True, False, True], [1, 0], "yes", np.array([True])])
+def test_gf_vs_gd_refuses_a_bad_modified_mask(quadratic, modified):
+    with pytest.raises((ValueError, TypeError), match="modified must be"):
+        fs.analysis.gf_vs_gd(quadratic[0], [0.2, 0.1], t1=1.0, modified=modified)
+
+
 def test_gf_vs_gd_past_the_stability_limit_reports_nan_not_numbers(quadratic):
     problem, H, _, _ = quadratic
     lam = np.linalg.eigvalsh(H).max()

@@ -25,7 +25,8 @@ class GDFlowComparison(eqx.Module):
     - ``steps``: (r, m) the saved GD step indices; ``log_t``: (r, m) log t_ij (−inf at t = 0).
     - ``theta_gd``, ``theta_flow``, ``theta_modified``: (r, m, p) flattened trainable parameters of
       GD, of gradient flow θ' = −∇L and of the modified flow θ' = −∇(L + (η_i/4)‖∇L‖²) at t_ij
-      (``theta_modified`` is None when not asked for).
+      (``theta_modified`` is None when not asked for; rows of steps left out by a ``modified``
+      mask are NaN).
     - ``distance_to_flow``: (r, m) ‖θ_GD(k_ij) − θ_GF(k_ij η_i)‖₂; ``distance_to_modified`` likewise.
       NaN after a GD run diverged.
     - ``gd``: the GD trajectories (leading axis r); ``flow``: the gradient-flow trajectory
@@ -95,7 +96,7 @@ def _check_lrs(lrs) -> np.ndarray:
     return array
 
 
-def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bool = True, solver: str = "tsit5",
+def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified=True, solver: str = "tsit5",
              rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 100_000) -> GDFlowComparison:
     """Gradient descent with several steps against gradient flow (and the modified flow), at exactly the GD times.
 
@@ -121,7 +122,9 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bo
     - ``lrs``: the steps η_i (distinct, positive); choose η_0/η_i integer for identical times.
     - ``t1``: the time horizon; each run takes about t1/η_i steps.
     - ``n_save``: at most this many save times (log-spaced in the steps of the largest η).
-    - ``modified``: also solve the modified flow for each η_i.
+    - ``modified``: also solve the modified flow for each η_i (True), for none (False), or for
+      the η_i where a boolean sequence of the length of ``lrs`` is True (one call then serves
+      an order study and a sweep of large steps with a single gradient-flow solve).
     - ``solver``, ``rtol``, ``atol``, ``max_steps``: for the flow solves (``fs.simulate``);
       keep the tolerances well below the smallest distance measured.
 
@@ -136,7 +139,7 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bo
     if t1 < lrs.max():
         raise ValueError(f"t1 = {t1} is shorter than one step of the largest lr = {lrs.max()}: no GD step to compare")
     n_save = as_int("n_save", n_save, minimum=2)
-    modified = as_bool("modified", modified)
+    modified = _check_modified(modified, lrs.size)
     steps = lined_up_steps(lrs, t1, n_save)
     times = steps * lrs[:, None]
     horizon = float(times.max())
@@ -149,9 +152,12 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bo
     theta_flow = _flat(problem, flow.params)[:-1][inverse]
     flow_ok = flow.ok
     theta_modified = None
-    if modified:
+    if modified.any():
         rows = []
-        for lr, row in zip(lrs, times):
+        for lr, row, wanted in zip(lrs, times, modified):
+            if not wanted:
+                rows.append(jnp.full(theta_flow.shape[1:], jnp.nan))
+                continue
             traj = simulate(modified_flow(problem, float(lr)), t1=horizon, save_log_t=_log(row), **options)
             flow_ok = flow_ok & traj.ok
             rows.append(_flat(problem, traj.params)[:-1])
@@ -171,6 +177,16 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified: bo
         flow=flow,
         flow_ok=jnp.asarray(flow_ok),
     )
+
+
+def _check_modified(modified, count: int) -> np.ndarray:
+    """``modified`` as a boolean mask over the ``count`` steps (a bool applies to every step)."""
+    if isinstance(modified, (bool, np.bool_)):
+        return np.full(count, as_bool("modified", modified))
+    mask = np.asarray(modified)
+    if mask.dtype != np.bool_ or mask.shape != (count,):
+        raise ValueError(f"modified must be True, False or {count} booleans (one per lr), got {modified!r}")
+    return mask
 
 
 def _merged_times(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
