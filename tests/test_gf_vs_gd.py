@@ -366,6 +366,19 @@ def test_elkabetz_quick_run_holds_its_claims(tmp_path):
         assert (tmp_path / "figs" / "elkabetz2021_gf_vs_gd" / name).stat().st_size > 1000
 
 
+def test_elkabetz_relu_net_is_a_bias_free_one_hidden_layer_relu_net():
+    module = load("elkabetz2021_gf_vs_gd")
+    config = module.scenario.make_config(quick=True) | {"n": 12, "width": 5}
+    relu, linear = module.problem(config, "relu"), module.problem(config, "linear")
+    assert isinstance(relu.model, fs.networks.MLP) and relu.model.depth == 2 and relu.model.leak == 0.0
+    W1, W2 = (np.asarray(W) for W in relu.model.layers)
+    X = np.asarray(relu.X)
+    assert X.shape == (12, 64) and W1.shape == (5, 64) and W2.shape == (10, 5)
+    np.testing.assert_allclose(jax.vmap(relu.model)(relu.X), np.maximum(X @ W1.T, 0.0) @ W2.T, atol=1e-13)
+    product = np.linalg.multi_dot([np.asarray(W) for W in linear.model.layers[::-1]])
+    np.testing.assert_allclose(jax.vmap(linear.model)(linear.X), X @ product.T, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["stiff_quadratic", "diagonal_regression", "log_time_logistic"])
 def test_solver_accuracy_references_agree_with_a_tight_scipy_solve(name):
     """Each closed-form reference (expm, the mirror-map limit, the logistic closed form) against DOP853 at
