@@ -1,0 +1,136 @@
+"""flowsim's solver pieces against independent references: the matrix exponential, numpy's linear solve,
+the mirror-map limit of a diagonal net, and the KenCarp5 tableau's own stability function."""
+
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import flowsim as fs
+from flowsim._solvers import DENSE_MAX_PARAMS, ERROR_ESTIMATE_SCALE, gmres
+
+
+class Linear(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return x @ self.w
+
+
+class Diagonal2(eqx.Module):
+    u: jax.Array
+    v: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(x, self.u * self.v)
+
+
+def _stiff_quadratic(d=6, seed=0, t1=10.0):
+    """L = ½(w − w*)ᵀH(w − w*) with eigenvalues of H in [1e-3, 1e3]; w(t1) by the matrix exponential."""
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    lam = np.geomspace(1e-3, 1e3, d)
+    X = math.sqrt(d) * (np.sqrt(lam)[:, None] * Q.T)
+    w_star, w0 = rng.standard_normal(d), rng.standard_normal(d)
+    exact = w_star + scipy.linalg.expm(-t1 * Q @ np.diag(lam) @ Q.T) @ (w0 - w_star)
+    return fs.Problem(Linear(jnp.asarray(w0)), X, X @ w_star, "squared"), t1, exact
+
+
+def _stability(tableau, z):
+    """R(z) = 1 + z bᵀ(I − zA)⁻¹1 for the solution weights and for the error weights, on y' = λy, z = hλ."""
+    s = len(tableau.b_sol)
+    A = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        A[i + 1, : len(row)] = row
+    A[np.diag_indices(s)] = tableau.a_diagonal
+    stages = np.linalg.solve(np.eye(s) - z * A, np.ones(s))
+    return 1 + z * tableau.b_sol @ stages, z * tableau.b_error @ stages
+
+
+@pytest.mark.parametrize("z", [-0.03, -0.1, -0.3])
+def test_kencarp5_error_scale_matches_its_tableau(z):
+    # The true local error of KenCarp5's solution on y' = λy against its embedded estimate, from the tableau.
+    implicit = diffrax.KenCarp5.tableau.tableaus[1]
+    R, estimate = _stability(implicit, z)
+    ratio = abs((R - math.exp(z)) / estimate)
+    assert 8.5 < ratio < 9.5
+    assert abs(ratio - ERROR_ESTIMATE_SCALE["kencarp5"]) < 0.05 * ERROR_ESTIMATE_SCALE["kencarp5"]
+
+
+@pytest.mark.parametrize("solver", ["kencarp5", "kvaerno5", "kencarp4"])
+def test_implicit_solvers_reach_their_tolerance_on_a_stiff_quadratic(solver):
+    problem, t1, exact = _stiff_quadratic()
+    for rtol in (1e-6, 1e-10):
+        traj = fs.simulate(problem, t1=t1, solver=solver, rtol=rtol, atol=1e-3 * rtol, n_save=2)
+        assert bool(traj.ok)
+        error = np.linalg.norm(np.asarray(traj.final.w) - exact) / np.linalg.norm(exact)
+        assert error < 10 * rtol, (solver, rtol, error / rtol)
+
+
+def test_krylov_newton_on_a_stiff_quadratic_matches_expm():
+    problem, t1, exact = _stiff_quadratic()
+    traj = fs.simulate(problem, t1=t1, solver="kvaerno5", linear_solver="krylov", rtol=1e-9, atol=1e-12, n_save=2)
+    assert bool(traj.ok) and traj.info["linear_solver"] == "krylov"
+    error = np.linalg.norm(np.asarray(traj.final.w) - exact) / np.linalg.norm(exact)
+    assert error < 1e-8
+
+
+def _random_system(p, seed):
+    rng = np.random.default_rng(seed)
+    return (np.diag(np.geomspace(1.0, 1e3, p)) + 0.3 * rng.standard_normal((p, p)) / math.sqrt(p),
+            rng.standard_normal(p))
+
+
+@pytest.mark.parametrize("restart", [8, 30, 200])
+@pytest.mark.parametrize("rtol", [1e-3, 1e-10])
+def test_gmres_reaches_its_relative_residual(restart, rtol):
+    A, b = _random_system(60, seed=1)
+    x, used = jax.jit(lambda b: gmres(lambda v: jnp.asarray(A) @ v, b, rtol=rtol, restart=restart,
+                                      max_iterations=2000))(jnp.asarray(b))
+    assert np.linalg.norm(b - A @ np.asarray(x)) <= 1.01 * rtol * np.linalg.norm(b)
+    assert 0 < int(used) <= 2000
+    if rtol == 1e-10:
+        np.testing.assert_allclose(np.asarray(x), np.linalg.solve(A, b), rtol=1e-7)
+
+
+def test_gmres_stops_at_the_krylov_dimension_of_a_low_rank_update():
+    # I + U D Uᵀ with rank 10 (the Newton matrix of an overparameterised squared loss at interpolation): the Krylov
+    # space is exhausted after rank + 1 products, whatever the conditioning (D spans 1 … 1e6).
+    rng = np.random.default_rng(2)
+    U = rng.standard_normal((400, 10))
+    A = np.eye(400) + U @ np.diag(np.geomspace(1.0, 1e6, 10)) @ U.T
+    b = rng.standard_normal(400)
+    x, used = gmres(lambda v: jnp.asarray(A) @ v, jnp.asarray(b), rtol=1e-8, restart=30, max_iterations=300)
+    assert int(used) <= 11
+    assert np.linalg.norm(b - A @ np.asarray(x)) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_gmres_zero_right_hand_side_and_budget():
+    A, b = _random_system(40, seed=3)
+    x, used = gmres(lambda v: jnp.asarray(A) @ v, jnp.zeros(40), rtol=1e-3, restart=10, max_iterations=50)
+    assert int(used) == 0 and not np.any(np.asarray(x))
+    # A budget too small to converge: it stops at the budget with a residual no worse than b's.
+    x, used = gmres(lambda v: jnp.asarray(A) @ v, jnp.asarray(b), rtol=1e-12, restart=10, max_iterations=15)
+    assert int(used) == 15
+    assert np.linalg.norm(b - A @ np.asarray(x)) < np.linalg.norm(b)
+
+
+def test_matrix_free_kvaerno5_reaches_the_mirror_map_limit():
+    # Depth-2 diagonal net, squared loss, u(0) = α, v(0) = 0, above the dense threshold (matrix-free Newton): its
+    # limit is the mirror-map interpolator (Woodworth et al. 2020), computed without any ODE solver.
+    n, d, alpha = 5, DENSE_MAX_PARAMS // 2 + 44, 0.3
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((n, d)) / math.sqrt(d) * 3.0, rng.standard_normal(n)
+    rho = fs.analysis.interpolation_limit(X, y, np.stack([np.full(d, alpha), np.zeros(d)])).rho
+    u = np.sqrt((alpha**2 + np.sqrt(alpha**4 + 4 * rho**2)) / 2)
+    problem = fs.Problem(Diagonal2(jnp.full(d, alpha), jnp.zeros(d)), X, y, "squared")
+    traj = fs.simulate(problem, t1=1e6, solver="kvaerno5", rtol=1e-9, atol=1e-12, n_save=2)
+    assert bool(traj.ok) and traj.info["linear_solver"] == "krylov"
+    beta = np.asarray(traj.final.u * traj.final.v)
+    assert np.max(np.abs(beta - rho)) < 1e-6 * np.max(np.abs(rho))
+    np.testing.assert_allclose(np.asarray(traj.final.u), u, rtol=1e-6)
