@@ -92,5 +92,5 @@ def test_quick_run_end_to_end(tmp_path):
             hidden.append((s**2).sum(-1) / s[:, 0] ** 2)
         expected = np.median(np.mean(hidden, 0)[converged])
         assert module.hidden_medians(r, config, 0)[L][0] == pytest.approx(expected, rel=1e-10)
-    assert sorted(p.name for p in (tmp_path / "figs" / "timor2023_rank_vs_depth").iterdir()) == [
-        "stable_rank_along_t.png", "stable_rank_vs_depth.png"]
+    names = {p.name for p in (tmp_path / "figs" / "timor2023_rank_vs_depth").iterdir()}
+    assert {"stable_rank_along_t.png", "stable_rank_vs_depth.png"} <= names
