@@ -126,6 +126,8 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
 
     **Returns:** a batched ``fs.Trajectory``: every leaf with the batch axis first; each member keeps
     its own steps, status and message (``traj.message`` names the members that failed).
+    ``traj.info["batch_wall_time_s"]`` is the wall time of the whole call, and each member's
+    ``stats["wall_time_s"]`` its share by steps (they add up to the call's).
     ``traj.info["lockstep_waste"]`` is the work done over the work needed: Σ over the compiled
     calls of slots × loop iterations, over Σ member steps (1 = no member waited).
 
@@ -159,9 +161,14 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
     batched = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf, batched)
     batched = jax.block_until_ready(batched)
     wall = time.perf_counter() - start
-    metadata = dict(batched.metadata, schedule=schedule, lockstep_waste=waste)
+    metadata = dict(batched.metadata, schedule=schedule, lockstep_waste=waste, batch_wall_time_s=wall)
     batched = dataclasses.replace(batched, metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
-    return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], batched, jnp.full((size,), wall))
+    # Members share compiled calls, so a member has no wall time of its own: each gets the call's wall
+    # time in proportion to its steps, and the members' times add up to the batch's (a summary that
+    # sums them must not count the batch once per member).
+    steps = np.asarray(batched.stats["num_steps"], dtype=float)
+    share = steps / steps.sum() if steps.sum() > 0 else np.full(size, 1.0 / size)
+    return eqx.tree_at(lambda tr: tr.stats["wall_time_s"], batched, jnp.asarray(wall * share))
 
 
 def _lockstep(arrays, rest, size, chunk, sharding, options):

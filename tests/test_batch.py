@@ -65,6 +65,10 @@ def test_batch_members_keep_their_own_status():
     batch = fs.simulate_batch(problems, log_t1=20.0, solver="tsit5", n_save=5, max_steps=budget)
     assert batch.log_t.shape == (2, 5)
     assert not bool(batch.ok[1]) and "member 1" in batch.message
+    # Members share one call: their wall times are shares by steps that add up to the call's, not copies.
+    walls, steps = np.asarray(batch.stats["wall_time_s"]), np.asarray(batch.stats["num_steps"])
+    np.testing.assert_allclose(walls.sum(), batch.info["batch_wall_time_s"], rtol=1e-12)
+    np.testing.assert_allclose(walls / walls.sum(), steps / steps.sum(), rtol=1e-12)
 
 
 @pytest.mark.parametrize(
