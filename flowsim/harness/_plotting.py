@@ -57,8 +57,21 @@ def note_failures(fig, failures: Sequence[Mapping]) -> None:
         name = f["result"] + ("" if f["member"] is None else f"[{f['member']}]")
         names.append(f"{name} ({f['status']})")
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    fig.text(0.01, 0.005, f"NOT CONVERGED: {shown} — see summary.json", color="C3", fontsize=7,
-             ha="left", va="bottom")
+    # A strip of its own under the axes: the note must not sit on the x-axis labels.
+    strip = 0.3  # inches
+    width, height = fig.get_size_inches()
+    if fig.get_layout_engine() is not None:
+        fig.set_layout_engine(None)
+    fig.set_size_inches(width, height + strip)
+    for ax in fig.axes:
+        box = ax.get_position()
+        scale = height / (height + strip)
+        ax.set_position([box.x0, 1 - (1 - box.y0) * scale, box.width, box.height * scale])
+    for text in fig.texts:
+        x, y = text.get_position()
+        text.set_position((x, 1 - (1 - y) * height / (height + strip)))
+    fig.text(0.01, 0.3 * strip / (height + strip), f"NOT CONVERGED: {shown} — see summary.json", color="C3",
+             fontsize=7, ha="left", va="bottom")
 
 
 def plot_members(ax, x, y, ok, *, label: str | None = None, **style):
