@@ -177,5 +177,6 @@ scenario = fs.Scenario(
     config=dict(d=5, n=20, data_seed=0, width=8, depths=[2, 3, 4], scales=[0.1, 0.03], seeds=4, t1=1e5,
                 target_loss=1e-6, rtol=1e-7, atol=1e-9, max_steps=12_000, n_save=40),
     quick=dict(depths=[2, 3], scales=[0.1], seeds=2),
+    showcase=False,  # the full run takes longer than the showcase's budget (README)
     run=run, claims=claims, plot=plot,
 )
