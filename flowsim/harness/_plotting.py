@@ -58,7 +58,7 @@ def note_failures(fig, failures: Sequence[Mapping]) -> None:
         names.append(f"{name} ({f['status']})")
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     # A strip of its own under the axes: the note must not sit on the x-axis labels.
-    strip = 0.3  # inches
+    strip = 0.4  # inches: two lines of 7 pt
     width, height = fig.get_size_inches()
     if fig.get_layout_engine() is not None:
         fig.set_layout_engine(None)
@@ -70,8 +70,8 @@ def note_failures(fig, failures: Sequence[Mapping]) -> None:
     for text in fig.texts:
         x, y = text.get_position()
         text.set_position((x, 1 - (1 - y) * height / (height + strip)))
-    fig.text(0.01, 0.3 * strip / (height + strip), f"NOT CONVERGED: {shown} — see summary.json", color="C3",
-             fontsize=7, ha="left", va="bottom")
+    fig.text(0.01, 0.15 * strip / (height + strip), f"NOT CONVERGED: {shown} — see summary.json", color="C3",
+             fontsize=7, ha="left", va="bottom", wrap=True)
 
 
 def plot_members(ax, x, y, ok, *, label: str | None = None, **style):
