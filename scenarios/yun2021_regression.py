@@ -144,6 +144,5 @@ scenario = fs.Scenario(
                 fc_alphas=[float(a) for a in np.logspace(-5, 1, 13)], fc_width=12, depths=[2, 3], log_t1=60.0, target_loss=1e-22,
                 n_save=40, rtol=1e-8, atol=1e-10, solver="kvaerno5", max_steps=20_000, max_limit_error=1e-6, max_residual=1e-9),
     quick=dict(alphas=[1e-2, 1.0, 1e4], fc_alphas=[1e-5, 1e-2, 10.0], fc_width=2, n_save=10),
-    showcase=False,  # the full run takes longer than the showcase's budget (README)
     run=run, claims=claims, plot=plot,
 )
