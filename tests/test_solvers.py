@@ -62,7 +62,7 @@ def test_kencarp5_error_scale_matches_its_tableau(z):
     assert abs(ratio - ERROR_ESTIMATE_SCALE["kencarp5"]) < 0.05 * ERROR_ESTIMATE_SCALE["kencarp5"]
 
 
-@pytest.mark.parametrize("solver", ["kencarp5", "kvaerno5", "kencarp4"])
+@pytest.mark.parametrize("solver", ["kencarp5", "kvaerno5"])
 def test_implicit_solvers_reach_their_tolerance_on_a_stiff_quadratic(solver):
     problem, t1, exact = _stiff_quadratic()
     for rtol in (1e-6, 1e-10):
