@@ -162,7 +162,7 @@ scenario = fs.Scenario(
     title="GD vs exact gradient flow on digits: O(η) to GF, O(η²) to the modified flow, leaving at η·λ_max ≈ 2",
     reference="Elkabetz & Cohen, NeurIPS 2021 (GD follows GF while η·λ_max < 2); Barrett & Dherin, ICLR 2021",
     config=dict(nets=["linear", "relu"], modified_nets=["linear"], seed=0, n=1000, width=16, linear_hidden_layers=2,
-                relu_hidden_layers=1, eta0_times_sharpness=0.5, steps=300, num_step_sizes=5, n_save=20,
+                relu_hidden_layers=1, eta0_times_sharpness=0.5, steps=100, num_step_sizes=5, n_save=20,
                 linear_rtol=1e-10, linear_atol=1e-12, relu_rtol=1e-8, relu_atol=1e-10, sharpness_rtol=1e-6,
                 edge_multiples=[1.0, 1.5, 1.8, 2.2, 2.6, 3.0], leave_factor=2.0, leave_band=[1.0, 3.0],
                 max_relative_gap=0.02),
