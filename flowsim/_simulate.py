@@ -308,7 +308,7 @@ def init_carry(problem, save_times, settings: Settings, static: _Static) -> _Car
     zero = jnp.asarray(0, dtype=jnp.int64)
     states = {name: _fresh_states(name, field, theta0, jnp.asarray(0.0), settings.time1, settings, static)[:3]
               for name in static.solvers}
-    return _Carry(
+    return _strongly_typed(_Carry(
         theta=theta0,
         time=jnp.asarray(0.0),
         dt=jnp.asarray(jnp.nan),
@@ -321,7 +321,22 @@ def init_carry(problem, save_times, settings: Settings, static: _Static) -> _Car
         status=status.astype(jnp.int32),
         solver_states=states,
         fresh={name: jnp.asarray(True) for name in static.solvers},
-    )
+    ))
+
+
+def _strongly_typed(tree):
+    """Arrays with no weak types: a carry that comes back from a segment then has exactly the types of
+    the one that went in, and chained segments (auto, progress, checkpoints) compile once. (Diffrax's
+    PID controller starts with a Python ``False`` for ``at_dtmin`` and returns an array.)"""
+
+    def strong(leaf):
+        if eqx.is_array(leaf):
+            return jnp.asarray(leaf, dtype=leaf.dtype)
+        if isinstance(leaf, (bool, int, float)):
+            return jnp.asarray(leaf, dtype=jnp.result_type(type(leaf)))
+        return leaf
+
+    return jax.tree_util.tree_map(strong, tree)
 
 
 # A PI controller for ReLU models (Hairer & Wanner's β = 0.4/k, α = 0.7/k ≈ Diffrax's pcoeff = 0.4,
@@ -439,7 +454,7 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
     may_continue = (reached_end & (time1 < settings.time1)) | (seg_status == Status.MAX_STEPS)
     status = jnp.where(done, carry.status, jnp.where(may_continue, -1, seg_status)).astype(jnp.int32)
     _, dt_next = solution.controller_state
-    return _Carry(
+    return _strongly_typed(_Carry(
         theta=jnp.where(done, carry.theta, end_ys),
         time=jnp.where(done, carry.time, end_ts),
         dt=jnp.where(done, carry.dt, dt_next),
@@ -454,7 +469,7 @@ def segment(problem, carry: _Carry, save_times, settings: Settings, end_time, st
             lambda new, old: jnp.where(done, old, new),
             (solution.solver_state, solution.controller_state, jnp.asarray(solution.made_jump)), kept_states)},
         fresh={**carry.fresh, static.solver: jnp.where(done, fresh, jnp.asarray(False))},
-    )
+    ))
 
 
 @eqx.filter_jit

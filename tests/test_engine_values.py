@@ -307,3 +307,18 @@ def test_cross_entropy_targets_must_be_probability_rows(y, match):
     model = Logits(jnp.zeros((k, 2))) if y.ndim == 2 else Linear(jnp.zeros(2))
     with pytest.raises(ValueError, match=match):
         fs.Problem(model, np.ones((3, 2)), y, "cross_entropy")
+
+
+def test_chained_segments_compile_once_per_solver(caplog):
+    # A segment's output carry must have exactly the types of its input (Diffrax's PID controller
+    # starts with a Python bool and returns an array): otherwise the second segment recompiles, and
+    # auto measured that compilation as the solver's cost.
+    X, y = fs.data.separable(10, 21, seed=2)
+    problem = fs.Problem(fs.networks.Diagonal.init(21, depth=2, scale=1.0), X, y, "logistic")
+
+    def run():
+        traj = fs.simulate(problem, log_t1=1_000.0, solver="tsit5", progress=True, max_steps=100_000)
+        assert bool(traj.ok) and int(traj.stats["num_steps"]) > 2 * 512, traj.stats
+
+    compiled = [m for m in _compiles(caplog, run) if "segment" in m]
+    assert len(compiled) <= 1, compiled
