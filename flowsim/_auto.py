@@ -8,20 +8,33 @@
    iteration on Jacobian–vector products (Hessian–vector products of L) at the segment's end.
    If the step h the controller proposes next satisfies h·ρ ≥ ``STIFF_STEP_RATIO``, the steps
    are held by stability, not accuracy (Tsit5's real stability boundary is ≈ 3.5): the flow is
-   stiff there. Then try the implicit solver (Kvaerno5) over ``TRIAL_SPANS`` times the span the
-   explicit segment covered. A trial is also made when the explicit steps crawl (below
-   ``CRAWL_STEP`` times the time covered), as they do once a field is round-off noise.
-3. Costs are compared per unit of solver time at the step each solver proposes next:
-   (measured wall per step) / h. A trial whose cost is not below the explicit one is undone, and
-   the next trial waits until the solver time has grown ``RETRY_FACTOR``-fold (so trials cost a
-   bounded fraction of the run).
-4. While implicit, the explicit cost is predicted from its measured cost per step and the step
+   stiff there. Then try the implicit solver (Kvaerno5). A trial is also made when the explicit
+   steps crawl (below ``CRAWL_STEP`` times the time covered), as they do once a field is
+   round-off noise.
+3. A trial runs in segments of doubling span, the first ``TRIAL_FIRST_SPAN`` explicit steps long
+   and unmeasured (a fresh start's small first steps are not what the solver costs); it is
+   measured once the later segments hold ``TRIAL_MIN_STEPS`` accepted implicit steps and the span
+   of ``TRIAL_EXPLICIT_STEPS`` explicit steps. Sized in steps, not in time already covered, a
+   lost trial costs a few segments' worth of work however long the solve has run. Each segment
+   ends at a time, so its last step is clipped; the next starts from the mean accepted step.
+4. Costs are compared as wall per unit of solver time. Wall per step is each solver's smallest
+   over its last ``COST_WINDOW`` segments: load on a shared machine only ever adds time, so the
+   minimum is the solver's own cost. Explicit steps (held by stability or accuracy) change
+   slowly: its rate is cost / (the step proposed next). Implicit steps grow, and cost more as
+   they grow (more Krylov iterations): its rate is over the time actually covered. A trial is
+   undone only if it costs ``TRIAL_MARGIN`` times the explicit rate (stiffness grows along the
+   flows flowsim studies: a near tie goes to the implicit solver). The next trial waits until
+   the solver time has grown ``RETRY_FACTOR``-fold and the explicit solver has spent
+   ``RETRY_WALL_FACTOR`` times the lost trial's wall, so lost trials cost at most a third of
+   the run.
+5. While implicit, the explicit cost is predicted from its measured cost per step and the step
    it could take, min(h_implicit, ``EXPLICIT_STABLE_STEP``/ρ); below ``SWITCH_BACK_FACTOR`` times
    the implicit cost, auto switches back.
 
 Compilation is kept out of the measurements (each solver is compiled on an empty interval first).
 """
 
+import collections
 import dataclasses
 import hashlib
 import math
@@ -41,11 +54,16 @@ SEGMENT_STEPS = 512
 STIFF_STEP_RATIO = 1.0
 EXPLICIT_STABLE_STEP = 3.0
 POWER_ITERATIONS = 20
-TRIAL_SPANS = 4.0  # an implicit trial covers this many times the span of the explicit segment before it
-RETRY_FACTOR = 4.0
-SWITCH_BACK_FACTOR = 0.25
+TRIAL_FIRST_SPAN = 32  # a trial's first (unmeasured) segment spans this many explicit steps,
+TRIAL_EXPLICIT_STEPS = 128  # its measured segments at least this many,
+TRIAL_MIN_STEPS = 8  # and hold at least this many accepted implicit steps
+TRIAL_MARGIN = 1.5  # a trial is undone only if implicit costs this much more per unit time
+RETRY_FACTOR = 2.0  # after a lost trial, the next waits until the solver time has grown this much
+SWITCH_BACK_FACTOR = 0.25  # hysteresis: back to explicit only when predicted 4x cheaper
+RETRY_WALL_FACTOR = 2.0  # ... and the explicit solver has spent this many times the lost trial's wall
+COST_WINDOW = 4  # a solver's wall per step: the smallest over its last this many segments
 CRAWL_STEP = 1e-4  # explicit steps below this fraction of the time covered also trigger a trial,
-CRAWL_MAX_REJECTED = 0.3  # unless this fraction of them was rejected (kinks, not stiffness)  # hysteresis: back to explicit only when predicted 4× cheaper  # after a lost trial, the next one waits until the solver time has grown this much
+CRAWL_MAX_REJECTED = 0.3  # unless this fraction of them was rejected (kinks, not stiffness)
 AUTO_EXPLICIT = "tsit5"
 AUTO_IMPLICIT = "kvaerno5"
 
@@ -74,7 +92,8 @@ def spectral_radius(problem, theta, time, log_time: bool, rtol=None, atol=None):
 
 
 class _Timer:
-    """Wall time of a compiled call, with its first (compiling) call kept out of the measurement."""
+    """Wall time of a compiled call, with its first (compiling) call per signature kept out of the
+    measurement."""
 
     def __init__(self):
         self.compiled = set()
@@ -174,38 +193,64 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
     switches = [(_round(_log_t(float(carry.time), log_time)), current, "start")]
     explicit_rate = None  # wall per unit time at the explicit solver's current step (measured)
     explicit_step_cost = None  # wall per explicit step (measured)
-    next_trial_time = 0.0  # a lost trial is retried only once the solve has got this far
-    trial_span = None
+    step_costs = {name: collections.deque(maxlen=COST_WINDOW) for name in solvers}
+    next_trial_time = -math.inf  # a lost trial is retried only once the solve has got this far
+    trial_wall_owed = 0.0  # ... and the explicit solver has spent this much wall since
+    explicit_wall_since_trial = 0.0
+    trial = None  # while a trial runs: its next span, and (wall, steps, accepted, span) of its segments
     last_write = _time.perf_counter()
     horizon = float(settings.time1)
     try:
         while int(carry.status) < 0 and int(carry.num_steps) < max_steps:
             time0 = float(carry.time)
-            end_time = horizon if trial_span is None else min(horizon, time0 + trial_span)
+            end_time = horizon if trial is None else min(horizon, time0 + trial["span"])
             static = static_for(current)
-            timer.warm(current, lambda: segment(problem, carry, save_times, settings,
-                                                          jnp.asarray(time0), static))
+            timer.warm((current, _signature(carry)), lambda: segment(problem, carry, save_times, settings,
+                                                                     jnp.asarray(time0), static))
             steps_before = int(carry.num_steps)
+            accepted_before = int(carry.num_accepted_steps)
             rejected_before = int(carry.num_rejected_steps)
             carry, wall = timer.run(lambda: segment(problem, carry, save_times, settings,
                                                     jnp.asarray(end_time), static))
             time1 = float(carry.time)
             steps = int(carry.num_steps) - steps_before
+            accepted = int(carry.num_accepted_steps) - accepted_before
             log_t_now = _log_t(time1, log_time)
             bar.update(log_t_now, current)
             if store is not None and (_time.perf_counter() - last_write >= checkpoint_every_s):
                 store.save(carry, current)
                 last_write = _time.perf_counter()
-            was_trial, trial_span = trial_span is not None, None
             if not auto or nonsmooth or int(carry.status) >= 0 or time1 <= time0 or steps == 0:
                 continue
-            step = float(carry.dt)  # the step the controller proposes next: the cost ahead
+            step = float(carry.dt)  # the step the controller proposes next
+            if trial is not None:
+                if accepted > 0 and not (math.isfinite(step) and step * accepted >= time1 - time0):
+                    # The segment's last step was clipped to its end, and the controller's next
+                    # proposal with it: the mean accepted step is the better (conservative) start.
+                    step = (time1 - time0) / accepted
+                    carry = dataclasses.replace(carry, dt=jnp.asarray(step, dtype=carry.dt.dtype))
+                trial["segments"].append((wall, steps, accepted, time1 - time0))
+                trial["span"] *= 2.0
+                measured = trial["segments"][1:]
+                if (sum(m[2] for m in measured) < TRIAL_MIN_STEPS
+                        or sum(m[3] for m in measured) < TRIAL_EXPLICIT_STEPS * trial["explicit_step"]):
+                    continue
             if not (math.isfinite(step) and step > 0):
                 continue
+            if trial is not None:
+                measured = trial["segments"][1:]
+                step_costs[current].extend(m[0] / m[1] for m in measured)
+                total_steps, total_span = sum(m[1] for m in measured), sum(m[3] for m in measured)
+                rate = min(step_costs[current]) * total_steps / total_span
+            else:
+                step_costs[current].append(wall / steps)
+                step_cost = min(step_costs[current])
+                # Explicit: at the step proposed next; implicit: over the time actually covered.
+                rate = step_cost / step if current in EXPLICIT_SOLVERS else step_cost * steps / (time1 - time0)
             rho = float(spectral_radius(problem, carry.theta, carry.time, log_time, settings.rtol, settings.atol))
             if current in EXPLICIT_SOLVERS:
-                explicit_step_cost = wall / steps
-                explicit_rate = explicit_step_cost / step
+                explicit_wall_since_trial += wall
+                explicit_step_cost, explicit_rate = step_cost, rate
                 ratio = step * rho
                 # Steps far below the time already covered, whatever ρ says (e.g. a field that is
                 # round-off noise once the loss is at machine precision): worth an implicit trial too.
@@ -213,22 +258,29 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                 # an implicit solver does not step over any better.
                 rejected = int(carry.num_rejected_steps) - rejected_before
                 crawling = step < CRAWL_STEP * max(time1, 1.0) and rejected < CRAWL_MAX_REJECTED * steps
-                if (ratio >= STIFF_STEP_RATIO or crawling) and time1 >= next_trial_time and not nonsmooth:
-                    current, trial_span = AUTO_IMPLICIT, TRIAL_SPANS * (time1 - time0)
+                if ((ratio >= STIFF_STEP_RATIO or crawling) and time1 >= next_trial_time
+                        and explicit_wall_since_trial >= trial_wall_owed):
+                    current = AUTO_IMPLICIT
+                    trial = dict(span=TRIAL_FIRST_SPAN * step, explicit_step=step, segments=[])
+                    step_costs[current].clear()  # its cost per step depends on where it runs
                     carry = _start_afresh(carry, current)
                     why = f"explicit h·ρ = {ratio:.3g}" if ratio >= STIFF_STEP_RATIO else f"explicit h = {step:.3g}"
                     switches.append((_round(log_t_now), current, f"trial: {why}"))
                 continue
-            implicit_rate = (wall / steps) / step
-            if was_trial and explicit_rate is not None and implicit_rate >= explicit_rate:
-                next_trial_time = RETRY_FACTOR * time1
+            implicit_rate = rate
+            was_trial, trial_wall = trial is not None, sum(m[0] for m in (trial or {}).get("segments", ()))
+            trial = None
+            if was_trial and explicit_rate is not None and implicit_rate >= TRIAL_MARGIN * explicit_rate:
+                next_trial_time = time1 + (RETRY_FACTOR - 1.0) * max(abs(time1), time1 - time0)
+                trial_wall_owed, explicit_wall_since_trial = RETRY_WALL_FACTOR * trial_wall, 0.0
                 current = AUTO_EXPLICIT
                 carry = _start_afresh(carry, current)
                 switches.append((_round(log_t_now), current, f"trial lost: implicit {implicit_rate:.3g} vs explicit "
                                  f"{explicit_rate:.3g} s per unit time"))
                 continue
             if explicit_step_cost is not None:
-                explicit_step = min(step, EXPLICIT_STABLE_STEP / rho) if rho > 0 else step
+                mean_step = (time1 - time0) / max(accepted, 1)
+                explicit_step = min(mean_step, EXPLICIT_STABLE_STEP / rho) if rho > 0 else mean_step
                 predicted = explicit_step_cost / explicit_step
                 if predicted < SWITCH_BACK_FACTOR * implicit_rate:
                     current = AUTO_EXPLICIT
@@ -252,6 +304,13 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
     static = static_for(current)
     trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
     return _timed(trajectory, start)
+
+
+def _signature(tree) -> tuple:
+    """What a jitted call compiles for: the shapes, dtypes and weak types of the array leaves (a carry
+    returned by one solver's segment can differ in weak types from the one it started from)."""
+    return tuple((leaf.shape, leaf.dtype, bool(getattr(leaf, "weak_type", False)))
+                 for leaf in jax.tree_util.tree_leaves(tree) if eqx.is_array(leaf))
 
 
 def _start_afresh(carry, name):
