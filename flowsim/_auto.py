@@ -155,19 +155,21 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
 
     start = _time.perf_counter()
     auto = solver == "auto"
-    segmented = auto or progress or checkpoint is not None
+    # ReLU models: their steps are held by kinks, not stiffness, and an implicit solve of the min-norm field
+    # was measured 40-100x slower per unit time: auto stays explicit, in one segment unless asked for more.
+    nonsmooth = isinstance(base_problem(problem).model, AbstractNonsmoothModel)
+    segmented = (auto and not nonsmooth) or progress or checkpoint is not None
     if not segmented:
-        static = _Static(solver, linear_solver, log_time, max_steps, False, has_target, solvers=(solver,))
+        name = AUTO_EXPLICIT if auto else solver
+        static = _Static(name, linear_solver, log_time, max_steps, False, has_target, solvers=(name,))
         carry = init_carry(problem, save_times, settings, static)
         carry = segment(problem, carry, save_times, settings, settings.time1, static)
-        metadata = dict(metadata, solver=solver, auto=None, resumed_from_log_t=None)
+        record = ((-math.inf, name, "start: non-smooth model, explicit throughout"),) if auto else None
+        metadata = dict(metadata, solver=solver, auto=record, resumed_from_log_t=None)
         trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
         return _timed(trajectory, start)
 
     budget = min(max_steps, SEGMENT_STEPS)
-    # ReLU models: their steps are held by kinks, not stiffness, and an implicit solve of the min-norm field
-    # was measured 40-100x slower per unit time: auto stays explicit.
-    nonsmooth = isinstance(base_problem(problem).model, AbstractNonsmoothModel)
     current = AUTO_EXPLICIT if auto else solver
 
     solvers = (AUTO_EXPLICIT, AUTO_IMPLICIT) if auto else (solver,)

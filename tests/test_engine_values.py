@@ -322,3 +322,14 @@ def test_chained_segments_compile_once_per_solver(caplog):
 
     compiled = [m for m in _compiles(caplog, run) if "segment" in m]
     assert len(compiled) <= 1, compiled
+
+
+def test_auto_on_a_relu_net_is_the_explicit_solve_in_one_segment():
+    X, y = fs.data.separable(12, 6, seed=3)
+    net = fs.networks.TwoLayer.init(jax.random.key(1), 6, 5, scale=0.3, leak=0.1)
+    problem = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+    auto = fs.simulate(problem, log_t1=4.0, solver="auto")
+    explicit = fs.simulate(problem, log_t1=4.0, solver="tsit5")
+    assert bool(auto.ok) and int(auto.stats["num_steps"]) == int(explicit.stats["num_steps"])
+    np.testing.assert_array_equal(np.asarray(auto.final.W), np.asarray(explicit.final.W))
+    assert [entry[1] for entry in auto.info["auto"]] == ["tsit5"] and "non-smooth" in auto.info["auto"][0][2]
