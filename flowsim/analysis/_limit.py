@@ -155,7 +155,10 @@ def limit_direction(
     - ``transform``: override S, shape (m, d).
     - ``sign``: ``"auto"`` (from the conservation laws), None (free), ``"nonnegative"``, ``"nonpositive"`` or
       an array of +1/−1/0.
-    - ``tail``: a fraction in (0, 1] of the finite saves (at least 3 saves) or a (lo, hi) window of log t.
+    - ``tail``: a fraction in (0, 1] of the finite saves (at least 3 saves) or a (lo, hi) window of log t. The
+      default log-time save grid is uniform in asinh(log t) (log-spaced for long horizons), so 0.5 is the later
+      half of it in that measure: log t from about 60 to 10^5 for ``log_t1=1e5``. On a grid of your own, pass
+      the window you mean.
     - ``kkt_tol``: the KKT residual a certified point must reach.
     - ``max_repairs``: greedy repairs (default 2(n + m)); ``search_width``: borderline coordinates and samples
       each in the two-edit search; ``decay_slope``: the support threshold; ``escape_rtol``: the relative
