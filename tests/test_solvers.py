@@ -134,3 +134,18 @@ def test_matrix_free_kvaerno5_reaches_the_mirror_map_limit():
     beta = np.asarray(traj.final.u * traj.final.v)
     assert np.max(np.abs(beta - rho)) < 1e-6 * np.max(np.abs(rho))
     np.testing.assert_allclose(np.asarray(traj.final.u), u, rtol=1e-6)
+
+
+def test_kvaerno5_on_small_init_regression_rejects_few_steps_and_reaches_the_mirror_map_limit():
+    # Stiff after the fit (scale 1e-3, squared loss): the Newton skip must not hand the error estimate
+    # stage errors at its own tolerance (it did: 31% of steps rejected). The limit is the mirror-map
+    # interpolator (Woodworth et al. 2020), computed without an ODE solver.
+    n, d, alpha = 10, 40, 1e-3
+    X, y = fs.data.underdetermined_regression(n, d, seed=0)
+    rho = fs.analysis.interpolation_limit(X, y, np.stack([np.full(d, alpha), np.zeros(d)])).rho
+    problem = fs.Problem(Diagonal2(jnp.full(d, alpha), jnp.zeros(d)), X, y, "squared")
+    traj = fs.simulate(problem, t1=1e8, solver="kvaerno5", n_save=2)
+    assert bool(traj.ok) and traj.info["linear_solver"] == "dense"
+    assert int(traj.stats["num_rejected_steps"]) < 0.1 * int(traj.stats["num_steps"]), traj.stats
+    beta = np.asarray(traj.final.u * traj.final.v)
+    assert np.max(np.abs(beta - rho)) < 1e-6 * np.max(np.abs(rho))
