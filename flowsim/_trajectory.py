@@ -154,6 +154,12 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
         if rejected == rejected and rejected > 0.3:
             text += (f" {100 * rejected:.0f}% of the steps were rejected: the field changes abruptly here "
                      "(a kink of the model, or a field that is not finite just past this state).")
+        if info.get("pairs_at_kink"):
+            # An implicit solver steps over a kink no better (its steps are held by the kink too, and the
+            # min-norm field costs 40-100x more there): the band is what decides whether the flow slides.
+            return text + (" Increase max_steps, or loosen rtol/atol: the kink band is a multiple of the tolerances, "
+                           "and a wider band slides where a narrow one chatters (an implicit solver is no help at a "
+                           "kink).")
         return text + f" Increase max_steps, or {_solver_advice(info)}."
     if status == Status.NON_FINITE:
         return (

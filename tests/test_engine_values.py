@@ -333,3 +333,18 @@ def test_auto_on_a_relu_net_is_the_explicit_solve_in_one_segment():
     assert bool(auto.ok) and int(auto.stats["num_steps"]) == int(explicit.stats["num_steps"])
     np.testing.assert_array_equal(np.asarray(auto.final.W), np.asarray(explicit.final.W))
     assert [entry[1] for entry in auto.info["auto"]] == ["tsit5"] and "non-smooth" in auto.info["auto"][0][2]
+
+
+def test_a_relu_solve_out_of_steps_at_a_kink_gets_advice_that_fits():
+    # A single leaky-ReLU neuron whose flow slides along its kink for t in about (1.5, 2.7) (the hand-solved
+    # flow of tests/test_nonsmooth.py): stopped by max_steps inside that phase, the message names the kink and
+    # does not send the user to an implicit solver, which steps over a kink no better.
+    net = fs.networks.TwoLayer(np.array([[0.5, 0.5]]), np.array([1.0]), 0.2)
+    problem = fs.Problem(net, np.array([[1.0, 0.0], [0.3, 1.0]]), np.array([-1.0, 3.0]), "squared",
+                         trainable=net.first_layer_filter())
+    full = fs.simulate(problem, t1=2.0, solver="tsit5")
+    assert bool(full.ok)
+    cut = fs.simulate(problem, t1=2.0, solver="tsit5", max_steps=int(full.stats["num_steps"]) - 1)
+    assert cut.status == fs.Status.MAX_STEPS
+    assert "kink" in cut.message and "loosen rtol/atol" in cut.message, cut.message
+    assert "kvaerno5" not in cut.message and "auto" not in cut.message, cut.message
