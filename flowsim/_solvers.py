@@ -117,7 +117,11 @@ class StageNewton(optx.AbstractRootFinder):
         # followed: Kvaerno5's 1,131 steps (619 rejected) on the small-init regression.
         h_residual, stage_state = _in_state_units(args, y, residual)
         small = self.norm(h_residual / (self.step_atol + self.step_rtol * jnp.abs(stage_state))) < self.skip_below
-        skip = small & (state.step > 0)
+        # ... and only where Newton's own test passes too: at a tiny h, h‖F‖ is small while F is not, and a
+        # skip that cannot terminate repeats until the iteration budget fails the step (a stiff exponential-
+        # loss flow from α = 10³ then stalled at 200,000 rejected steps).
+        converged = self.norm(residual / (self.atol + self.rtol * jnp.abs(y))) < 1
+        skip = small & converged & (state.step > 0)
         diff, linear_ok = jax.lax.cond(skip, lambda: (jnp.zeros_like(y), jnp.asarray(True)),
                                        lambda: self._newton_update(fn, y, args, tags))
         result = optx.RESULTS.where(linear_ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)

@@ -237,3 +237,16 @@ def test_kvaerno5_on_small_init_regression_matches_scipy_and_the_mirror_map_limi
     assert bool(traj.ok) and traj.info["linear_solver"] == "dense"
     beta = np.asarray(traj.final.u * traj.final.v)
     assert np.max(np.abs(beta - rho)) < 1e-6 * np.max(np.abs(rho))
+
+
+def test_newton_skip_never_stalls_a_stiff_start():
+    # Exponential loss from a large init (α = 10³): stiff from t = 0. A skip allowed where h‖F‖ is small but
+    # Newton's own test fails could never terminate: every step failed its root find, 200,000 rejected steps.
+    from flowsim.analysis._scale_accuracy import SignedDiagonal, mean_log_loss
+
+    X, y = fs.data.separable(6, 12, seed=0)
+    problem = fs.Problem(SignedDiagonal.init(12, 2, 1e3), X, y, loss="exponential")
+    traj = fs.simulate(problem, log_t1=2e4 + 100, target_log_loss=float(mean_log_loss(-1e4, 6)), n_save=2,
+                       rtol=1e-10, atol=1e-12, solver="kvaerno5", max_steps=5_000)
+    assert traj.status == fs.Status.TARGET_REACHED, traj.message
+    assert int(traj.stats["num_steps"]) < 1_000
