@@ -31,6 +31,8 @@ from ._losses import Squared as Squared
 from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._problem import Problem as Problem
 from ._simulate import simulate as simulate
+from ._smoothing import SmoothedLimit as SmoothedLimit
+from ._smoothing import smoothed_limit as smoothed_limit
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim

@@ -24,7 +24,9 @@ transversal crossing clips d to a bound and crosses.
 Limitation: where one sample has pairs at kinks in several layers at once (a corner of a deep
 network) g is multilinear in d and the limiting gradients no longer form a box; the field then
 re-linearises (``_RELINEARISATIONS``), which is not the exact minimum-norm element, and a 2-D
-MLP with two hidden layers still chatters at such corners (``benchmarks/relu.py``).
+MLP with two hidden layers still chatters at such corners (``benchmarks/relu.py``: a ReLU sample
+whose first hidden layer is all at or below its kinks puts every second-layer pair at z = 0). For
+such networks ``fs.smoothed_limit`` solves smoothed activations and extrapolates the width to 0.
 
 Numerically a pair counts as "at its kink" inside a band: |z_iu| is at most what a change of
 every parameter by kink_atol + kink_rtol·|θ| can move it. For a first-layer unit z = ⟨w_u, x_i⟩
@@ -122,6 +124,21 @@ class AbstractNonsmoothModel(eqx.Module):
     def slopes(self, z: Array) -> Array:
         """φ'(z) away from kinks: 1 for z > 0, γ otherwise."""
         return jnp.where(z > 0, 1.0, self.leak)
+
+    def apply(self, x: Float[Array, " d"], activation) -> Array:
+        """Optional: the output for ONE input with every φ replaced by ``activation`` (elementwise).
+
+        Needed by ``fs.networks.Smoothed`` (a smoothed activation instead of the kinks)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement apply(x, activation), which fs.networks.Smoothed needs"
+        )
+
+    def smoothed(self, width: float):
+        """This network with φ replaced by φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε), ε = ``width``
+        (``fs.networks.Smoothed``): a smooth model, for ``fs.smoothed_limit``."""
+        from .networks._smoothed import Smoothed
+
+        return Smoothed(self, width)
 
 
 class _Kinks(eqx.Module):

@@ -159,7 +159,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
             # min-norm field costs 40-100x more there): the band is what decides whether the flow slides.
             return text + (" Increase max_steps, or loosen rtol/atol: the kink band is a multiple of the tolerances, "
                            "and a wider band slides where a narrow one chatters (an implicit solver is no help at a "
-                           "kink).")
+                           "kink). Deep ReLU networks can chatter at corners where a sample sits at kinks in several "
+                           "layers: fs.smoothed_limit solves smoothed activations and extrapolates their width to 0.")
         return text + f" Increase max_steps, or {_solver_advice(info)}."
     if status == Status.NON_FINITE:
         return (

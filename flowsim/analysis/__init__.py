@@ -4,6 +4,8 @@ that long-horizon gradient-flow results are checked against."""
 from ._directions import coordinates as coordinates
 from ._directions import log_log_grid as log_log_grid
 from ._directions import unit as unit
+from ._extrapolation import Extrapolation as Extrapolation
+from ._extrapolation import richardson as richardson
 from ._gf_vs_gd import GDFlowComparison as GDFlowComparison
 from ._gf_vs_gd import fitted_order as fitted_order
 from ._gf_vs_gd import gf_vs_gd as gf_vs_gd

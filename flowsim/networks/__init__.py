@@ -13,4 +13,5 @@ from ._linear import Linear as Linear
 from ._relu import MLP as MLP
 from ._relu import TwoLayer as TwoLayer
 from ._signed import SignedDiagonal as SignedDiagonal
+from ._smoothed import Smoothed as Smoothed
 from ._tensor import TensorNetwork as TensorNetwork

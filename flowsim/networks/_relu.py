@@ -117,6 +117,10 @@ class TwoLayer(AbstractNonsmoothModel):
         check_input(x, self.input_dim, "TwoLayer")
         return jnp.dot(self.a, leaky_relu(self.W @ x, self.leak))
 
+    def apply(self, x, activation):
+        check_input(x, self.input_dim, "TwoLayer")
+        return jnp.dot(self.a, activation(self.W @ x))
+
     def pre_activations(self, x):
         return self.W @ x
 
@@ -222,6 +226,13 @@ class MLP(AbstractNonsmoothModel):
         h = x
         for W in self.layers[:-1]:
             h = leaky_relu(W @ h, self.leak)
+        return self.layers[-1] @ h
+
+    def apply(self, x, activation):
+        check_input(x, self.input_dim, "MLP")
+        h = x
+        for W in self.layers[:-1]:
+            h = activation(W @ h)
         return self.layers[-1] @ h
 
     def _hidden(self, x, slopes=None):

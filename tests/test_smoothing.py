@@ -1,0 +1,120 @@
+"""Smoothed ReLU activations and the width → 0 extrapolation (fs.smoothed_limit, fs.analysis.richardson).
+
+Oracles: the closed-form bound |φ_ε − φ| ≤ (1 − γ)ε log 2; exact expansions for Richardson; the hand-solved
+three-phase single-neuron flow of tests/test_nonsmooth.py (smooth piece, sliding along a kink, exit).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_nonsmooth import SAVE_T, T_END, single_neuron_problem, sliding_closed_form
+
+import flowsim as fs
+
+nets = fs.networks
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.2])
+def test_smoothed_networks_tend_to_the_relu_networks(leak):
+    X = jax.random.normal(jax.random.key(0), (50, 3))
+    mlp = nets.MLP.init(jax.random.key(1), 3, [4, 4], leak=leak)
+    two = nets.TwoLayer.init(jax.random.key(2), 3, 5, leak=leak)
+    z = jnp.linspace(-0.01, 0.01, 201)
+    for width in (1e-2, 1e-4):
+        phi = nets._smoothed.smoothed_leaky_relu(z, leak, width)
+        gap = np.max(np.abs(phi - jnp.maximum(z, leak * z)))
+        assert gap <= (1 - leak) * width * np.log(2) * (1 + 1e-12)
+        np.testing.assert_allclose(gap, (1 - leak) * width * np.log(2), rtol=1e-12)  # attained at z = 0
+        for net in (mlp, two):
+            smooth = jax.vmap(net.smoothed(width))(X)
+            exact = jax.vmap(net)(X)
+            # Each layer adds at most (1 − γ)ε log 2 per unit, carried forward by the weights' norms.
+            assert np.max(np.abs(smooth - exact)) < 50 * width
+
+
+def test_richardson_is_exact_on_its_expansion():
+    steps = [1e-1, 1e-2, 1e-3]
+    v0 = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
+
+    def value(h, log):
+        lead = h * np.log(h) if log else h
+        second = h if log else h**2
+        return jax.tree.map(lambda v: v + 0.7 * lead - 5.0 * second, v0)
+
+    for log in (False, True):
+        limit = fs.analysis.richardson(steps, [value(h, log) for h in steps], logarithmic=log)
+        np.testing.assert_allclose(limit.value["a"], v0["a"], atol=1e-12)
+        np.testing.assert_allclose(limit.value["b"], v0["b"], atol=1e-12)
+        assert float(limit.error) > 0  # the two-step extrapolation misses the second term
+    # Two steps remove the leading term only; the order is honoured (h² error: order 2).
+    two = fs.analysis.richardson([0.1, 0.05], [1 + 0.1**2, 1 + 0.05**2], order=2)
+    np.testing.assert_allclose(two.value, 1.0, atol=1e-14)
+    # Unsorted steps give the same answer.
+    shuffled = fs.analysis.richardson(steps[::-1], [value(h, False) for h in steps[::-1]])
+    np.testing.assert_allclose(shuffled.value["a"], v0["a"], atol=1e-12)
+
+
+def test_smoothed_limit_matches_the_hand_solved_sliding_flow():
+    expected, t1, t2 = sliding_closed_form(0.3, np.append(SAVE_T, T_END))
+    limit = fs.smoothed_limit(single_neuron_problem(0.3), t1=T_END, solver="tsit5", rtol=1e-10, atol=1e-12,
+                              save_log_t=np.log(SAVE_T))
+    assert bool(limit.ok), limit.message
+    assert limit.widths == (1e-3, 1e-4, 1e-5)
+    error = np.max(np.abs(np.asarray(limit.params.W)[:, 0, :] - expected))
+    smallest = np.max(np.abs(np.asarray(limit.trajectories[-1].params.network.W)[:, 0, :] - expected))
+    assert error < 3e-5 and error < smallest / 4, (error, smallest)  # measured 1.1e-5 vs 7.1e-5
+    final_error = np.max(np.abs(np.asarray(limit.final.W)[0] - expected[-1]))
+    assert float(limit.error) >= 0.5 * final_error  # the reported uncertainty is not optimistic
+    assert float(limit.spread) > final_error
+    assert isinstance(limit.final, nets.TwoLayer)
+    # The outer layer was not trained in any width (the trainable choice carries over).
+    for traj in limit.trajectories:
+        np.testing.assert_array_equal(np.asarray(traj.final.network.a), [1.0])
+    # log L extrapolated along the saves: close to the closed form's.
+    X, y = single_neuron_problem(0.3).X, single_neuron_problem(0.3).y
+    exact_log_loss = [float(fs.Problem(nets.TwoLayer(w[None], np.ones(1), 0.2), X, y).log_loss_value())
+                      for w in expected]
+    np.testing.assert_allclose(limit.log_loss, exact_log_loss, atol=1e-4)
+
+
+def test_a_smoothed_network_is_a_smooth_model_for_every_solver():
+    problem = single_neuron_problem(0.3)
+    smooth = fs.Problem(problem.model.smoothed(1e-3), problem.X, problem.y, "squared",
+                        trainable=problem.model.smoothed(1e-3).first_layer_filter())
+    explicit = fs.simulate(smooth, t1=T_END, solver="tsit5", rtol=1e-10, atol=1e-12)
+    implicit = fs.simulate(smooth, t1=T_END, solver="kvaerno5", rtol=1e-10, atol=1e-12)
+    assert bool(explicit.ok) and bool(implicit.ok)
+    assert "pairs_at_kink" not in explicit.stats  # not the min-norm path
+    np.testing.assert_allclose(explicit.final.network.W, implicit.final.network.W, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: nets.Smoothed(nets.Diagonal([np.ones(2), np.ones(2)]), 1e-3), TypeError, "AbstractNonsmoothModel"),
+        (lambda: nets.Smoothed(nets.TwoLayer(np.ones((2, 3)), np.ones(2)), 0.0), ValueError, "width"),
+        (lambda: nets.Smoothed(nets.TwoLayer(np.ones((2, 3)), np.ones(2)), -1e-3), ValueError, "-0.001"),
+        (lambda: fs.smoothed_limit(single_neuron_problem(0.3), (1e-3,), t1=1.0), ValueError, "at least 2"),
+        (lambda: fs.smoothed_limit(single_neuron_problem(0.3), (1e-3, 1e-3), t1=1.0), ValueError, "distinct"),
+        (lambda: fs.smoothed_limit(single_neuron_problem(0.3), (1e-3, -1.0), t1=1.0), ValueError, "positive"),
+        (lambda: fs.smoothed_limit(single_neuron_problem(0.3), "small", t1=1.0), TypeError, "widths"),
+        (lambda: fs.smoothed_limit(fs.Problem(nets.Diagonal([np.ones(2), np.ones(2)]), np.ones((1, 2)),
+                                              np.ones(1)), t1=1.0), TypeError, "smooth model"),
+        (lambda: fs.smoothed_limit(fs.Problem(nets.TwoLayer(np.ones((2, 2)), np.ones(2)).smoothed(1e-3),
+                                              np.ones((1, 2)), np.ones(1)), t1=1.0), TypeError, "not of an fs.networks.Smoothed"),
+        (lambda: fs.smoothed_limit("problem", t1=1.0), TypeError, "fs.Problem"),
+        (lambda: fs.analysis.richardson([1e-3], [1.0]), ValueError, "at least 2"),
+        (lambda: fs.analysis.richardson([1e-3, 1e-4], [1.0]), ValueError, "2 steps"),
+        (lambda: fs.analysis.richardson([1e-3, 0.0], [1.0, 2.0]), ValueError, "positive"),
+        (lambda: fs.analysis.richardson([1e-3, 1e-3], [1.0, 2.0]), ValueError, "distinct"),
+        (lambda: fs.analysis.richardson([1e-3, 1e-4], [1.0, 2.0], order=0), ValueError, "order"),
+        (lambda: fs.analysis.richardson([1e-3, 1e-4], [1.0, 2.0], logarithmic="yes"), TypeError, "logarithmic"),
+        (lambda: fs.analysis.richardson([1e-3, 1e-4], [1.0, (1.0, 2.0)]), ValueError, "same structure"),
+        (lambda: fs.analysis.richardson("ab", [1.0, 2.0]), TypeError, "steps"),
+    ],
+)
+def test_bad_inputs_are_refused(build, error, words):
+    with pytest.raises(error) as info:
+        build()
+    assert words in str(info.value), str(info.value)
