@@ -15,7 +15,9 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
 2. The band: a hand-solved single-neuron flow with a sliding phase (tests/test_nonsmooth.py),
    final error against the closed form and steps, for bands of 0.01–100 × the solver tolerance.
 3. The alternative the issue allows: a smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε)
-   on the same flow, error and steps as ε → 0.
+   on the same flow, error and steps as ε → 0, and ``fs.smoothed_limit``'s extrapolation to ε = 0.
+4. The 2-D MLP where the min-norm field chatters: ``fs.smoothed_limit`` against the min-norm solve
+   at log t = 4.4 (where that solve still works), then alone to log t = 10.
 
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
@@ -59,17 +61,6 @@ class PlainMLP(eqx.Module):
             z = W @ h
             h = jnp.maximum(z, self.leak * z)
         return self.layers[-1] @ h
-
-
-class SmoothTwoLayer(eqx.Module):
-    W: jax.Array
-    a: jax.Array
-    leak: float = eqx.field(static=True)
-    width: float = eqx.field(static=True)
-
-    def __call__(self, x):
-        z = self.W @ x
-        return self.a @ (self.leak * z + (1 - self.leak) * self.width * jax.nn.softplus(z / self.width))
 
 
 def first_layer(leaf):
@@ -134,6 +125,16 @@ def examples(quick: bool):
             extra = f"pairs at kink {int(kink_statistics(traj.final, X2)['pairs_at_kink'])}, " \
                     f"log L {float(traj.log_loss[-1]):.3f}"
         print(row(f"2-D MLP 2-16-16-1 XOR / {label} / tsit5", traj, wall, extra), flush=True)
+    start = time.perf_counter()
+    limit = fs.smoothed_limit(fs.Problem(nets.MLP(layers), X2, y2, "logistic"), log_t1=log_t1, solver="tsit5",
+                              max_steps=max_steps * 5, n_save=10)
+    wall = time.perf_counter() - start
+    steps = sum(int(traj.stats["num_steps"]) for traj in limit.trajectories)
+    rejected = sum(int(traj.stats["num_rejected_steps"]) for traj in limit.trajectories)
+    print(f"{'2-D MLP 2-16-16-1 XOR / smoothed limit / tsit5':<44} {steps:>7} {rejected:>7} {wall:>7.1f} "
+          f"{float(limit.trajectories[-1].log_t_reached):>9.3g} {bool(limit.ok)!s:>5}  "
+          f"ε = {', '.join(f'{w:g}' for w in limit.widths)}; log L {float(limit.log_loss[-1]):.3f}, "
+          f"uncertainty {float(limit.error):.1e}", flush=True)
     # Timor et al. 2023, 2×2, a seed that slides.
     x1, x2 = np.array([1.0, 0.99]), np.array([-1.0, 0.99])
     X3 = np.stack([x1 / np.linalg.norm(x1), x2 / np.linalg.norm(x2)])
@@ -191,18 +192,64 @@ def band_table():
 
 
 def smoothing_table():
-    print("\n3. Smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε) on the same flow (tsit5 and kvaerno5, "
-          "rtol 1e-8)\n")
-    print(f"{'ε':>8} {'solver':>9} {'steps':>7} {'rejected':>8} {'ok':>5} {'error':>10}")
+    print("\n3. Smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε) on the same flow (rtol 1e-10), and "
+          "fs.smoothed_limit's extrapolation to ε = 0\n")
+    print(f"{'ε':>22} {'solver':>9} {'steps':>7} {'rejected':>8} {'ok':>5} {'error':>10} {'reported':>10}")
     reference = sliding_reference()
-    for width in (1e-2, 1e-3, 1e-4, 1e-5):
-        for solver in ("tsit5", "kvaerno5"):
-            model = SmoothTwoLayer(jnp.asarray(W0[None]), jnp.ones(1), GAMMA, width)
-            problem = fs.Problem(model, X_S, Y_S, "squared", trainable=first_layer)
-            traj = fs.simulate(problem, t1=T_END, solver=solver, rtol=1e-8, atol=1e-10, max_steps=20_000, n_save=4)
-            error = np.max(np.abs(np.asarray(traj.final.W[0]) - reference))
-            print(f"{width:>8.0e} {solver:>9} {int(traj.stats['num_steps']):>7} "
-                  f"{int(traj.stats['num_rejected_steps']):>8} {bool(traj.ok)!s:>5} {error:>10.2e}", flush=True)
+    net = nets.TwoLayer(W0[None], np.ones(1), GAMMA)
+    problem = fs.Problem(net, X_S, Y_S, "squared", trainable=net.first_layer_filter())
+    widths = (1e-2, 1e-3, 1e-4, 1e-5)
+    for solver in ("tsit5", "kvaerno5"):
+        limit = fs.smoothed_limit(problem, widths, t1=T_END, solver=solver, rtol=1e-10, atol=1e-12,
+                                  max_steps=100_000, n_save=4)
+        finals = [np.asarray(traj.final.network.W[0]) for traj in limit.trajectories]
+        for width, traj, final in zip(limit.widths, limit.trajectories, finals):
+            print(f"{width:>22.0e} {solver:>9} {int(traj.stats['num_steps']):>7} "
+                  f"{int(traj.stats['num_rejected_steps']):>8} {bool(traj.ok)!s:>5} "
+                  f"{np.max(np.abs(final - reference)):>10.2e}", flush=True)
+        for chosen in ((1e-3, 1e-4), (1e-3, 1e-4, 1e-5), widths):
+            for logarithmic in (False, True):
+                values = [finals[widths.index(w)] for w in chosen]
+                value = fs.analysis.richardson(chosen, values, logarithmic=logarithmic).value
+                label = ("ε log ε: " if logarithmic else "ε: ") + ", ".join(f"{w:g}" for w in chosen)
+                reported = ""
+                if chosen == (1e-3, 1e-4, 1e-5) and logarithmic:
+                    sub = fs.smoothed_limit(problem, chosen, t1=T_END, solver=solver, rtol=1e-10, atol=1e-12,
+                                            max_steps=100_000, n_save=4)
+                    reported = f"{float(sub.error):>10.2e}"
+                print(f"{label:>22} {solver:>9} {'':>7} {'':>8} {'':>5} "
+                      f"{np.max(np.abs(value - reference)):>10.2e} {reported}", flush=True)
+
+
+def mlp_table(quick: bool):
+    print("\n4. The 2-D MLP (2-16-16-1, XOR-like labels, logistic): fs.smoothed_limit (ε = 1e-3, 1e-4, 1e-5, tsit5) "
+          "against the min-norm field at log t = 4.4, where that solve still works (max |Δθ| over entries)\n")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = np.sign(X[:, 0] * X[:, 1])
+    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(0))
+    layers = [layer.weight for layer in mlp.layers]
+    layers[-1] = layers[-1][0]
+    problem = fs.Problem(nets.MLP(layers), X, y, "logistic")
+    flat = lambda net: np.concatenate([np.ravel(W) for W in net.layers])  # noqa: E731
+    log_t1 = 3.0 if quick else 4.4
+    references = {}
+    for rtol in (1e-8, 3e-9):
+        traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", rtol=rtol, atol=1e-2 * rtol, max_steps=40_000,
+                           n_save=4)
+        references[rtol] = flat(traj.final)
+        print(f"min-norm rtol {rtol:.0e}: {int(traj.stats['num_steps'])} steps, {wall:.1f} s, ok {bool(traj.ok)}",
+              flush=True)
+    reference = references[1e-8]
+    print(f"min-norm rtol 1e-8 vs 3e-9: {np.max(np.abs(references[3e-9] - reference)):.1e} (the reference's own error)")
+    start = time.perf_counter()
+    limit = fs.smoothed_limit(problem, log_t1=log_t1, solver="tsit5", max_steps=200_000, n_save=4)
+    wall = time.perf_counter() - start
+    for width, traj in zip(limit.widths, limit.trajectories):
+        print(f"ε = {width:g}: {int(traj.stats['num_steps'])} steps, |Δθ| {np.max(np.abs(flat(traj.final.network) - reference)):.1e}")
+    print(f"extrapolated (ε log ε, ε, …): |Δθ| {np.max(np.abs(flat(limit.final) - reference)):.1e}, reported uncertainty "
+          f"{float(limit.error):.1e}, {wall:.1f} s for all three widths", flush=True)
 
 
 def main():
@@ -213,6 +260,7 @@ def main():
     examples(args.quick)
     band_table()
     smoothing_table()
+    mlp_table(args.quick)
 
 
 if __name__ == "__main__":
