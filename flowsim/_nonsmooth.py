@@ -33,9 +33,10 @@ every parameter by kink_atol + kink_rtol·|θ| can move it. For a first-layer un
 that is (kink_atol + kink_rtol‖w_u‖)‖x_i‖ (the parameter-space distance of w_u to the kink
 hyperplane is below kink_atol + kink_rtol‖w_u‖); deeper units add the movement of their input
 (``MLP.kink_widths``). An adaptive solver lands within its own error tolerance of a kink, so the
-band must exceed that tolerance (``benchmarks/relu.py``: a band of 0.01 × the tolerance chatters
-and stalls; 1–100 × slides, with an error that grows like the band); the flow then slides at that
-offset, an O(band) perturbation of the trajectory.
+band should exceed that tolerance (with Diffrax's I-controller a band of 0.01 × the tolerance
+chattered and stalled; with the PI controller ReLU models now get, 0.01–100 × slide on the
+hand-solved flow of ``benchmarks/relu.py``, with an error that grows like the band); the flow then
+slides at that offset, an O(band) perturbation of the trajectory.
 """
 
 import abc
