@@ -14,9 +14,14 @@
 3. A trial runs in segments of doubling span, the first ``TRIAL_FIRST_SPAN`` explicit steps long
    and unmeasured (a fresh start's small first steps are not what the solver costs); it is
    measured once the later segments hold ``TRIAL_MIN_STEPS`` accepted implicit steps and the span
-   of ``TRIAL_EXPLICIT_STEPS`` explicit steps. Sized in steps, not in time already covered, a
-   lost trial costs a few segments' worth of work however long the solve has run. Each segment
-   ends at a time, so its last step is clipped; the next starts from the mean accepted step.
+   of ``TRIAL_EXPLICIT_STEPS`` explicit steps (or that many implicit steps, when the implicit
+   steps are the smaller). Sized in steps, not in time already covered, a lost trial costs a few
+   segments' worth of work however long the solve has run; implicit segments are
+   ``IMPLICIT_SEGMENT_STEPS`` long (an implicit step can cost 100× an explicit one), and a trial
+   whose cost per unit time so far is ``TRIAL_ABANDON_FACTOR`` times the explicit rate is lost at
+   once (a smoothed ReLU network: accuracy, not stability, holds Kvaerno5's steps there, at 200× the
+   cost per step). Each segment ends at a time, so its last step is clipped; the next starts from
+   the mean accepted step.
 4. Costs are compared as wall per unit of solver time. Wall per step is each solver's smallest
    over its last ``COST_WINDOW`` segments: load on a shared machine only ever adds time, so the
    minimum is the solver's own cost. Explicit steps (held by stability or accuracy) change
@@ -51,6 +56,7 @@ from ._nonsmooth import AbstractNonsmoothModel
 from ._solvers import EXPLICIT_SOLVERS
 
 SEGMENT_STEPS = 512
+IMPLICIT_SEGMENT_STEPS = 64  # auto's implicit segments (each implicit step costs far more)
 STIFF_STEP_RATIO = 1.0
 EXPLICIT_STABLE_STEP = 3.0
 POWER_ITERATIONS = 20
@@ -58,6 +64,7 @@ TRIAL_FIRST_SPAN = 32  # a trial's first (unmeasured) segment spans this many ex
 TRIAL_EXPLICIT_STEPS = 128  # its measured segments at least this many,
 TRIAL_MIN_STEPS = 8  # and hold at least this many accepted implicit steps
 TRIAL_MARGIN = 1.5  # a trial is undone only if implicit costs this much more per unit time
+TRIAL_ABANDON_FACTOR = 20.0  # ... and is lost at once, measured or not, past this many times
 RETRY_FACTOR = 2.0  # after a lost trial, the next waits until the solver time has grown this much
 SWITCH_BACK_FACTOR = 0.25  # hysteresis: back to explicit only when predicted 4x cheaper
 RETRY_WALL_FACTOR = 2.0  # ... and the explicit solver has spent this many times the lost trial's wall
@@ -169,12 +176,12 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
         trajectory = finish(problem, carry, save_times, settings, static, metadata, linear_solver)
         return _timed(trajectory, start)
 
-    budget = min(max_steps, SEGMENT_STEPS)
     current = AUTO_EXPLICIT if auto else solver
 
     solvers = (AUTO_EXPLICIT, AUTO_IMPLICIT) if auto else (solver,)
 
     def static_for(name):
+        budget = min(max_steps, IMPLICIT_SEGMENT_STEPS if auto and name == AUTO_IMPLICIT else SEGMENT_STEPS)
         return _Static(name, linear_solver, log_time, budget, False, has_target, solvers=solvers)
 
     carry = init_carry(problem, save_times, settings, static_for(current))
@@ -233,14 +240,21 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
                     carry = dataclasses.replace(carry, dt=jnp.asarray(step, dtype=carry.dt.dtype))
                 trial["segments"].append((wall, steps, accepted, time1 - time0))
                 trial["span"] *= 2.0
-                measured = trial["segments"][1:]
-                if (sum(m[2] for m in measured) < TRIAL_MIN_STEPS
-                        or sum(m[3] for m in measured) < TRIAL_EXPLICIT_STEPS * trial["explicit_step"]):
+                segments = trial["segments"]
+                # Far behind already (warm-up included, which only overstates the cost a few-fold): lost.
+                abandon = (explicit_rate is not None and sum(m[2] for m in segments) > 0
+                           and sum(m[0] for m in segments)
+                           >= TRIAL_ABANDON_FACTOR * explicit_rate * sum(m[3] for m in segments))
+                measured = segments[1:]
+                if not abandon and (
+                        sum(m[2] for m in measured) < TRIAL_MIN_STEPS
+                        or (sum(m[3] for m in measured) < TRIAL_EXPLICIT_STEPS * trial["explicit_step"]
+                            and sum(m[1] for m in measured) < TRIAL_EXPLICIT_STEPS)):
                     continue
             if not (math.isfinite(step) and step > 0):
                 continue
             if trial is not None:
-                measured = trial["segments"][1:]
+                measured = trial["segments"][1:] or trial["segments"]
                 step_costs[current].extend(m[0] / m[1] for m in measured)
                 total_steps, total_span = sum(m[1] for m in measured), sum(m[3] for m in measured)
                 rate = min(step_costs[current]) * total_steps / total_span
@@ -342,5 +356,5 @@ def _fingerprint(problem, save_times, settings, solver, linear_solver, log_time,
     static_part = eqx.filter((problem,), lambda leaf: not eqx.is_array(leaf))
     digest.update(repr(jax.tree_util.tree_structure(static_part)).encode())
     digest.update(repr((type(base_problem(problem).model).__name__, solver, linear_solver, log_time,
-                        has_target, SEGMENT_STEPS)).encode())
+                        has_target, SEGMENT_STEPS, IMPLICIT_SEGMENT_STEPS)).encode())
     return digest.hexdigest()

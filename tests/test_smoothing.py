@@ -118,3 +118,28 @@ def test_bad_inputs_are_refused(build, error, words):
     with pytest.raises(error) as info:
         build()
     assert words in str(info.value), str(info.value)
+
+
+def xor_mlp_problem(width):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = np.sign(X[:, 0] * X[:, 1])
+    net = nets.MLP.init(jax.random.key(0), 2, [16, 16], scale=0.5)
+    return fs.Problem(net.smoothed(width), X, y, "logistic")
+
+
+def test_auto_loses_a_hopeless_implicit_trial_at_once():
+    # A smoothed deep ReLU net: Tsit5 runs at its stability limit (h·ρ ≥ 1, so auto tries Kvaerno5), but
+    # Kvaerno5's steps are held by accuracy there, at ~10^4 × Tsit5's cost per unit time. Before the trial
+    # could be abandoned, it never finished measuring and ran Kvaerno5 to the horizon (16× Tsit5's wall).
+    problem = xor_mlp_problem(1e-5)
+    auto = fs.simulate(problem, log_t1=3.0, solver="auto")
+    explicit = fs.simulate(problem, log_t1=3.0, solver="tsit5")
+    assert bool(auto.ok) and bool(explicit.ok)
+    record = auto.info["auto"]
+    trials = [i for i, entry in enumerate(record) if entry[2].startswith("trial:")]
+    assert trials, record  # the stiffness test did fire
+    for i in trials:
+        assert record[i + 1][1] == "tsit5" and record[i + 1][2].startswith("trial lost"), record
+    for a, b in zip(jax.tree.leaves(auto.final), jax.tree.leaves(explicit.final)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
