@@ -17,7 +17,7 @@
    of ``TRIAL_EXPLICIT_STEPS`` explicit steps (or that many implicit steps, when the implicit
    steps are the smaller). Sized in steps, not in time already covered, a lost trial costs a few
    segments' worth of work however long the solve has run; implicit segments are
-   ``IMPLICIT_SEGMENT_STEPS`` long (an implicit step can cost 100× an explicit one), and a trial
+   ``IMPLICIT_SEGMENT_STEPS`` long (an implicit step can cost 200× an explicit one), and a trial
    whose cost per unit time so far is ``TRIAL_ABANDON_FACTOR`` times the explicit rate is lost at
    once (a smoothed ReLU network: accuracy, not stability, holds Kvaerno5's steps there, at 200× the
    cost per step). Each segment ends at a time, so its last step is clipped; the next starts from
@@ -30,8 +30,8 @@
    undone only if it costs ``TRIAL_MARGIN`` times the explicit rate (stiffness grows along the
    flows flowsim studies: a near tie goes to the implicit solver). The next trial waits until
    the solver time has grown ``RETRY_FACTOR``-fold and the explicit solver has spent
-   ``RETRY_WALL_FACTOR`` times the lost trial's wall, so lost trials cost at most a third of
-   the run.
+   ``RETRY_WALL_FACTOR`` times the lost trial's wall (times the factor by which it lost beyond
+   ``TRIAL_MARGIN``), so lost trials cost at most a third of the run.
 5. While implicit, the explicit cost is predicted from its measured cost per step and the step
    it could take, min(h_implicit, ``EXPLICIT_STABLE_STEP``/ρ); below ``SWITCH_BACK_FACTOR`` times
    the implicit cost, auto switches back.
@@ -56,7 +56,7 @@ from ._nonsmooth import AbstractNonsmoothModel
 from ._solvers import EXPLICIT_SOLVERS
 
 SEGMENT_STEPS = 512
-IMPLICIT_SEGMENT_STEPS = 64  # auto's implicit segments (each implicit step costs far more)
+IMPLICIT_SEGMENT_STEPS = 32  # auto's implicit segments (each implicit step costs far more)
 STIFF_STEP_RATIO = 1.0
 EXPLICIT_STABLE_STEP = 3.0
 POWER_ITERATIONS = 20
@@ -288,7 +288,10 @@ def drive(problem, save_times, settings, metadata, *, solver, linear_solver, log
             trial = None
             if was_trial and explicit_rate is not None and implicit_rate >= TRIAL_MARGIN * explicit_rate:
                 next_trial_time = time1 + (RETRY_FACTOR - 1.0) * max(abs(time1), time1 - time0)
-                trial_wall_owed, explicit_wall_since_trial = RETRY_WALL_FACTOR * trial_wall, 0.0
+                # A trial lost by far is retried correspondingly later (stiffness that makes up a 10^4 gap
+                # would show as a far larger h·ρ first).
+                lost_by = implicit_rate / (TRIAL_MARGIN * explicit_rate)
+                trial_wall_owed, explicit_wall_since_trial = RETRY_WALL_FACTOR * trial_wall * max(1.0, lost_by), 0.0
                 current = AUTO_EXPLICIT
                 carry = _start_afresh(carry, current)
                 switches.append((_round(log_t_now), current, f"trial lost: implicit {implicit_rate:.3g} vs explicit "
