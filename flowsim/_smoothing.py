@@ -25,6 +25,9 @@ class SmoothedLimit(eqx.Module):
     - ``log_t``: the save times (log t), shared by every width;
     - ``params``, ``final``: the ReLU network extrapolated to ε = 0 at every save, and at the last;
     - ``log_loss``: log L extrapolated to ε = 0 at every save;
+    - ``log_t_reached``: where the solves ended, extrapolated (with ``target_log_loss`` each width
+      stops at its own time: ``final`` is then the state where L reaches the target, and saves
+      after the earliest stop mix states of different times — each solve repeats its last one);
     - ``error``: the uncertainty of the final parameters (max over entries): the larger of
       Richardson's error estimate and the gap between the ε-power and the ε log ε extrapolations;
     - ``spread``: max over entries of |final parameters at the two smallest widths| — what a
@@ -37,6 +40,7 @@ class SmoothedLimit(eqx.Module):
     params: PyTree
     final: PyTree
     log_loss: Float[Array, " n_save"]
+    log_t_reached: Float[Array, ""]
     error: Float[Array, ""]
     spread: Float[Array, ""]
     trajectories: tuple[Trajectory, ...]
@@ -104,6 +108,7 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
     disagreement = max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in
                        zip(jax.tree_util.tree_leaves(final.value), jax.tree_util.tree_leaves(other.value)))
     log_loss = richardson(widths, [traj.log_loss for traj in trajectories], logarithmic=logarithmic)
+    log_t_reached = richardson(widths, [traj.log_t_reached for traj in trajectories], logarithmic=logarithmic)
     gaps = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
         trajectories[-1].final.network, trajectories[-2].final.network))
@@ -115,6 +120,7 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
         params=params.value,
         final=final.value,
         log_loss=log_loss.value,
+        log_t_reached=log_t_reached.value,
         error=np.maximum(np.asarray(final.error), disagreement),
         spread=np.asarray(max(gaps)),
         trajectories=trajectories,

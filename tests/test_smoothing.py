@@ -68,6 +68,7 @@ def test_smoothed_limit_matches_the_hand_solved_sliding_flow():
     assert float(limit.error) >= 0.5 * final_error  # the reported uncertainty is not optimistic
     assert float(limit.spread) > final_error
     assert isinstance(limit.final, nets.TwoLayer)
+    np.testing.assert_allclose(limit.log_t_reached, np.log(T_END), rtol=1e-12)
     # The outer layer was not trained in any width (the trainable choice carries over).
     for traj in limit.trajectories:
         np.testing.assert_array_equal(np.asarray(traj.final.network.a), [1.0])
@@ -143,3 +144,19 @@ def test_auto_loses_a_hopeless_implicit_trial_at_once():
         assert record[i + 1][1] == "tsit5" and record[i + 1][2].startswith("trial lost"), record
     for a, b in zip(jax.tree.leaves(auto.final), jax.tree.leaves(explicit.final)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_smoothed_limit_with_a_target_extrapolates_where_the_target_is_reached():
+    # The target is the closed-form loss at t = 8 (after the slide): every width stops near t = 8, and the
+    # extrapolated stopping time and state approach the closed form's.
+    X, y = single_neuron_problem(0.3).X, single_neuron_problem(0.3).y
+    expected, _, _ = sliding_closed_form(0.3, [8.0])
+    target = float(fs.Problem(nets.TwoLayer(expected[0][None], np.ones(1), 0.2), X, y).log_loss_value())
+    limit = fs.smoothed_limit(single_neuron_problem(0.3), t1=T_END, solver="tsit5", rtol=1e-10, atol=1e-12,
+                              target_log_loss=target, n_save=4)
+    assert bool(limit.ok), limit.message
+    assert all(traj.status == fs.Status.TARGET_REACHED for traj in limit.trajectories)
+    single = abs(float(limit.trajectories[-1].log_t_reached) - np.log(8.0))
+    # measured: 3.4e-8 against 8.5e-5 for the smallest width alone
+    assert abs(float(limit.log_t_reached) - np.log(8.0)) < single / 100, (limit.log_t_reached, single)
+    np.testing.assert_allclose(np.asarray(limit.final.W)[0], expected[0], atol=1e-6)  # measured 8e-8
