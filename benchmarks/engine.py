@@ -64,13 +64,9 @@ def _problems(name, quick):
     if name == "smoothed_relu_mlp":
         # A deep ReLU net with softplus-smoothed kinks (fs.smoothed_limit's solves, ε = 1e-5): Tsit5 sits at its
         # stability limit (so auto tries Kvaerno5), but Kvaerno5's steps are held by accuracy, at ~200× the cost.
-        rng = np.random.default_rng(0)
-        X = rng.standard_normal((20, 2))
-        y = np.sign(X[:, 0] * X[:, 1])
-        mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
-                         key=jax.random.key(0))
-        layers = [layer.weight for layer in mlp.layers]
-        layers[-1] = layers[-1][0]
+        from relu import xor_mlp  # benchmarks/relu.py, beside this script
+
+        X, y, layers = xor_mlp()
         return fs.Problem(fs.networks.MLP(layers).smoothed(1e-5), X, y, "logistic"), dict(
             log_t1=4.0 if quick else 10.0, max_steps=400_000)
     if name.startswith("regression_p"):

@@ -79,6 +79,19 @@ def row(name, traj, wall, extra=""):
             f"{wall:>7.1f} {float(traj.log_t_reached):>9.3g} {bool(traj.ok)!s:>5}  {extra}")
 
 
+def xor_mlp():
+    """(X, y, layers): 20 Gaussian points in 2-D with XOR-like labels sign(x₁x₂), and the layers of
+    ``eqx.nn.MLP(2, "scalar", 16, 2, use_bias=False)`` (key 0), the last as a vector."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = np.sign(X[:, 0] * X[:, 1])
+    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(0))
+    layers = [layer.weight for layer in mlp.layers]
+    layers[-1] = layers[-1][0]
+    return X, y, layers
+
+
 def frei_data(n=30, d=300, noise=0.15, seed=0):
     rng = np.random.default_rng(seed)
     clean = np.where(rng.random(n) < 0.5, 1.0, -1.0)
@@ -109,13 +122,7 @@ def examples(quick: bool):
             extra = f"pairs at kink {int(stats['pairs_at_kink'])}, log L {float(traj.log_loss[-1]):.3f}"
         print(row(f"Frei n=30 d=300 m=20 15% noise / {label} / tsit5", traj, wall, extra), flush=True)
     # 2-D ReLU MLP, two hidden layers.
-    rng = np.random.default_rng(0)
-    X2 = rng.standard_normal((20, 2))
-    y2 = np.sign(X2[:, 0] * X2[:, 1])
-    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
-                     key=jax.random.key(0))
-    layers = [layer.weight for layer in mlp.layers]
-    layers[-1] = layers[-1][0]
+    X2, y2, layers = xor_mlp()
     log_t1 = 4.0 if quick else 10.0
     for label, model in (("plain", PlainMLP(tuple(layers), 0.0)), ("min-norm", nets.MLP(layers))):
         problem = fs.Problem(model, X2, y2, "logistic")
@@ -222,18 +229,12 @@ def smoothing_table():
 
 
 def mlp_table(quick: bool):
+    log_t1 = 3.0 if quick else 4.4
     print("\n4. The 2-D MLP (2-16-16-1, XOR-like labels, logistic): fs.smoothed_limit (ε = 1e-3, 1e-4, 1e-5, tsit5) "
-          "against the min-norm field at log t = 4.4, where that solve still works (max |Δθ| over entries)\n")
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((20, 2))
-    y = np.sign(X[:, 0] * X[:, 1])
-    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
-                     key=jax.random.key(0))
-    layers = [layer.weight for layer in mlp.layers]
-    layers[-1] = layers[-1][0]
+          f"against the min-norm field at log t = {log_t1:g}, where that solve still works (max |Δθ| over entries)\n")
+    X, y, layers = xor_mlp()
     problem = fs.Problem(nets.MLP(layers), X, y, "logistic")
     flat = lambda net: np.concatenate([np.ravel(W) for W in net.layers])  # noqa: E731
-    log_t1 = 3.0 if quick else 4.4
     references = {}
     for rtol in (1e-8, 3e-9):
         traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", rtol=rtol, atol=1e-2 * rtol, max_steps=40_000,
