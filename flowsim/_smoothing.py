@@ -96,8 +96,14 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
     # Measured on the 2-16-16-1 MLP at ε = 1e-5 to log t = 10: Tsit5 3.8 s, auto 10 s (a lost Kvaerno5
     # trial and its compilation), Kvaerno5 68 s (accuracy, not stability, holds its steps).
     options.setdefault("solver", "tsit5")
-    problems = [_smoothed_problem(problem, w) for w in widths]
-    trajectories = tuple(simulate(p, **options) for p in problems)
+    trajectories = tuple(simulate(_smoothed_problem(problem, w), **options) for w in widths)
+    return extrapolate(widths, trajectories, logarithmic=logarithmic)
+
+
+def extrapolate(widths, trajectories, *, logarithmic: bool = True) -> SmoothedLimit:
+    """The ``SmoothedLimit`` of smoothed solves already run (``widths`` decreasing, one trajectory
+    each, the same save grid): what ``smoothed_limit`` returns, without solving again."""
+    widths, trajectories = tuple(widths), tuple(trajectories)
     params = richardson(widths, [traj.params.network for traj in trajectories], logarithmic=logarithmic)
     finals = [traj.final.network for traj in trajectories]
     final = richardson(widths, finals, logarithmic=logarithmic)
