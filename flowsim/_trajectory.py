@@ -23,6 +23,7 @@ class Status(enum.IntEnum):
     NON_FINITE_FIELD = 7
     INVALID_INPUT = 8
     TARGET_AT_START = 9
+    LOSS_INCREASED = 10
 
 
 _SUCCESS = (Status.HORIZON_REACHED, Status.TARGET_REACHED)
@@ -185,6 +186,14 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
     if status == Status.INVALID_INPUT:
         return ("refused before solving: a traced (vmapped) value was invalid for this member — rtol/atol must be "
                 "positive and finite, the horizon finite, and classification labels exactly ±1")
+    if status == Status.LOSS_INCREASED:
+        if info.get("solver") == "gradient_descent":
+            return (f"gradient descent made the loss grow far above its start: {where}. The step lr = "
+                    f"{info.get('lr')} exceeds the stability bound 2/λ_max(∇²L) (fs.analysis.sharpness gives λ_max): "
+                    "try a smaller lr.")
+        return (f"the loss at the end is above its starting value: {where}. Gradient flow never increases L, so "
+                "the solve is wrong: the tolerances are too loose. Tighten rtol/atol (and check the model is "
+                "differentiable along the path).")
     if status == Status.TARGET_AT_START:
         target = info.get("target_log_loss")
         return (f"refused before solving: target_log_loss = {target} is not below the starting log loss, so the "
