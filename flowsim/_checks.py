@@ -82,6 +82,29 @@ def as_choice(name: str, value, choices) -> str:
     return value
 
 
+# Data arrays of a Problem (concrete or traced).
+
+
+def as_data_array(name: str, value) -> jax.Array:
+    """Real data (``X`` or ``y`` of a ``Problem``) as a float64 array; concrete or traced.
+
+    Booleans and integers are cast exactly; complex values are refused (casting would drop the
+    imaginary part), and so are strings, objects and ragged nested lists, each naming ``name``.
+    """
+    if not (is_traced(value) or isinstance(value, jax.Array)):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as error:  # ragged nested lists: numpy refuses an inhomogeneous shape
+            raise ValueError(f"{name} cannot be read as an array (are its rows of unequal length?): {error}") from error
+    dtype = np.dtype(value.dtype)
+    if dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got dtype {dtype}: its imaginary part would be dropped; pass "
+                        f"the real and imaginary parts as separate features if both matter")
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array (float, int or bool), got dtype {dtype}")
+    return jnp.asarray(value, dtype=jnp.float64)
+
+
 # Arrays and the analysis references' arguments (concrete values: the references run outside jit).
 
 

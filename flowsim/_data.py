@@ -12,13 +12,18 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float
 
+from ._checks import as_bool, as_int, as_real_scalar
+
 
 def circular_even(X: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
     """The even part of each row under circular reflection: (x_j + x_{(−j) mod d}) / 2.
 
     Its unitary DFT is real (the odd part carries the imaginary part of the DFT).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if np.iscomplexobj(X) or X.dtype.kind not in "biuf":
+        raise TypeError(f"X must be a real numeric array, got dtype {X.dtype}")
+    X = X.astype(np.float64)
     if X.ndim != 2:
         raise ValueError(f"X must have shape (n, d), got shape {X.shape}")
     reflected = X[:, (-np.arange(X.shape[1])) % X.shape[1]]
@@ -27,6 +32,7 @@ def circular_even(X: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
 
 def sparse_teacher(d: int, sparsity: int, rng: np.random.Generator) -> Float[np.ndarray, " d"]:
     """A unit vector with `sparsity` non-zero entries at random places, magnitudes in [0.5, 1], random signs."""
+    d, sparsity = as_int("d", d), as_int("sparsity", sparsity)
     if not 1 <= sparsity <= d:
         raise ValueError(f"sparsity must be between 1 and d={d}, got {sparsity}")
     teacher = np.zeros(d)
@@ -43,6 +49,8 @@ def underdetermined_regression(
     Requires n < d (n ≤ ⌊d/2⌋ + 1 − 1 for `symmetric`, the dimension of circularly even signals minus one),
     so the interpolators form an affine space of dimension ≥ 1 and the implicit bias picks one of them.
     """
+    n, d, seed = as_int("n", n), as_int("d", d), as_int("seed", seed, minimum=0)
+    sparsity, symmetric = as_int("sparsity", sparsity), as_bool("symmetric", symmetric)
     even_dim = d // 2 + 1
     if not 1 <= n < (even_dim if symmetric else d):
         limit = f"⌊d/2⌋ + 1 = {even_dim} (circularly even inputs)" if symmetric else f"d = {d}"
@@ -65,8 +73,9 @@ def separable(
     w* is a unit teacher (sparse with `sparsity` non-zeros, or dense Gaussian when None); Gaussian points
     closer than `gap` to its hyperplane are redrawn, so w* separates the data with margin ≥ gap.
     """
-    if n < 1 or d < 1:
-        raise ValueError(f"need n ≥ 1 and d ≥ 1, got n = {n}, d = {d}")
+    n, d, seed = as_int("n", n), as_int("d", d), as_int("seed", seed, minimum=0)
+    symmetric = as_bool("symmetric", symmetric)
+    gap = float(as_real_scalar("gap", gap))
     if not gap >= 0:
         raise ValueError(f"gap must be ≥ 0, got {gap}")
     rng = np.random.default_rng(seed)
@@ -104,9 +113,7 @@ def relu_teacher_student(
     **Returns:** ``(X, y, U, a)``: inputs (n, d), targets y_i = f*(x_i) (n,), teacher rows U (width, d) and
     outer weights a (width,).
     """
-    from ._checks import as_int
-
-    n, d, width = as_int("n", n), as_int("d", d), as_int("width", width)
+    n, d, width, seed = as_int("n", n), as_int("d", d), as_int("width", width), as_int("seed", seed, minimum=0)
     if width > d:
         raise ValueError(f"the teacher's width must be at most d = {d} (its rows are orthonormal), got {width}")
     rng = np.random.default_rng(seed)

@@ -74,7 +74,7 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
     - ``problem``: a ``fs.Problem``.
     - ``lr``: the step η > 0. A number or a 0-d array; it is a traced value, so a new ``lr``
       does not recompile and ``eqx.filter_vmap`` over ``lr`` runs several steps at once (a
-      traced ``lr`` that is not positive and finite raises at run time).
+      traced ``lr`` that is not positive and finite gives that member ``fs.Status.INVALID_INPUT``).
     - ``steps``: number of steps K (optional when ``save_steps`` is given: then its last entry).
     - ``n_save``: save at most this many log-spaced steps 0 = k_0 < … < k_m = K (default 100;
       small integers are de-duplicated, so fewer than ``n_save`` may come back).
@@ -85,9 +85,18 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
 
     **Returns:**
 
-    The same ``Trajectory`` type as ``simulate``. If the loss becomes non-finite the run stops
-    there: ``ok`` is False, ``message`` gives the step, and saves from that point on are NaN
-    (never numbers that look like results). Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
+    The same ``Trajectory`` type as ``simulate``. ``ok`` is False, and ``message`` says why, when:
+
+    - the loss becomes non-finite (``fs.Status.DIVERGED``): the run stops there, and saves from
+      that point on are NaN (never numbers that look like results);
+    - the loss at the last step is more than 10× the loss at step 0 (``fs.Status.LOSS_INCREASED``):
+      GD with η above the stability bound 2/λ_max(∇²L) grows the loss geometrically, often for
+      many steps before it overflows. The iterates are kept as computed;
+    - a traced ``lr`` is not positive and finite, or traced classification labels are not ±1
+      (``fs.Status.INVALID_INPUT``): under ``eqx.filter_vmap`` only that member is refused, its
+      saves NaN. A concrete ``lr`` is checked at once and raises a ``ValueError``.
+
+    Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
@@ -120,8 +129,26 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
     return run_timed(run, problem, lr, jnp.asarray(segment_lengths), jnp.asarray(grid))
 
 
+# A run whose last loss is more than this factor above its first has not trained: GD past its stability bound.
+_GROWTH_FACTOR = 10.0
+
+
+def _invalid_input(problem: Problem, lr) -> jax.Array:
+    """Per-member checks of values that may be traced (batched): the step, and ±1 labels for classification."""
+    bad = ~(jnp.isfinite(lr) & (lr > 0))
+    if problem.loss.is_classification:
+        bad = bad | ~jnp.all((problem.y == 1.0) | (problem.y == -1.0))
+    return bad
+
+
+def _loss_increased(log_loss_start, log_loss_end) -> jax.Array:
+    """log L_K > log L_0 + log ``_GROWTH_FACTOR``. Round-off near a minimiser moves L by a few ulps of the
+    residual (a factor of a few in L), not by the factor: no floor is needed."""
+    return log_loss_end > log_loss_start + jnp.log(_GROWTH_FACTOR)
+
+
 def _gd_loop(problem, lr, segment_lengths, save_steps) -> Trajectory:
-    lr = eqx.error_if(lr, ~(jnp.isfinite(lr) & (lr > 0)), "gradient_descent: lr must be positive and finite")
+    invalid = _invalid_input(problem, lr)
     theta0, field = make_field(problem, log_time=False)
 
     def loss_is_finite(predictions):
@@ -143,7 +170,7 @@ def _gd_loop(problem, lr, segment_lengths, save_steps) -> Trajectory:
         end = k + length
 
         def cond(inner):
-            return (inner[1] < end) & (inner[2] < 0)
+            return (inner[1] < end) & (inner[2] < 0) & ~invalid
 
         state = jax.lax.while_loop(cond, step, (theta, k, stopped_at))
         return state, state
@@ -152,13 +179,17 @@ def _gd_loop(problem, lr, segment_lengths, save_steps) -> Trajectory:
     (_, _, stopped_at), (thetas, _, stops) = jax.lax.scan(segment, init, segment_lengths)
     diverged = stopped_at >= 0
     # Saves at or after the divergence are NaN: a diverged run returns no numbers that look like results.
-    invalid = stops >= 0
-    thetas = jnp.where(invalid[:, None], jnp.nan, thetas)
+    # A member refused before running has no states either.
+    no_state = (stops >= 0) | invalid
+    thetas = jnp.where(no_state[:, None], jnp.nan, thetas)
     models = eqx.filter_vmap(field.model)(thetas)
     loss, log_loss = saved_losses(problem, models)
     log_t = log_t_from_time(save_steps * lr)
-    status = jnp.where(diverged, Status.DIVERGED, Status.HORIZON_REACHED).astype(jnp.int32)
-    num_steps = jnp.where(diverged, stopped_at, save_steps[-1])
+    increased = _loss_increased(field.log_loss(theta0), log_loss[-1])
+    status = jnp.where(increased, Status.LOSS_INCREASED, Status.HORIZON_REACHED)
+    status = jnp.where(diverged, Status.DIVERGED, status)
+    status = jnp.where(invalid, Status.INVALID_INPUT, status).astype(jnp.int32)
+    num_steps = jnp.where(invalid, 0, jnp.where(diverged, stopped_at, save_steps[-1]))
     stats = {
         "num_steps": num_steps,
         "num_accepted_steps": num_steps,

@@ -37,9 +37,15 @@ class AbstractLoss(eqx.Module):
         """e^{log_scale} ∂ℓ_i/∂f_i, same shape as ``prediction``."""
 
     def log_value(self, prediction: Array, target: Array) -> Float[Array, ""]:
-        """log L = logsumexp_i(log ℓ_i) − log n."""
+        """log L = logsumexp_i(log ℓ_i) − log n; NaN where any prediction or any log ℓ_i is NaN.
+
+        A NaN sample must not drop out of the sum (a state whose predictions are all NaN would
+        read as L = 0), so NaN is passed on explicitly, whatever a subclass's ``log_per_sample`` does.
+        """
         log_terms = self.log_per_sample(prediction, target)
-        return jax.nn.logsumexp(log_terms) - jnp.log(log_terms.shape[0])
+        undefined = jnp.any(jnp.isnan(prediction)) | jnp.any(jnp.isnan(log_terms))
+        log_loss = jax.nn.logsumexp(log_terms) - jnp.log(log_terms.shape[0])
+        return jnp.where(undefined, jnp.nan, log_loss)
 
     def value(self, prediction: Array, target: Array) -> Float[Array, ""]:
         """L = (1/n) Σ_i ℓ_i."""
@@ -129,7 +135,8 @@ class Squared(AbstractLoss):
         abs_residual = jnp.abs(residual)
         positive = abs_residual > 0
         log_abs = jnp.log(jnp.where(positive, abs_residual, 1.0))
-        log_terms = jnp.where(positive, 2.0 * log_abs, -jnp.inf)
+        # A zero residual contributes log 0 = −inf; a NaN one must stay NaN (`NaN > 0` is False).
+        log_terms = jnp.where(positive, 2.0 * log_abs, jnp.where(jnp.isnan(abs_residual), jnp.nan, -jnp.inf))
         return jax.nn.logsumexp(log_terms, axis=1) + jnp.log(0.5)
 
     def scaled_gradient(self, prediction, target, log_scale):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
+from ._checks import as_data_array
 from ._losses import AbstractLoss, loss_from_name
 
 
@@ -97,8 +98,8 @@ class Problem(eqx.Module):
                 + ("" if trainable is None else " selected by `trainable`")
                 + ": gradient flow needs at least one floating-point array leaf (θ)"
             )
-        X = jnp.asarray(X, dtype=jnp.float64) if is_concrete(X) else X
-        y = jnp.asarray(y, dtype=jnp.float64) if is_concrete(y) else y
+        X = as_data_array("X", X)
+        y = as_data_array("y", y)
         if X.ndim != 2:
             raise ValueError(f"X must have shape (n, d), got shape {tuple(X.shape)}")
         if y.ndim not in (1, 2):
@@ -109,6 +110,14 @@ class Problem(eqx.Module):
             raise ValueError("X has no samples (n = 0)")
         _require_finite("X", X)
         _require_finite("y", y)
+        leaves_with_paths = jax.tree_util.tree_leaves_with_path(model)
+        for (path, leaf), trained in zip(leaves_with_paths, self.trainable_mask):
+            if trained and jnp.iscomplexobj(leaf):
+                raise TypeError(
+                    f"model parameter {jax.tree_util.keystr(path)} is complex (dtype {leaf.dtype}): the flow is over "
+                    "real parameters θ (JAX's gradient of a real loss in a complex leaf is the conjugate of the "
+                    "descent direction, so the loss would grow); store the real and imaginary parts as two real arrays"
+                )
         for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_inexact_array)):
             _require_finite(f"model parameter {jax.tree_util.keystr(path)}", leaf)
         try:
@@ -117,6 +126,9 @@ class Problem(eqx.Module):
             raise ValueError(
                 f"model {type(model).__name__} cannot be applied to one input of shape {tuple(X.shape[1:])}: {error}"
             ) from error
+        if jnp.issubdtype(out.dtype, jnp.complexfloating):
+            raise TypeError(f"model {type(model).__name__} returns complex outputs (dtype {out.dtype}); the losses "
+                            "need real predictions f(x) (take the real part, or the modulus, inside the model)")
         expected = tuple(y.shape[1:])
         if tuple(out.shape) != expected:
             raise ValueError(

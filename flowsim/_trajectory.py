@@ -95,6 +95,9 @@ class Trajectory(eqx.Module):
             member = {k: (v.ravel()[index] if isinstance(v, np.ndarray) and v.size == status.size else v)
                       for k, v in info.items()}
             member["rejected_fraction"] = _rejected_fraction(self.stats, index, status.size)
+            if int(code) == Status.LOSS_INCREASED:
+                log_loss = np.asarray(self.log_loss).reshape(status.size, -1)[index]
+                member["log_loss_first"], member["log_loss_last"] = float(log_loss[0]), float(log_loss[-1])
             if "pairs_at_kink" in self.stats:
                 member["pairs_at_kink"] = int(np.asarray(self.stats["pairs_at_kink"]).ravel()[index])
                 member["band_overflow"] = bool(np.asarray(self.stats["band_overflow"]).ravel()[index])
@@ -184,16 +187,20 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
             "2/λ_max(∇²L) along the path: try a smaller lr."
         )
     if status == Status.INVALID_INPUT:
+        if info.get("solver") == "gradient_descent":
+            return (f"refused before running: a traced (vmapped) value was invalid for this member — lr must be "
+                    f"positive and finite (got {info.get('lr')}), and the labels of a classification loss exactly ±1")
         return ("refused before solving: a traced (vmapped) value was invalid for this member — rtol/atol must be "
                 "positive and finite, the horizon finite, and classification labels exactly ±1")
     if status == Status.LOSS_INCREASED:
+        first, last = info.get("log_loss_first"), info.get("log_loss_last")
+        grown = "" if first is None else f" (log L = {first:.6g} at the first save, {last:.6g} at the last)"
         if info.get("solver") == "gradient_descent":
-            return (f"gradient descent made the loss grow far above its start: {where}. The step lr = "
-                    f"{info.get('lr')} exceeds the stability bound 2/λ_max(∇²L) (fs.analysis.sharpness gives λ_max): "
+            return (f"gradient descent made the loss grow far above its start{grown}: the step lr = {info.get('lr')} "
+                    "exceeds the stability bound 2/λ_max(∇²L) along the path (fs.analysis.sharpness gives λ_max): "
                     "try a smaller lr.")
-        return (f"the loss at the end is above its starting value: {where}. Gradient flow never increases L, so "
-                "the solve is wrong: the tolerances are too loose. Tighten rtol/atol (and check the model is "
-                "differentiable along the path).")
+        return (f"the loss at the end is above its starting value{grown}: {where}. Gradient flow never increases "
+                "L, so the solve is wrong: the tolerances are too loose. Tighten rtol/atol.")
     if status == Status.TARGET_AT_START:
         target = info.get("target_log_loss")
         return (f"refused before solving: target_log_loss = {target} is not below the starting log loss, so the "
@@ -215,10 +222,10 @@ def run_timed(compiled_run, *args) -> Trajectory:
 
 
 def saved_losses(problem, models) -> tuple[Array, Array]:
-    """L and log L for a model with a leading save axis."""
+    """L and log L for a model with a leading save axis; log L is NaN wherever L is."""
     loss = eqx.filter_vmap(problem.loss_value)(models)
     log_loss = eqx.filter_vmap(problem.log_loss_value)(models)
-    return loss, log_loss
+    return loss, jnp.where(jnp.isnan(loss), jnp.nan, log_loss)
 
 
 def log_t_from_log_time(s: Array) -> Array:

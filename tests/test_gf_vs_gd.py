@@ -87,10 +87,39 @@ def test_gradient_descent_lr_is_traced_no_recompile_and_vmaps(quadratic, monkeyp
         np.testing.assert_allclose(batch.params.w[i], gd_exact(H, theta_star, w0, lr, [0, 5, 20]), atol=1e-13)
 
 
-def test_gradient_descent_traced_bad_lr_is_refused_at_run_time(quadratic):
-    problem = quadratic[0]
-    with pytest.raises(Exception, match="lr must be positive and finite"):
-        eqx.filter_vmap(lambda lr: fs.gradient_descent(problem, lr, steps=3))(jnp.asarray([0.1, -1.0]))
+def test_gradient_descent_traced_bad_lr_refuses_only_that_member(quadratic):
+    problem, H, theta_star, w0 = quadratic
+    batch = eqx.filter_vmap(lambda lr: fs.gradient_descent(problem, lr, save_steps=[0, 3]))(
+        jnp.asarray([0.1, -1.0, jnp.nan]))
+    assert np.asarray(batch.status).tolist() == [fs.Status.HORIZON_REACHED, fs.Status.INVALID_INPUT,
+                                                 fs.Status.INVALID_INPUT]
+    np.testing.assert_allclose(batch.params.w[0], gd_exact(H, theta_star, w0, 0.1, [0, 3]), atol=1e-13)
+    assert np.all(np.isnan(np.asarray(batch.params.w[1:]))) and np.all(np.isnan(np.asarray(batch.loss[1:])))
+    assert np.asarray(batch.stats["num_steps"]).tolist() == [3, 0, 0]
+    lines = batch.message.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("member 1:") and "lr must be positive and finite (got -1.0)" in lines[0]
+    # Under jit (a traced scalar, no batch) the same status, not an exception.
+    single = jax.jit(lambda lr: fs.gradient_descent(problem, lr, steps=3))(-1.0)
+    assert int(single.status) == fs.Status.INVALID_INPUT and not bool(single.ok)
+
+
+def test_gradient_descent_past_the_stability_bound_is_not_ok(quadratic):
+    problem, H, theta_star, w0 = quadratic
+    lam = np.linalg.eigvalsh(H).max()
+    # η·λ_max = 2.5: the top mode's error grows by |1 − ηλ_max| = 1.5 a step, and L by 2.25, finite for 40 steps.
+    lr = 2.5 / lam
+    gd = fs.gradient_descent(problem, lr, save_steps=[0, 40])
+    exact = gd_exact(H, theta_star, w0, lr, [0, 40])
+    np.testing.assert_allclose(gd.params.w, exact, rtol=1e-9)  # the iterates are kept as computed
+    assert np.isfinite(float(gd.loss[-1])) and float(gd.loss[-1]) > 1e4 * float(gd.loss[0])
+    assert int(gd.status) == fs.Status.LOSS_INCREASED and not bool(gd.ok)
+    assert "smaller lr" in gd.message and "2/λ_max" in gd.message
+    # Below the bound (η·λ_max = 1.9) the same number of steps is a success, and so is a batch mixing both.
+    assert bool(fs.gradient_descent(problem, 1.9 / lam, save_steps=[0, 40]).ok)
+    batch = eqx.filter_vmap(lambda lr: fs.gradient_descent(problem, lr, save_steps=[0, 40]))(
+        jnp.asarray([1.9 / lam, lr]))
+    assert np.asarray(batch.ok).tolist() == [True, False]
+    assert batch.message.startswith("member 1: gradient descent made the loss grow")
 
 
 @pytest.mark.parametrize(
