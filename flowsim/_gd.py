@@ -10,7 +10,7 @@ import numpy as np
 
 from ._checks import as_int, as_real_scalar, is_traced
 from ._flow import make_field
-from ._problem import Problem
+from ._problem import Problem, targets_invalid
 from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_losses
 
 
@@ -92,8 +92,8 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
     - the loss at the last step is more than 10× the loss at step 0 (``fs.Status.LOSS_INCREASED``):
       GD with η above the stability bound 2/λ_max(∇²L) grows the loss geometrically, often for
       many steps before it overflows. The iterates are kept as computed;
-    - a traced ``lr`` is not positive and finite, or traced classification labels are not ±1
-      (``fs.Status.INVALID_INPUT``): under ``eqx.filter_vmap`` only that member is refused, its
+    - a traced ``lr`` is not positive and finite, or traced targets break the loss's rules (labels
+      not ±1, cross-entropy rows not probabilities) (``fs.Status.INVALID_INPUT``): under ``eqx.filter_vmap`` only that member is refused, its
       saves NaN. A concrete ``lr`` is checked at once and raises a ``ValueError``.
 
     Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
@@ -134,11 +134,8 @@ _GROWTH_FACTOR = 10.0
 
 
 def _invalid_input(problem: Problem, lr) -> jax.Array:
-    """Per-member checks of values that may be traced (batched): the step, and ±1 labels for classification."""
-    bad = ~(jnp.isfinite(lr) & (lr > 0))
-    if problem.loss.is_classification:
-        bad = bad | ~jnp.all((problem.y == 1.0) | (problem.y == -1.0))
-    return bad
+    """Per-member checks of values that may be traced (batched): the step, and the targets the loss needs."""
+    return ~(jnp.isfinite(lr) & (lr > 0)) | targets_invalid(problem)
 
 
 def _loss_increased(log_loss_start, log_loss_end) -> jax.Array:

@@ -58,6 +58,20 @@ def _require_finite(name: str, value) -> None:
             raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); all entries must be finite")
 
 
+def targets_invalid(problem: "Problem") -> jax.Array:
+    """True when the targets break the loss's rules: labels not exactly ±1 for a margin loss, rows that are
+    not probability vectors (entries ≥ 0 summing to 1) for `cross_entropy`.
+
+    `Problem` checks concrete targets at once; this is the same check as an array, for targets that
+    were traced (a vmapped batch of problems), so that a run can refuse one member."""
+    y = problem.y
+    if problem.loss.is_classification:
+        return ~jnp.all((y == 1.0) | (y == -1.0))
+    if problem.loss.name == "cross_entropy":
+        return ~jnp.all((y >= 0) & (jnp.abs(jnp.sum(y, axis=-1, keepdims=True) - 1.0) <= 1e-12))
+    return jnp.asarray(False)
+
+
 class Problem(eqx.Module):
     """Training problem L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i).
 

@@ -189,7 +189,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
     if status == Status.INVALID_INPUT:
         if info.get("solver") == "gradient_descent":
             return (f"refused before running: a traced (vmapped) value was invalid for this member — lr must be "
-                    f"positive and finite (got {info.get('lr')}), and the labels of a classification loss exactly ±1")
+                    f"positive and finite (got {info.get('lr')}), the labels of a margin loss exactly ±1, and the targets of "
+                    "cross_entropy probability rows")
         return ("refused before solving: a traced (vmapped) value was invalid for this member — rtol/atol must be "
                 "positive and finite, the horizon finite, and classification labels exactly ±1")
     if status == Status.LOSS_INCREASED:

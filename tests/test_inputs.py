@@ -196,6 +196,21 @@ def test_gradient_descent_refuses_a_member_with_labels_not_pm1():
         fs.Problem(MODEL, X, [1.0, 0.0, 1.0], loss="logistic")  # concrete: refused at once
 
 
+class Logits(eqx.Module):
+    W: jax.Array
+
+    def __call__(self, x):
+        return self.W @ x
+
+
+def test_gradient_descent_refuses_a_member_whose_cross_entropy_rows_are_not_probabilities():
+    rows = jnp.stack([jnp.eye(2)[jnp.array([0, 1, 0])], jnp.asarray([[1.0, 0.0], [0.5, 0.6], [0.0, 1.0]])])
+    problems = eqx.filter_vmap(lambda y: fs.Problem(Logits(jnp.zeros((2, 2))), X, y, loss="cross_entropy"))(rows)
+    batch = eqx.filter_vmap(lambda p: fs.gradient_descent(p, 0.1, steps=5))(problems)
+    assert np.asarray(batch.status).tolist() == [fs.Status.HORIZON_REACHED, fs.Status.INVALID_INPUT]
+    assert "probability rows" in batch.message
+
+
 # --- data generators ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
