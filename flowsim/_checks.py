@@ -1,9 +1,9 @@
 """The one validation layer for arguments a user passes (private).
 
 Policy: a value of the wrong kind (a bool, a string, an array where a number goes) is a
-``TypeError``; a value of the right kind outside its range is a ``ValueError``; both name the
+`TypeError`; a value of the right kind outside its range is a `ValueError`; both name the
 argument and the bad value. Concrete values are checked now, before any compilation. Values
-that are traced (under ``jit``/``vmap``) cannot be inspected here: they are returned as arrays
+that are traced (under `jit`/`vmap`) cannot be inspected here: they are returned as arrays
 and checked inside the compiled solve (per batch member, with a status and a message).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 
 def is_traced(value) -> bool:
-    """True when ``value`` is a JAX tracer (inside ``jit``/``vmap``), so it cannot be inspected."""
+    """True when `value` is a JAX tracer (inside `jit`/`vmap`), so it cannot be inspected."""
     return isinstance(value, jax.core.Tracer)
 
 
@@ -62,7 +62,7 @@ def as_positive_float(name: str, value) -> float:
 
 
 def as_int(name: str, value, minimum: int = 1) -> int:
-    """An integer ≥ ``minimum`` (booleans refused)."""
+    """An integer ≥ `minimum` (booleans refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     if value < minimum:
@@ -86,10 +86,10 @@ def as_choice(name: str, value, choices) -> str:
 
 
 def as_data_array(name: str, value) -> jax.Array:
-    """Real data (``X`` or ``y`` of a ``Problem``) as a float64 array; concrete or traced.
+    """Real data (`X` or `y` of a `Problem`) as a float64 array; concrete or traced.
 
     Booleans and integers are cast exactly; complex values are refused (casting would drop the
-    imaginary part), and so are strings, objects and ragged nested lists, each naming ``name``.
+    imaginary part), and so are strings, objects and ragged nested lists, each naming `name`.
     """
     if not (is_traced(value) or isinstance(value, jax.Array)):
         try:
@@ -137,7 +137,7 @@ def as_real_matrix(name: str, value) -> np.ndarray:
 
 
 def as_vector(name: str, value, length: int, *, complex_ok: bool = False) -> np.ndarray:
-    """A finite vector of shape (length,), float64 (complex128 when ``complex_ok`` and complex)."""
+    """A finite vector of shape (length,), float64 (complex128 when `complex_ok` and complex)."""
     array = _as_numeric_array(name, value)
     if array.ndim != 1 or array.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got shape {array.shape}")
@@ -180,7 +180,7 @@ def as_transform(name: str, value, d: int) -> np.ndarray:
 
 
 def as_norm_order(name: str, value, supported=None) -> float:
-    """A norm order p: one of ``supported`` when given, else any p > 0 (p < 1: a quasi-norm) or inf."""
+    """A norm order p: one of `supported` when given, else any p > 0 (p < 1: a quasi-norm) or inf."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     p = float(value)
@@ -197,7 +197,7 @@ def as_norm_order(name: str, value, supported=None) -> float:
 def as_sign(name: str, value, m: int, complex_rows=None) -> np.ndarray | None:
     """Sign constraints per coordinate: None, "nonnegative", "nonpositive", or an array of +1/-1/0.
 
-    Returns None or a float64 array (m,) of +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free). ``complex_rows``, a
+    Returns None or a float64 array (m,) of +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free). `complex_rows`, a
     boolean mask (m,) of coordinates that are complex, refuses constraints on those.
     """
     if value is None:

@@ -104,13 +104,13 @@ def relu_teacher_student(
     """Regression data labelled by a bias-free two-layer ReLU teacher f*(x) = Σ_j a_j relu(⟨u_j, x⟩).
 
     Inputs are uniform on the unit sphere (x_i = g_i/‖g_i‖, g_i ~ N(0, I_d)); the teacher's rows u_j are
-    orthonormal (a random orthonormal frame, so ``width`` ≤ d) and a_j = +1, −1, +1, … alternate, so the
-    teacher is balanced (‖u_j‖ = |a_j| = 1), its first layer has rank ``width``, and its path norm
-    Σ_j |a_j|‖u_j‖ = ``width``. Used for the depth study of Timor, Vardi & Shamir (ALT 2023).
+    orthonormal (a random orthonormal frame, so `width` ≤ d) and a_j = +1, −1, +1, … alternate, so the
+    teacher is balanced (‖u_j‖ = |a_j| = 1), its first layer has rank `width`, and its path norm
+    Σ_j |a_j|‖u_j‖ = `width`. Used for the depth study of Timor, Vardi & Shamir (ALT 2023).
 
-    **Arguments:** ``n`` samples, ``d`` input dimension, ``width`` teacher units (1 ≤ width ≤ d), ``seed``.
+    **Arguments:** `n` samples, `d` input dimension, `width` teacher units (1 ≤ width ≤ d), `seed`.
 
-    **Returns:** ``(X, y, U, a)``: inputs (n, d), targets y_i = f*(x_i) (n,), teacher rows U (width, d) and
+    **Returns:** `(X, y, U, a)`: inputs (n, d), targets y_i = f*(x_i) (n,), teacher rows U (width, d) and
     outer weights a (width,).
     """
     n, d, width, seed = as_int("n", n), as_int("d", d), as_int("width", width), as_int("seed", seed, minimum=0)

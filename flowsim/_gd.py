@@ -15,7 +15,7 @@ from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_l
 
 
 def gd_save_steps(steps: int, n_save: int) -> np.ndarray:
-    """Step indices 0 = k_0 < k_1 < … < k_m = steps, log-spaced, at most ``n_save`` of them."""
+    """Step indices 0 = k_0 < k_1 < … < k_m = steps, log-spaced, at most `n_save` of them."""
     count = min(n_save, steps + 1)
     raw = np.concatenate([[0.0], np.geomspace(1.0, steps, count - 1)])
     raw[-1] = steps  # geomspace with one point returns its start, not its end
@@ -30,7 +30,7 @@ def gd_save_steps(steps: int, n_save: int) -> np.ndarray:
 
 
 def _explicit_save_steps(save_steps, steps) -> np.ndarray:
-    """``save_steps`` checked: 1-d, integers, ≥ 0, strictly increasing, ending at ``steps`` (if given)."""
+    """`save_steps` checked: 1-d, integers, ≥ 0, strictly increasing, ending at `steps` (if given)."""
     if is_traced(save_steps):
         raise TypeError("save_steps must be concrete step indices (they fix the save grid), not a traced value")
     grid = np.asarray(save_steps)
@@ -67,36 +67,36 @@ def _check_lr(lr):
 
 def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int | None = None, *,
                      save_steps=None) -> Trajectory:
-    """Plain gradient descent θ_{k+1} = θ_k − η ∇L(θ_k) with step η = ``lr``; time t = k·η.
+    """Plain gradient descent θ_{k+1} = θ_k − η ∇L(θ_k) with step η = `lr`; time t = k·η.
 
     **Arguments:**
 
-    - ``problem``: a ``fs.Problem``.
-    - ``lr``: the step η > 0. A number or a 0-d array; it is a traced value, so a new ``lr``
-      does not recompile and ``eqx.filter_vmap`` over ``lr`` runs several steps at once (a
-      traced ``lr`` that is not positive and finite gives that member ``fs.Status.INVALID_INPUT``).
-    - ``steps``: number of steps K (optional when ``save_steps`` is given: then its last entry).
-    - ``n_save``: save at most this many log-spaced steps 0 = k_0 < … < k_m = K (default 100;
-      small integers are de-duplicated, so fewer than ``n_save`` may come back).
-    - ``save_steps``: the step indices to save, exactly (strictly increasing integers ≥ 0,
-      ending at K), instead of ``n_save``. The trajectory then has exactly
-      ``len(save_steps)`` states, at times t_j = k_j·η — the grid to line GD up with
-      gradient flow at the same times (``fs.analysis.gf_vs_gd``).
+    - `problem`: a `fs.Problem`.
+    - `lr`: the step η > 0. A number or a 0-d array; it is a traced value, so a new `lr`
+      does not recompile and `eqx.filter_vmap` over `lr` runs several steps at once (a
+      traced `lr` that is not positive and finite gives that member `fs.Status.INVALID_INPUT`).
+    - `steps`: number of steps K (optional when `save_steps` is given: then its last entry).
+    - `n_save`: save at most this many log-spaced steps 0 = k_0 < … < k_m = K (default 100;
+      small integers are de-duplicated, so fewer than `n_save` may come back).
+    - `save_steps`: the step indices to save, exactly (strictly increasing integers ≥ 0,
+      ending at K), instead of `n_save`. The trajectory then has exactly
+      `len(save_steps)` states, at times t_j = k_j·η — the grid to line GD up with
+      gradient flow at the same times (`fs.analysis.gf_vs_gd`).
 
     **Returns:**
 
-    The same ``Trajectory`` type as ``simulate``. ``ok`` is False, and ``message`` says why, when:
+    The same `Trajectory` type as `simulate`. `ok` is False, and `message` says why, when:
 
-    - the loss becomes non-finite (``fs.Status.DIVERGED``): the run stops there, and saves from
+    - the loss becomes non-finite (`fs.Status.DIVERGED`): the run stops there, and saves from
       that point on are NaN (never numbers that look like results);
-    - the loss at the last step is more than 10× the loss at step 0 (``fs.Status.LOSS_INCREASED``):
+    - the loss at the last step is more than 10× the loss at step 0 (`fs.Status.LOSS_INCREASED`):
       GD with η above the stability bound 2/λ_max(∇²L) grows the loss geometrically, often for
       many steps before it overflows. The iterates are kept as computed;
-    - a traced ``lr`` is not positive and finite, or traced targets break the loss's rules (labels
-      not ±1, cross-entropy rows not probabilities) (``fs.Status.INVALID_INPUT``): under ``eqx.filter_vmap`` only that member is refused, its
-      saves NaN. A concrete ``lr`` is checked at once and raises a ``ValueError``.
+    - a traced `lr` is not positive and finite, or traced targets break the loss's rules (labels
+      not ±1, cross-entropy rows not probabilities) (`fs.Status.INVALID_INPUT`): under `eqx.filter_vmap` only that member is refused, its
+      saves NaN. A concrete `lr` is checked at once and raises a `ValueError`.
 
-    Pure: works under ``jax.jit`` and ``eqx.filter_vmap``.
+    Pure: works under `jax.jit` and `eqx.filter_vmap`.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
@@ -139,7 +139,7 @@ def _invalid_input(problem: Problem, lr) -> jax.Array:
 
 
 def _loss_increased(log_loss_start, log_loss_end) -> jax.Array:
-    """log L_K > log L_0 + log ``_GROWTH_FACTOR``. Round-off near a minimiser moves L by a few ulps of the
+    """log L_K > log L_0 + log `_GROWTH_FACTOR`. Round-off near a minimiser moves L by a few ulps of the
     residual (a factor of a few in L), not by the factor: no floor is needed."""
     return log_loss_end > log_loss_start + jnp.log(_GROWTH_FACTOR)
 
@@ -211,12 +211,12 @@ _run = eqx.filter_jit(_gd_loop)
 
 
 def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
-    """GD for several steps η_i, member i saved at its own step indices ``save_steps[i]``.
+    """GD for several steps η_i, member i saved at its own step indices `save_steps[i]`.
 
-    Private: ``fs.analysis.gf_vs_gd`` lines GD up with the flow through it. ``lrs``: shape (r,);
-    ``save_steps``: integer array (r, m), each row as ``gradient_descent``'s ``save_steps``.
+    Private: `fs.analysis.gf_vs_gd` lines GD up with the flow through it. `lrs`: shape (r,);
+    `save_steps`: integer array (r, m), each row as `gradient_descent`'s `save_steps`.
     Returns a Trajectory with a leading axis of length r. The members run one after the other
-    through the same compiled loop (``lr`` and the grid are traced: one compilation); a vmapped
+    through the same compiled loop (`lr` and the grid are traced: one compilation); a vmapped
     loop would run every member for as many steps as the longest (η_0/η_i times more work).
     """
     if not isinstance(problem, Problem):

@@ -2,10 +2,10 @@
 
 Every loss provides three things (the log-time weights of the README, "The engine"):
 
-- ``per_sample(prediction, target)``: ℓ_i, which may underflow to 0;
-- ``log_per_sample(prediction, target)``: log ℓ_i, finite where ℓ_i underflows;
-- ``scaled_gradient(prediction, target, log_scale)``: e^{log_scale} · ∂ℓ_i/∂f_i, computed
-  without ever forming e^{log_scale} or ∂ℓ/∂f on their own. With ``log_scale = s`` this
+- `per_sample(prediction, target)`: ℓ_i, which may underflow to 0;
+- `log_per_sample(prediction, target)`: log ℓ_i, finite where ℓ_i underflows;
+- `scaled_gradient(prediction, target, log_scale)`: e^{log_scale} · ∂ℓ_i/∂f_i, computed
+  without ever forming e^{log_scale} or ∂ℓ/∂f on their own. With `log_scale = s` this
   is the log-time weight w_i = e^s |ℓ'(m_i)| of dθ/ds = (1/n) Σ_i w_i ∇m_i.
 """
 
@@ -34,13 +34,13 @@ class AbstractLoss(eqx.Module):
 
     @abc.abstractmethod
     def scaled_gradient(self, prediction: Array, target: Array, log_scale) -> Array:
-        """e^{log_scale} ∂ℓ_i/∂f_i, same shape as ``prediction``."""
+        """e^{log_scale} ∂ℓ_i/∂f_i, same shape as `prediction`."""
 
     def log_value(self, prediction: Array, target: Array) -> Float[Array, ""]:
         """log L = logsumexp_i(log ℓ_i) − log n; NaN where any prediction or any log ℓ_i is NaN.
 
         A NaN sample must not drop out of the sum (a state whose predictions are all NaN would
-        read as L = 0), so NaN is passed on explicitly, whatever a subclass's ``log_per_sample`` does.
+        read as L = 0), so NaN is passed on explicitly, whatever a subclass's `log_per_sample` does.
         """
         log_terms = self.log_per_sample(prediction, target)
         undefined = jnp.any(jnp.isnan(prediction)) | jnp.any(jnp.isnan(log_terms))
@@ -211,7 +211,7 @@ _LOSSES: dict[str, type[AbstractLoss]] = {
 
 
 def loss_from_name(loss: "str | AbstractLoss") -> AbstractLoss:
-    """The loss object for a name in ``{"squared", "logistic", "exponential"}``."""
+    """The loss object for a name in `{"squared", "logistic", "exponential"}`."""
     if isinstance(loss, AbstractLoss):
         return loss
     if not isinstance(loss, str) or loss not in _LOSSES:

@@ -11,7 +11,7 @@ from ._losses import AbstractLoss, loss_from_name
 
 
 def is_concrete(x) -> bool:
-    """True when ``x`` holds values (not a tracer under jit/vmap), so it can be checked now."""
+    """True when `x` holds values (not a tracer under jit/vmap), so it can be checked now."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -77,20 +77,20 @@ class Problem(eqx.Module):
 
     **Arguments:**
 
-    - ``model``: an Equinox module whose ``__call__(x)`` maps ONE input of shape (d,) to a
+    - `model`: an Equinox module whose `__call__(x)` maps ONE input of shape (d,) to a
       scalar, or to a vector (k,) for multi-output squared loss. Its inexact-array leaves
       are the trained parameters θ.
-    - ``X``: inputs, shape (n, d).
-    - ``y``: targets, shape (n,) (labels ±1 for classification) or (n, k).
-    - ``loss``: ``"squared"`` (ℓ = ½‖f − y‖²), ``"logistic"`` (ℓ = log(1 + e^{−yf})) or
-      ``"exponential"`` (ℓ = e^{−yf}), ``"cross_entropy"`` (softmax cross-entropy; y one-hot rows of
-      shape (n, k)), or an ``AbstractLoss`` instance.
-    - ``trainable``: which leaves are θ — an Equinox filter spec, i.e. a callable leaf → bool or
-      a pytree of bools shaped like ``model`` (default: every inexact-array leaf). Leaves it
+    - `X`: inputs, shape (n, d).
+    - `y`: targets, shape (n,) (labels ±1 for classification) or (n, k).
+    - `loss`: `"squared"` (ℓ = ½‖f − y‖²), `"logistic"` (ℓ = log(1 + e^{−yf})) or
+      `"exponential"` (ℓ = e^{−yf}), `"cross_entropy"` (softmax cross-entropy; y one-hot rows of
+      shape (n, k)), or an `AbstractLoss` instance.
+    - `trainable`: which leaves are θ — an Equinox filter spec, i.e. a callable leaf → bool or
+      a pytree of bools shaped like `model` (default: every inexact-array leaf). Leaves it
       excludes stay fixed exactly (e.g. the fixed outer layer of Frei et al. 2023).
 
-    A ``Problem`` is a pytree: stack several with ``jax.tree.map(jnp.stack, …)`` and
-    ``eqx.filter_vmap`` over them.
+    A `Problem` is a pytree: stack several with `jax.tree.map(jnp.stack, …)` and
+    `eqx.filter_vmap` over them.
     """
 
     model: PyTree
@@ -174,7 +174,7 @@ class Problem(eqx.Module):
         self.y = y
 
     def partition(self, model=None) -> tuple[PyTree, PyTree]:
-        """(θ leaves, the fixed rest) of ``model`` (default: the problem's), as ``eqx.partition``."""
+        """(θ leaves, the fixed rest) of `model` (default: the problem's), as `eqx.partition`."""
         model = self.model if model is None else model
         leaves, treedef = jax.tree_util.tree_flatten(model)
         spec = jax.tree_util.tree_unflatten(treedef, list(self.trainable_mask[: len(leaves)]))

@@ -30,18 +30,18 @@ _SUCCESS = (Status.HORIZON_REACHED, Status.TARGET_REACHED)
 
 
 class Trajectory(eqx.Module):
-    """A trajectory θ(t) saved at increasing times, as returned by ``fs.simulate`` and
-    ``fs.gradient_descent``.
+    """A trajectory θ(t) saved at increasing times, as returned by `fs.simulate` and
+    `fs.gradient_descent`.
 
-    - ``log_t``: natural log of physical time at each save (−inf at t = 0); finite for any
+    - `log_t`: natural log of physical time at each save (−inf at t = 0); finite for any
       horizon, including t = e^(10^6), where t itself is not representable.
-    - ``params``: the model with a leading time axis on every array leaf.
-    - ``final``: the model at the last saved time.
-    - ``loss``, ``log_loss``: L and log L at each save (L may underflow to 0; log L does not).
-    - ``stats``: ``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``, ``wall_time_s``.
-    - ``ok``: the horizon (or ``target_log_loss``) was reached; otherwise ``message`` says
+    - `params`: the model with a leading time axis on every array leaf.
+    - `final`: the model at the last saved time.
+    - `loss`, `log_loss`: L and log L at each save (L may underflow to 0; log L does not).
+    - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps`, `wall_time_s`.
+    - `ok`: the horizon (or `target_log_loss`) was reached; otherwise `message` says
       why, how far the run got, and what to try.
-    - ``metadata``: solver, tolerances, horizon, time variable: what the numbers depend on.
+    - `metadata`: solver, tolerances, horizon, time variable: what the numbers depend on.
 
     Save points a run did not reach (it stopped at a target or failed) hold the last
     reached state and its time; non-finite states are kept non-finite.
@@ -84,7 +84,7 @@ class Trajectory(eqx.Module):
     def message(self) -> str:
         """Why the run stopped, in words ('' for a run that reached its horizon).
 
-        For a batch (from ``eqx.filter_vmap``), one line per member that did not succeed.
+        For a batch (from `eqx.filter_vmap`), one line per member that did not succeed.
         """
         status = np.atleast_1d(np.asarray(self.status))
         reached = np.atleast_1d(np.asarray(self.log_t_reached))
@@ -210,7 +210,7 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
 
 
 def run_timed(compiled_run, *args) -> Trajectory:
-    """Call a compiled run and record its wall time (compilation included) in ``stats``.
+    """Call a compiled run and record its wall time (compilation included) in `stats`.
 
     Under an outer jit or vmap the result is traced and no time can be measured: it stays NaN."""
     start = time.perf_counter()
