@@ -11,7 +11,14 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 
 class Status(enum.IntEnum):
-    """Why a run stopped. Stored per batch member as an integer array."""
+    """Why a run stopped. Stored per batch member as an integer array; `Trajectory.message` puts it in words.
+
+    `HORIZON_REACHED` and `TARGET_REACHED` are the successes. `LOSS_INCREASED` is a run that reached its
+    horizon with a loss far above its start: gradient flow never increases L (dL/dt = −‖∇L‖²), so such a
+    solve is wrong (tolerances too loose), and gradient descent that grows L has a step above its stability
+    bound 2/λ_max(∇²L). `INVALID_INPUT` is a batch member refused before running (a traced value it was
+    given is invalid); the others say where and why the solver stopped early.
+    """
 
     HORIZON_REACHED = 0
     TARGET_REACHED = 1
@@ -37,10 +44,12 @@ class Trajectory(eqx.Module):
       horizon, including t = e^(10^6), where t itself is not representable.
     - `params`: the model with a leading time axis on every array leaf.
     - `final`: the model at the last saved time.
-    - `loss`, `log_loss`: L and log L at each save (L may underflow to 0; log L does not).
+    - `loss`, `log_loss`: L and log L at each save (L may underflow to 0; log L does not; both
+      are NaN at a state where any prediction is NaN).
     - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps`, `wall_time_s`.
-    - `ok`: the horizon (or `target_log_loss`) was reached; otherwise `message` says
-      why, how far the run got, and what to try.
+    - `ok`: the horizon (or `target_log_loss`) was reached and the loss did not grow
+      (`status` is `HORIZON_REACHED` or `TARGET_REACHED`); otherwise `message` says why,
+      how far the run got, and what to try.
     - `metadata`: solver, tolerances, horizon, time variable: what the numbers depend on.
 
     Save points a run did not reach (it stopped at a target or failed) hold the last
