@@ -211,7 +211,7 @@ _LOSSES: dict[str, type[AbstractLoss]] = {
 
 
 def loss_from_name(loss: "str | AbstractLoss") -> AbstractLoss:
-    """The loss object for a name in `{"squared", "logistic", "exponential"}`."""
+    """The loss object for a name in `{"squared", "logistic", "exponential", "cross_entropy"}`, or `loss` itself."""
     if isinstance(loss, AbstractLoss):
         return loss
     if not isinstance(loss, str) or loss not in _LOSSES:
