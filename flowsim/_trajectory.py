@@ -209,8 +209,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
             return (f"gradient descent made the loss grow far above its start{grown}: the step lr = {info.get('lr')} "
                     "exceeds the stability bound 2/λ_max(∇²L) along the path (fs.analysis.sharpness gives λ_max): "
                     "try a smaller lr.")
-        return (f"the loss at the end is above its starting value{grown}: {where}. Gradient flow never increases "
-                "L, so the solve is wrong: the tolerances are too loose. Tighten rtol/atol.")
+        return (f"the loss at the end is above its starting value{grown}, at log t = {log_t:.6g}. Gradient flow "
+                "never increases L, so the solve is wrong: the tolerances are too loose. Tighten rtol/atol.")
     if status == Status.TARGET_AT_START:
         target = info.get("target_log_loss")
         return (f"refused before solving: target_log_loss = {target} is not below the starting log loss, so the "

@@ -230,3 +230,17 @@ def test_gradient_descent_refuses_a_member_whose_cross_entropy_rows_are_not_prob
 def test_data_generators_refuse_bad_arguments_naming_them(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- Status.LOSS_INCREASED for a solve (the flag simulate raises), in words ------------------------------
+
+def test_loss_increased_message_for_a_solve_names_the_losses_and_the_tolerances():
+    log_loss = jnp.asarray([-2.0, -1.0, 0.5])
+    traj = fs.Trajectory(
+        log_t=jnp.asarray([-jnp.inf, 0.0, 3.0]), params=None, final=None, loss=jnp.exp(log_loss), log_loss=log_loss,
+        stats={"num_steps": jnp.asarray(7), "num_rejected_steps": jnp.asarray(0)},
+        status=jnp.asarray(fs.Status.LOSS_INCREASED, dtype=jnp.int32), log_t_reached=jnp.asarray(3.0),
+        metadata=(("solver", "tsit5"),), settings={"log_t1": jnp.asarray(3.0)},
+    )
+    assert not bool(traj.ok)
+    assert "log L = -2 at the first save, 0.5 at the last" in traj.message and "Tighten rtol/atol" in traj.message
