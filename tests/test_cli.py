@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flowsim.harness import main
+from flowsim.harness._cli import _num, failure_lines
 
 # A scenario as someone who only read design.md would write it. `run` counts its calls in a file.
 DECAY = '''
@@ -64,7 +65,9 @@ def test_run_then_plot_without_recomputing(project, capsys):
                              "--figures", project / "figs")
     assert code == 0, err
     assert "holds  final" in out and "wall time" in out and "Traceback" not in out + err
-    summary = json.loads((project / "runs/decay-quick/summary.json").read_text())
+    (run,) = (project / "runs").glob("decay-quick-set-*")  # an overridden run has its own folder
+    assert "the full run is untouched" in out and not (project / "runs/decay-quick").exists()
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["scenario"]["name"] == "decay" and summary["quick"] is True
     assert summary["config"] == {"n": 20, "t1": 5.0, "rate": 2.0, "threshold": 0.01, "tags": ["a", "b"]}
     assert summary["overrides"] == {"rate": 2.0}
@@ -73,7 +76,7 @@ def test_run_then_plot_without_recomputing(project, capsys):
     final = summary["claims"][0]
     assert final["name"] == "final" and final["threshold"] == 0.01
     assert final["value"] == pytest.approx(np.exp(-2.0 * 5.0), rel=1e-12) and final["holds"] is True
-    with np.load(project / "runs/decay-quick/results.npz", allow_pickle=False) as data:
+    with np.load(run / "results.npz", allow_pickle=False) as data:
         np.testing.assert_array_equal(data["t"], np.linspace(0.0, 5.0, 20))
         assert float(data["info/rate"]) == 2.0
     png, pdf = project / "figs/decay/decay.png", project / "figs/decay/decay.pdf"
@@ -82,19 +85,44 @@ def test_run_then_plot_without_recomputing(project, capsys):
 
     png.unlink()
     pdf.unlink()
-    code, out, err = run_cli(capsys, "plot", project / "runs/decay-quick")
+    code, out, err = run_cli(capsys, "plot", run, "--figures", project / "figs")
     assert code == 0, err
     assert png.exists() and pdf.exists()
+    assert run_cli(capsys, "plot", run)[0] == 0  # by default into the run folder itself
+    assert (run / "figures/decay.png").exists()
     assert (project / "scenarios/decay.calls").read_text() == "1"  # plot never called run
 
 
-def test_quick_runs_keep_their_figures_out_of_the_figures_folder(project, capsys):
+def test_only_the_showcase_or_an_explicit_figures_folder_writes_figures(project, capsys):
+    """The committed figures/ are those of the full showcase runs: `--quick`, `--all` and single runs
+    draw into their run folder, and only `--showcase` (full) or `--figures figures` writes figures/."""
     path = write_scenario(project / "scenarios")
     assert run_cli(capsys, "run", path, "--quick")[0] == 0
     assert (project / "runs/decay-quick/figures/decay.png").exists()
-    assert not (project / "figures").exists()
-    assert run_cli(capsys, "run", path)[0] == 0  # a full run draws the committed figures
+    assert run_cli(capsys, "run", path)[0] == 0
+    assert run_cli(capsys, "run", "--all")[0] == 0
+    assert run_cli(capsys, "run", "--showcase", "--quick")[0] == 0
+    assert (project / "runs/decay/figures/decay.png").exists() and not (project / "figures").exists()
+    assert run_cli(capsys, "run", "--showcase")[0] == 0  # the main command draws the committed figures
     assert (project / "figures/decay/decay.png").exists()
+    (project / "figures/decay/decay.png").unlink()
+    assert run_cli(capsys, "plot", project / "runs/decay", "--figures", "figures")[0] == 0
+    assert (project / "figures/decay/decay.png").exists()
+
+
+def test_set_runs_go_to_their_own_folder_and_say_how_claims_are_judged(project, capsys):
+    path = write_scenario(project / "scenarios")
+    assert run_cli(capsys, "run", path)[0] == 0
+    full = (project / "runs/decay/summary.json").read_bytes()
+    code, out, _ = run_cli(capsys, "run", path, "--set", "t1=1", "rate=0.5")
+    assert code == 0
+    assert (project / "runs/decay/summary.json").read_bytes() == full  # the full run is untouched
+    (run,) = (project / "runs").glob("decay-set-*")
+    assert str(run.relative_to(project)) in out and "judged at the changed settings" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["overrides"] == {"t1": 1.0, "rate": 0.5} and "not the paper's claim" in summary["claims_judged"]
+    assert run_cli(capsys, "run", path, "--set", "rate=0.5", "t1=1.0")[0] == 0  # same values: same folder
+    assert len(list((project / "runs").glob("decay-set-*"))) == 1
 
 
 def test_scenario_by_name_and_moved_scenario_files(project, capsys):
@@ -103,7 +131,7 @@ def test_scenario_by_name_and_moved_scenario_files(project, capsys):
     moved = project / "elsewhere.py"
     (project / "scenarios/decay.py").rename(moved)
     code, _, err = run_cli(capsys, "plot", project / "runs/decay-quick")
-    assert code == 2 and "--scenario FILE" in err
+    assert code == 2 and "--scenario FILE" in err and "no known scenario named 'decay'" in err
     assert run_cli(capsys, "plot", project / "runs/decay-quick", "--scenario", moved)[0] == 0
 
 
@@ -129,6 +157,24 @@ def test_run_all_and_list(project, capsys):
     code, out, err = run_cli(capsys, "run", "--all", "--quick")
     assert code == 2 and "broken.py:3" in err and "ERROR" in out
     assert "Traceback" not in err
+
+
+def test_run_all_names_each_failure_with_its_value_and_threshold(project, capsys):
+    write_scenario(project / "scenarios", "alpha")
+    write_scenario(project / "scenarios", "tight", DECAY.replace('"threshold": 0.01', '"threshold": 1e-9'))
+    code, out, err = run_cli(capsys, "run", "--all", "--quick")
+    assert code == 0 and "1 claim(s) FAIL" in out and "what failed (1):" in out
+    value = _num(np.exp(-5.0))
+    assert f"  tight: claim final FAILS: value {value}, threshold 1.000e-09 — y(t1) = exp(-rate t1)" in out
+    assert "--strict exits 1" in err
+    code, out, err = run_cli(capsys, "run", "--all", "--quick", "--strict")
+    assert code == 1 and "what failed (1):" in out
+
+
+def test_failed_solves_are_named_with_member_and_message():
+    summary = {"claims": [], "failed": [{"result": "depth4/flow", "member": 3, "status": "MAX_STEPS_REACHED",
+                                         "message": "ran out of steps at log t = 12\nraise max_steps"}]}
+    assert failure_lines(summary) == ["solve depth4/flow member 3 MAX_STEPS_REACHED: ran out of steps at log t = 12"]
 
 
 def test_showcase_runs_only_the_marked_scenarios(project, capsys):
@@ -166,6 +212,10 @@ scenario = fs.Scenario(name="crash", title="t", reference="r", config={"n": 4}, 
     "setup, argv, words",
     [
         (None, ["run", "nowhere.py"], "no scenario file 'nowhere.py'"),
+        (DECAY, ["run", "scenarios/bda.py"], "no scenario file 'scenarios/bda.py'; did you mean scenarios/bad.py?"),
+        (DECAY, ["run", "bda"], "did you mean scenarios/bad.py?"),
+        (DECAY, ["run", "{file}", "--quick", "--set", "n=many"], "n expects an integer (quick value 20, full default "
+                                                                  "200)"),
         ("import flowsim as fs\nx = 1\n", ["run", "{file}"], "defines no `scenario`"),
         ("scenario = 3\n", ["run", "{file}"], "`scenario` is a int, expected an fs.Scenario"),
         ("def run(:\n", ["run", "{file}"], "{name}:1: SyntaxError"),

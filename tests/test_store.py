@@ -7,6 +7,8 @@ allow_pickle=False), not with earlier output of the store.
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -24,7 +26,7 @@ def _write_run(run_dir, arrays):
     """A finished run folder holding `arrays`, as the runner writes it."""
     _store.start_run(run_dir)
     digest = _store.save_arrays(run_dir / _store.RESULTS_FILE, arrays)
-    _store.write_json(run_dir / _store.SUMMARY_FILE, {"format": _store.FORMAT, "results": {
+    _store.write_summary(run_dir / _store.SUMMARY_FILE, {"format": _store.FORMAT, "results": {
         "file": _store.RESULTS_FILE, "sha256": digest}})
 
 
@@ -148,6 +150,95 @@ def test_load_run_refuses_incomplete_folders(tmp_path):
     (run / "summary.json").unlink()  # results without summary: an interrupted run
     with pytest.raises(StoreError, match="interrupted"):
         _store.load_run(run)
+
+
+def _reseal(run, edit):
+    """Edit a run's summary.json and recompute its digest, as someone crafting a folder could."""
+    summary = json.loads((run / "summary.json").read_text())
+    edit(summary)
+    _store.write_summary(run / "summary.json", summary)
+
+
+def test_an_edited_summary_is_refused_naming_the_file(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, {"x": np.arange(3.0)})
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["summary_sha256"] == _store.summary_digest(summary)
+    summary["results"]["extra"] = 1  # any change of content, here one the loader does not even read
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(StoreError, match=r"run/summary.json was edited after the run wrote it"):
+        _store.load_run(run)
+    del summary["summary_sha256"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(StoreError, match="carries no summary_sha256"):
+        _store.load_run(run)
+    # the digest covers the results' checksum, so replacing results.npz needs an edited summary too
+    _write_run(run, {"x": np.arange(3.0)})
+    _store.save_arrays(run / "results.npz", {"x": np.zeros(3)})
+    with pytest.raises(StoreError, match="does not match its checksum"):
+        _store.load_run(run)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("results.file", "../../x/results.npz"),
+    ("results.file", "/etc/passwd"),
+    ("figures.dir", "/tmp/elsewhere"),
+    ("figures.dir", "figures/../../../x"),
+    ("results.file", ""),
+])
+def test_every_path_a_run_folder_names_stays_inside_it(tmp_path, field, value):
+    outside = tmp_path / "x"
+    outside.mkdir()
+    _write_run(outside, {"x": np.zeros(2)})  # a real results.npz that ../../x/results.npz would reach
+    run = tmp_path / "a" / "run"
+    _write_run(run, {"x": np.arange(3.0)})
+    section, key = field.split(".")
+
+    def edit(summary):
+        summary.setdefault(section, {})[key] = value
+        if section == "results":
+            summary["results"]["sha256"] = _store.sha256(outside / "results.npz")
+
+    _reseal(run, edit)
+    with pytest.raises(StoreError, match=rf"{field} .*(outside the run folder|must be a path inside)"):
+        _store.load_run(run)
+
+
+def test_a_link_out_of_the_run_folder_is_refused(tmp_path):
+    outside = tmp_path / "x"
+    _write_run(outside, {"x": np.zeros(2)})
+    run = tmp_path / "run"
+    _write_run(run, {"x": np.arange(3.0)})
+    (run / "results.npz").unlink()
+    (run / "results.npz").symlink_to(outside / "results.npz")
+    _reseal(run, lambda s: s["results"].update(sha256=_store.sha256(outside / "results.npz")))
+    with pytest.raises(StoreError, match="outside the run folder"):
+        _store.load_run(run)
+
+
+LOCKER = """
+import sys, time
+from flowsim.harness import _store
+with _store.locked(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", LOCKER, str(run), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "-c", LOCKER, str(run), "0"], capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode != 0 and "locked" not in second.stdout
+        assert f"another flowsim run (process {first.pid}) is writing {run}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    with _store.locked(run):  # the lock went with the killed process
+        pass
 
 
 def test_starting_a_run_removes_the_old_summary_first(tmp_path):

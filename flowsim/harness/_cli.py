@@ -6,13 +6,16 @@
     flowsim run --showcase [...]   (as --all, only the scenarios marked showcase=True)
     flowsim plot RUN_DIR [--figures DIR] [--scenario FILE]
 
-A run goes to OUT/<name>/ (OUT/<name>-quick/ with --quick). Rerunning an interrupted run resumes it
-where its scenario allows (finished sweep members and solve checkpoints); --fresh starts over.
+A run goes to OUT/<name>/ (OUT/<name>-quick/ with --quick, OUT/<name>[-quick]-set-<hash>/ with --set),
+its figures to OUT/<...>/figures/ unless --figures DIR is given (`--showcase` on the full configs draws
+the committed figures/). Rerunning an interrupted run resumes it where its scenario allows (finished
+sweep members and solve checkpoints); --fresh starts over. See docs/guide/cli.md.
 
-Exit codes: 0 done (failing claims are reported); 1 under --strict, a claim failed or a solve did not
-reach its horizon; 2 an error
-(bad file, bad --set, crash in a scenario, missing or incomplete run folder); 130 interrupted.
-Errors print one message naming the file and line; `--debug` or FLOWSIM_DEBUG=1 adds the traceback.
+Exit codes: 0 done (failing claims and solves are reported by name); 1 under --strict, a claim failed or
+a solve did not reach its horizon; 2 an error (bad file, bad --set, crash in a scenario, missing, edited
+or incomplete run folder, a run folder already being written); 130 interrupted (Ctrl-C); 141 stdout was
+closed early (`flowsim list | head`), quietly. Errors print one message naming the file and line;
+`--debug` or FLOWSIM_DEBUG=1 adds the traceback.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import argparse
 import math
 import os
 import pathlib
+import signal
 import sys
 import time
 import traceback
 
-EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 _MAX_FAILURES_SHOWN = 8
 
 
@@ -35,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Reproduce implicit-bias studies as exact gradient-flow simulations.",
         epilog="Rerunning an interrupted run resumes it (--fresh starts over). "
                "Exit codes: 0 done, 1 a claim failed (or a solve fell short) under --strict, 2 error, "
-               "130 interrupted.",
+               "130 interrupted, 141 output pipe closed.",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks (also FLOWSIM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="{list,run,plot}")
@@ -48,33 +52,78 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", nargs="?", help="scenario file, e.g. scenarios/soudry2018_logistic.py")
     run.add_argument("--all", action="store_true", help="run every scenario in --dir (default ./scenarios)")
     run.add_argument("--showcase", action="store_true",
-                     help="run the showcase scenarios in --dir (those with showcase=True: the main job, ~30 min)")
+                     help="run the scenarios in --dir marked showcase=True (the README's main command; "
+                          "`flowsim list` marks the others); on the full configs their figures go to figures/")
     run.add_argument("--dir", default="scenarios", help="scenario folder for --all (default: ./scenarios)")
     run.add_argument("--quick", action="store_true", help="use the scenario's quick overrides (a fast check)")
     run.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="override a config value, parsed by the type of its default")
+                     help="override a config value, parsed by the type of its default; the run goes to its own "
+                          "folder OUT/<name>-set-<hash>/ and never replaces the full run")
     run.add_argument("--fresh", action="store_true",
                      help="discard the saved work of an interrupted run instead of resuming it")
     run.add_argument("--out", default="runs",
-                     help="results folder; the run goes to OUT/<name>/, or OUT/<name>-quick/ with --quick "
-                          "(default: runs)")
+                     help="results folder; the run goes to OUT/<name>/, OUT/<name>-quick/ with --quick, "
+                          "OUT/<name>[-quick]-set-<hash>/ with --set (default: runs)")
     run.add_argument("--figures", default=None,
-                     help="figure folder; figures go to FIGURES/<name>/ (default: figures/ for full configs, "
-                          "OUT/<name>/figures/ for --quick or --set runs)")
+                     help="figure folder; figures go to FIGURES/<name>/ (default: the run folder's figures/; "
+                          "figures/ for --showcase without --quick). `--figures figures` redraws the committed "
+                          "figures")
     run.add_argument("--strict", action="store_true",
                      help="exit 1 when a claim fails or a solve does not reach its horizon")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     plot = sub.add_parser("plot", help="redraw a run's figures from its saved results (no recomputation)")
     plot.add_argument("run_dir", help="a run folder, e.g. runs/soudry2018_logistic")
-    plot.add_argument("--figures", default=None, help="figure folder (default: where the run drew them)")
-    plot.add_argument("--scenario", default=None, help="scenario file, if it moved since the run")
+    plot.add_argument("--figures", default=None,
+                      help="figure folder; figures go to FIGURES/<name>/ (default: RUN_DIR/figures/)")
+    plot.add_argument("--scenario", default=None,
+                      help="the scenario file whose plot() draws the figures (default: the known scenario of the "
+                           "recorded name, ./scenarios/<name>.py; code is never taken from the run folder)")
     plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `flowsim` console script; returns the exit code."""
+    """Entry point of the `flowsim` console script; returns the exit code.
+
+    Called without `argv` (the console script), the process ends itself on Ctrl-C: it prints what was
+    kept, flushes, and leaves with `os._exit(130)` — a normal interpreter exit would tear down while JAX's
+    runtime threads may still hold a computation, which can crash (SIGSEGV) instead of exiting 130.
+    Called with `argv` (from Python), it returns 130."""
+    process = argv is None
+    try:
+        code = _main(argv)
+        if process:
+            sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:  # `flowsim list | head`: the reader has gone; say nothing more
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+        print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
+              "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
+              "where they stopped; --fresh starts over).", file=sys.stderr)
+        if not process:
+            return EXIT_INTERRUPTED
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("FLOWSIM_DEBUG", "") not in ("", "0")
 
@@ -93,11 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, StoreError) as e:
         _error(str(e), e if debug else None)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
-              "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
-              "where they stopped; --fresh starts over).", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
     except Exception as e:  # noqa: BLE001 - a bug in flowsim itself: still one message unless --debug
         _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", e if debug else None)
         return EXIT_ERROR
@@ -144,19 +190,25 @@ def _run(args, debug: bool) -> int:
     if every and args.sets:
         raise ScenarioError("--set applies to one scenario; use it with FILE, not with --all/--showcase.")
     overrides = parse_set_args(args.sets)
-    kwargs = dict(quick=args.quick, out=args.out, figures=args.figures, fresh=args.fresh)
+    figures = args.figures
+    if figures is None and args.showcase and not args.quick:
+        figures = "figures"  # the main command draws the committed figures of the full configs
+    kwargs = dict(quick=args.quick, out=args.out, figures=figures, fresh=args.fresh)
 
     if not every:
         scenario, path = load_scenario(args.file)
         scenario.make_config(quick=args.quick, overrides=overrides)  # refuse bad --set before any work
         summary = run_scenario(scenario, path, overrides=overrides, **kwargs)
         print(format_summary(summary))
+        if not _passed(summary):
+            print(_failure_hint(args.strict), file=sys.stderr)
         return EXIT_CLAIM_FAILED if args.strict and not _passed(summary) else EXIT_OK
 
     files = find_scenarios(args.dir)
     if not files:
         raise ScenarioError(f"no scenario files in {args.dir}/.")
     rows = []
+    failures = []  # (scenario name, line) for the closing list
     t_all = time.perf_counter()
     for i, f in enumerate(files, 1):
         print(f"[{i}/{len(files)}] {f}", file=sys.stderr, flush=True)
@@ -172,10 +224,12 @@ def _run(args, debug: bool) -> int:
             rows.append((f.stem, "ERROR", time.perf_counter() - t0))
             continue
         print(format_summary(summary) + "\n")
-        failed = sum(not c["holds"] for c in summary["claims"])
-        status = f"{failed} claim(s) FAIL" if failed else "all claims hold"
-        if not summary["solver_ok"]:
-            status += ", solver FAIL"
+        lines = failure_lines(summary)
+        failures += [(scenario.name, line) for line in lines]
+        n_claims = sum(not c["holds"] for c in summary["claims"])
+        n_solves = len(summary.get("failed") or [])
+        status = ", ".join(p for p in (f"{n_claims} claim(s) FAIL" if n_claims else "",
+                                       f"{n_solves} solve(s) FAIL" if n_solves else "") if p) or "all claims hold"
         rows.append((scenario.name, status, time.perf_counter() - t0))
     if not rows:
         raise ScenarioError(f"no showcase scenarios in {args.dir}/ (mark one with showcase=True).")
@@ -184,12 +238,38 @@ def _run(args, debug: bool) -> int:
           f"{len(rows)} scenario(s), "
           f"{time.perf_counter() - t_all:.1f} s")
     for name, status, wall in rows:
-        print(f"  {name:<{width}}  {status:<18} {wall:8.1f} s")
+        print(f"  {name:<{width}}  {status:<34} {wall:8.1f} s")
+    if failures:
+        print(f"what failed ({len(failures)}):")
+        for name, line in failures:
+            print(f"  {name}: {line}")
+        print(_failure_hint(args.strict), file=sys.stderr)
     if any(r[1] == "ERROR" for r in rows):
         return EXIT_ERROR
-    if args.strict and any("FAIL" in r[1] for r in rows):
+    if args.strict and failures:
         return EXIT_CLAIM_FAILED
     return EXIT_OK
+
+
+def failure_lines(summary: dict) -> list[str]:
+    """One line per failed claim (value, threshold, what it measures) and per failed solve (result name,
+    member, status, first line of its message)."""
+    lines = []
+    for c in summary["claims"]:
+        if not c["holds"]:
+            note = f" — {c['note']}" if c.get("note") else ""
+            lines.append(f"claim {c['name']} FAILS: value {_num(c['value'])}, threshold {_num(c['threshold'])}{note}")
+    for f in summary.get("failed") or []:
+        member = "" if f["member"] is None else f" member {f['member']}"
+        message = (f["message"] or "").strip().splitlines()
+        lines.append(f"solve {f['result']}{member} {f['status']}: {message[0] if message else '(no message)'}")
+    return lines
+
+
+def _failure_hint(strict: bool) -> str:
+    if strict:
+        return "flowsim: failures above; --strict: exit code 1."
+    return "flowsim: failures above (exit code 0 without --strict; --strict exits 1 on them)."
 
 
 def _passed(summary: dict) -> bool:
@@ -200,12 +280,12 @@ def _passed(summary: dict) -> bool:
 def _plot(args) -> int:
     from ._runner import replot
 
-    summary, paths = replot(args.run_dir, figures=args.figures, scenario_file=args.scenario)
+    summary, paths, fig_dir = replot(args.run_dir, figures=args.figures, scenario_file=args.scenario)
     name = summary["scenario"]["name"]
     if not paths:
         print(f"{name}: the scenario draws no figures.")
         return EXIT_OK
-    print(f"{name}: redrew {len(paths)} file(s) from {pathlib.Path(args.run_dir) / 'results.npz'}:")
+    print(f"{name}: redrew {len(paths)} file(s) in {_rel(fig_dir)}/ from {pathlib.Path(args.run_dir) / 'results.npz'}:")
     for p in paths:
         print(f"  {_rel(p)}")
     return EXIT_OK
@@ -220,7 +300,8 @@ def format_summary(summary: dict) -> str:
     s = summary["scenario"]
     lines = [f"{s['name']} — {s['title']}" + ("  [quick]" if summary["quick"] else ""), f"  {s['reference']}"]
     if summary["overrides"]:
-        lines.append("  overrides  " + ", ".join(f"{k}={v!r}" for k, v in summary["overrides"].items()))
+        lines.append("  overrides  " + ", ".join(f"{k}={v!r}" for k, v in summary["overrides"].items())
+                     + " — in their own folder, the full run is untouched")
     claims = summary["claims"]
     if claims:
         w = max(len(c["name"]) for c in claims)
@@ -231,6 +312,8 @@ def format_summary(summary: dict) -> str:
                          f"threshold {_num(c['threshold']):>11}")
             if c.get("note"):
                 lines.append(f"    {'':5}  {c['note']}")
+        if summary["overrides"]:
+            lines.append(f"    (claims {summary.get('claims_judged', 'judged at the changed settings')})")
     else:
         lines.append("  claims     (none)")
     stats = summary.get("solver_stats") or {}
@@ -241,7 +324,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  results    {_rel(summary['run_dir'])}/ (results.npz, summary.json)")
     files = summary["figures"]["files"]
     if files:
-        lines.append(f"  figures    {_rel(summary['figures']['dir'])}/ ({', '.join(files)})")
+        where = summary.get("figures_path") or pathlib.Path(summary["run_dir"]) / (summary["figures"]["dir"] or "")
+        lines.append(f"  figures    {_rel(where)}/ ({', '.join(files)})")
     n_fail = sum(not c["holds"] for c in claims)
     if n_fail:
         lines.append(f"  {n_fail} of {len(claims)} claim(s) FAIL")

@@ -9,14 +9,16 @@ rerunning an interrupted run picks up its finished sweep members and solve check
 from __future__ import annotations
 
 import datetime
+import hashlib
 import inspect
+import json
 import pathlib
 import sys
 import time
 from collections.abc import Callable, Mapping
 
 from ._plotting import note_failures, save_figures, style
-from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario
+from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario, scenario_by_name
 from ._store import (
     FORMAT,
     RESULTS_FILE,
@@ -26,11 +28,13 @@ from ._store import (
     flatten_results,
     load_arrays,
     load_run,
+    locked,
     save_arrays,
     sha256,
     start_run,
+    to_jsonable,
     versions,
-    write_json,
+    write_summary,
 )
 from ._work import Resume, close_work, open_work
 
@@ -41,17 +45,20 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def default_figures_dir(name: str, run_dir: pathlib.Path, full: bool) -> pathlib.Path:
-    """`figures/<name>/` for a full-config run; `<run_dir>/figures/` for `--quick` or `--set` runs.
-
-    So the committed figures only ever come from full configurations.
-    """
-    return pathlib.Path("figures") / name if full else run_dir / "figures"
+OVERRIDDEN_CLAIMS = ("judged at the changed settings (--set) with the thresholds the scenario sets for them; "
+                     "not the paper's claim at its own settings")
 
 
-def run_folder(out: str | pathlib.Path, name: str, quick: bool) -> pathlib.Path:
-    """`OUT/<name>/`, or `OUT/<name>-quick/` for `--quick`: a quick run never overwrites a full one."""
-    return pathlib.Path(out) / (f"{name}-quick" if quick else name)
+def run_folder(out: str | pathlib.Path, name: str, quick: bool, overrides: Mapping | None = None) -> pathlib.Path:
+    """`OUT/<name>/`; `OUT/<name>-quick/` for `--quick`; `OUT/<name>[-quick]-set-<hash>/` with `--set`.
+
+    A quick or overridden run never overwrites the full run: `<hash>` is the first 8 hex digits of the
+    SHA-256 of the parsed overrides (canonical JSON), so the same `--set` values reuse (and resume) one folder."""
+    folder = f"{name}-quick" if quick else name
+    if overrides:
+        text = json.dumps(to_jsonable(dict(overrides)), sort_keys=True, separators=(",", ":"))
+        folder += "-set-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return pathlib.Path(out) / folder
 
 
 def takes_resume(run: Callable) -> bool:
@@ -83,11 +90,13 @@ def run_scenario(
     An interrupted earlier run of the same scenario, file and config is resumed (`fresh` starts over)."""
     overrides = dict(overrides or {})
     config = scenario.make_config(quick=quick, overrides=overrides)
-    run_dir = run_folder(out, scenario.name, quick)
-    full = not quick and not overrides
-    fig_dir = pathlib.Path(figures) / scenario.name if figures is not None else default_figures_dir(
-        scenario.name, run_dir, full
-    )
+    run_dir = run_folder(out, scenario.name, quick, {k: config[k] for k in overrides})
+    fig_dir = pathlib.Path(figures) / scenario.name if figures is not None else run_dir / "figures"
+    with locked(run_dir):
+        return _run_locked(scenario, path, quick, overrides, config, run_dir, fig_dir, fresh, log)
+
+
+def _run_locked(scenario, path, quick, overrides, config, run_dir, fig_dir, fresh, log) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start_run(run_dir)
     wall = {}
@@ -105,7 +114,8 @@ def run_scenario(
     else:
         resume = Resume()
 
-    log(f"[{scenario.name}] running ({'quick' if quick else 'full'} config) …")
+    kind = ("quick" if quick else "full") + (" config with --set overrides" if overrides else " config")
+    log(f"[{scenario.name}] running ({kind}) into {run_dir}/ …")
     t_start = t0 = time.perf_counter()
     raw = _call(scenario.run, path, "run", *args)
     arrays, solver_stats = _call(flatten_results, path, "run", raw)
@@ -145,15 +155,26 @@ def run_scenario(
             "sha256": digest,
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
         },
-        "figures": {"dir": str(fig_dir.resolve()), "files": [p.name for p in figure_paths]},
+        # a path inside the run folder, relative to it; null when drawn elsewhere (--figures, --showcase)
+        "figures": {"dir": _relative_inside(fig_dir, run_dir), "files": [p.name for p in figure_paths]},
         "claims": [c.to_json() for c in claims],
+        "claims_judged": OVERRIDDEN_CLAIMS if overrides else "at the scenario's settings"
+                         + (" (--quick)" if quick else ""),
         "all_claims_hold": all(c.holds for c in claims),
         "solver_ok": not failures,
     }
-    write_json(run_dir / SUMMARY_FILE, summary)  # last: its presence marks the run complete
+    write_summary(run_dir / SUMMARY_FILE, summary)  # last: its presence marks the run complete
     close_work(resume)  # a finished run is never resumed
     summary["run_dir"] = str(run_dir)
+    summary["figures_path"] = str(fig_dir)  # in memory only, for the screen
     return summary
+
+
+def _relative_inside(path: pathlib.Path, run_dir: pathlib.Path) -> str | None:
+    try:
+        return pathlib.Path(path).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def replot(
@@ -161,31 +182,25 @@ def replot(
     *,
     figures: str | pathlib.Path | None = None,
     scenario_file: str | pathlib.Path | None = None,
-) -> tuple[dict, list[pathlib.Path]]:
-    """Redraw the figures of a finished run from its saved results; `run` is never called."""
+) -> tuple[dict, list[pathlib.Path], pathlib.Path]:
+    """Redraw the figures of a finished run from its saved results; `run` is never called.
+
+    Nothing the run folder says is executed: the `plot` function comes from `scenario_file` (the user's
+    choice) or from the known scenario of the recorded name (`scenario_by_name`), never from a path read
+    from the folder. Figures go to `FIGURES/<name>/` with `figures`, else to `RUN_DIR/figures/` (so a
+    copied run folder draws into the copy). Returns (summary, figure paths, figure folder)."""
     run_dir = pathlib.Path(run_dir)
     results, summary = load_run(run_dir)
-    recorded = summary["scenario"]
-    file = pathlib.Path(scenario_file or recorded["file"])
-    if scenario_file is None and not file.is_file():  # the project moved: look in ./scenarios
-        file = pathlib.Path("scenarios") / pathlib.Path(recorded["file"]).name
-    if not file.is_file():
-        raise ScenarioError(
-            f"the scenario file of this run, {recorded['file']!r}, no longer exists; pass it with --scenario FILE."
-        )
-    scenario, path = load_scenario(file)
-    if scenario.name != recorded["name"]:
-        raise ScenarioError(
-            f"{path} defines scenario {scenario.name!r}, but {run_dir} holds a run of {recorded['name']!r}."
-        )
-    config = _restore_config(scenario, summary["config"])
-    if figures is not None:
-        fig_dir = pathlib.Path(figures) / scenario.name
-    elif summary.get("figures", {}).get("dir"):
-        fig_dir = pathlib.Path(summary["figures"]["dir"])
+    recorded = summary["scenario"]["name"]
+    if scenario_file is not None:
+        scenario, path = load_scenario(scenario_file)
     else:
-        fig_dir = default_figures_dir(scenario.name, run_dir, not summary["quick"] and not summary["overrides"])
-    return summary, draw_figures(scenario, path, results, config, fig_dir, summary.get("failed") or [])
+        scenario, path = scenario_by_name(recorded, summary["scenario"].get("file"))
+    if scenario.name != recorded:
+        raise ScenarioError(f"{path} defines scenario {scenario.name!r}, but {run_dir} holds a run of {recorded!r}.")
+    config = _restore_config(scenario, summary["config"])
+    fig_dir = pathlib.Path(figures) / scenario.name if figures is not None else run_dir / "figures"
+    return summary, draw_figures(scenario, path, results, config, fig_dir, summary.get("failed") or []), fig_dir
 
 
 def evaluate_claims(scenario: Scenario, path: pathlib.Path, results: dict, config: dict) -> list[Claim]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -166,8 +167,9 @@ class Scenario:
         config = dict(self.config)
         if quick:
             config.update(self.quick)
+        base = dict(config)
         for key, text in (overrides or {}).items():
-            config[key] = parse_override(self, key, text)
+            config[key] = parse_override(self, key, text, base=base if quick else None)
         return config
 
 
@@ -187,20 +189,25 @@ def parse_set_args(items: list[str]) -> dict[str, str]:
     return out
 
 
-def parse_override(scenario: Scenario, key: str, text: str) -> Any:
-    """Parse `text` by the type of `scenario.config[key]`; unknown keys and bad values raise ScenarioError."""
+def parse_override(scenario: Scenario, key: str, text: str, base: Mapping | None = None) -> Any:
+    """Parse `text` by the type of `scenario.config[key]`; unknown keys and bad values raise ScenarioError.
+
+    `base` is the config the override applies to (the quick config under `--quick`): a refusal quotes
+    its value, the one the user would otherwise get."""
     if key not in scenario.config:
         raise ScenarioError(
             f"--set {key}={text}: {scenario.name!r} has no config key {key!r}; "
             f"valid keys: {', '.join(sorted(scenario.config))}."
         )
     default = scenario.config[key]
+    if base is not None and key in scenario.quick:
+        current = f"quick value {base[key]!r}, full default {default!r}"
+    else:
+        current = f"default {default!r}"
     try:
         return _parse_like(default, text)
     except ValueError as e:
-        raise ScenarioError(
-            f"--set {key}={text}: {key} expects {_type_words(default)} (default {default!r}); {e}"
-        ) from None
+        raise ScenarioError(f"--set {key}={text}: {key} expects {_type_words(default)} ({current}); {e}") from None
 
 
 def _type_words(default) -> str:
@@ -293,8 +300,7 @@ def load_scenario(path: str | pathlib.Path) -> tuple[Scenario, pathlib.Path]:
         if path.suffix == "" and alt.is_file():
             path = alt
         else:
-            where = "" if path.parent != pathlib.Path(".") else " (run `flowsim list` for the scenarios here)"
-            raise ScenarioError(f"no scenario file {str(path)!r}{where}.")
+            raise ScenarioError(f"no scenario file {str(path)!r}{_suggest(path)}.")
     if path.suffix != ".py":
         raise ScenarioError(f"{str(path)!r} is not a Python file; a scenario file ends in .py.")
     path = path.resolve()
@@ -325,6 +331,49 @@ def load_scenario(path: str | pathlib.Path) -> tuple[Scenario, pathlib.Path]:
             f"{_short(path)}: `scenario` is a {type(scenario).__name__}, expected an fs.Scenario."
         )
     return scenario, path
+
+
+def _suggest(path: pathlib.Path) -> str:
+    """'; did you mean …?' for a mistyped scenario name or file, from the files next to it and in ./scenarios."""
+    folders = [path.parent, pathlib.Path("scenarios")]
+    known = {}
+    for folder in folders:
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.py")):
+                if not f.name.startswith("_"):
+                    known.setdefault(f.stem, f)
+    close = difflib.get_close_matches(path.stem, list(known), n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(str(known[c]) for c in close) + "?"
+    return " (run `flowsim list` for the scenarios in ./scenarios)"
+
+
+def bundled_scenarios() -> pathlib.Path:
+    """The scenario folder of the flowsim checkout this package was installed from (`<project>/scenarios`)."""
+    return pathlib.Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def scenario_by_name(name, recorded_file=None) -> tuple[Scenario, pathlib.Path]:
+    """The known scenario called `name`: `./scenarios/<name>.py`, else the bundled `scenarios/<name>.py`.
+
+    Used to redraw a run folder, which names its scenario but must never choose the code that runs: only
+    the name (and the bare file name of `recorded_file`, for a scenario whose file is named differently)
+    is taken from it, checked to be a plain name, and looked up in these two folders."""
+    stems = [name]
+    if isinstance(recorded_file, str) and recorded_file:
+        stems.append(pathlib.PurePath(recorded_file.replace("\\", "/")).stem)
+    folders = [pathlib.Path("scenarios"), bundled_scenarios()]
+    for stem in stems:
+        if not isinstance(stem, str) or not _NAME.match(stem):
+            continue
+        for folder in folders:
+            candidate = folder / f"{stem}.py"
+            if candidate.is_file():
+                return load_scenario(candidate)
+    raise ScenarioError(
+        f"no known scenario named {name!r} in ./scenarios or {bundled_scenarios()}; pass its file with "
+        "--scenario FILE (a run folder never says which code to run)."
+    )
 
 
 def describe_error(exc: BaseException, path: pathlib.Path, during: str) -> str:

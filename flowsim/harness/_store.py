@@ -15,7 +15,13 @@ Layout of `runs/<name>/` (`runs/<name>-quick/` for `--quick` runs; see the READM
 - `summary.json` — scenario, config, versions, wall times, solver statistics, failed batch
   members with their messages, claims, figures, and the SHA-256 of `results.npz`. It is
   written last: a folder without it, or whose checksum does not match, is an interrupted run
-  and is refused by `load_run`.
+  and is refused by `load_run`. Its field `summary_sha256` is the SHA-256 of the canonical JSON of
+  every other field (`summary_digest`), so it covers the results' checksum too: an edited summary or
+  results file is refused, naming the file. This detects edits and corruption; it is not a signature
+  (whoever edits a folder can recompute it), which is why nothing in a run folder is ever executed
+  and every path it names must lie inside it (`inside`).
+- `.lock` — held (`fcntl.flock`) by the `flowsim run` writing the folder, so a second run into the same
+  folder is refused instead of racing it.
 - `work/` — only while a run is unfinished: what `flowsim run` resumes from (see `_work.py`).
 
 Every file is written to a temporary name in the same folder, flushed, and renamed over the
@@ -25,6 +31,7 @@ target, so an interrupted write never leaves a complete-looking file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -45,6 +52,8 @@ from .._trajectory import Status, Trajectory
 
 RESULTS_FILE = "results.npz"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+DIGEST_FIELD = "summary_sha256"
 FORMAT = "flowsim-run/1"
 _TRAJECTORY_ARRAYS = ("log_t", "loss", "log_loss", "ok", "status", "log_t_reached")
 _TRAJECTORY_FIELDS = ("log_t", "ok", "status", "message", "info")
@@ -222,6 +231,21 @@ def write_json(path: pathlib.Path, obj) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def summary_digest(summary: Mapping) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of `summary` without its `summary_sha256` field."""
+    body = {k: v for k, v in to_jsonable(summary).items() if k != DIGEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_summary(path: pathlib.Path, summary: Mapping) -> None:
+    """Write `summary` atomically with its `summary_sha256` (see `summary_digest`)."""
+    summary = dict(to_jsonable(summary))
+    summary.pop(DIGEST_FIELD, None)
+    summary[DIGEST_FIELD] = summary_digest(summary)
+    write_json(path, summary)
+
+
 def save_arrays(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> str:
     """Write `arrays` to an `.npz` atomically; return its SHA-256."""
     with atomic_path(path) as tmp:
@@ -250,6 +274,54 @@ def sha256(path: pathlib.Path) -> str:
 
 # --------------------------------------------------------------------------------------------
 # A run folder
+
+
+def inside(run_dir: pathlib.Path, name, what: str) -> pathlib.Path:
+    """The path `name` names inside `run_dir`; refuses absolute paths, `..` and links that lead out of it."""
+    where = run_dir / SUMMARY_FILE
+    if not isinstance(name, str) or not name:
+        raise StoreError(f"{where}: {what} must be a path inside the run folder, got {name!r}.")
+    rel = pathlib.PurePosixPath(name)
+    if rel.is_absolute() or pathlib.PureWindowsPath(name).is_absolute() or ".." in rel.parts:
+        raise StoreError(f"{where}: {what} {name!r} leads outside the run folder {run_dir}; a run folder only "
+                         "names files inside itself — refused.")
+    path = run_dir / rel
+    try:
+        path.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        raise StoreError(f"{where}: {what} {name!r} resolves to {path.resolve()}, outside the run folder "
+                         f"{run_dir} (a link?) — refused.") from None
+    return path
+
+
+@contextlib.contextmanager
+def locked(run_dir: pathlib.Path):
+    """Hold an exclusive `fcntl.flock` on `run_dir/.lock` while a run writes the folder.
+
+    A second run into the same folder is refused at once with a message (it would otherwise race the
+    first one's files); the lock goes with the process, so a killed run never leaves a stale one."""
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StoreError(f"{run_dir} exists and is not a folder; choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise StoreError(
+                f"another flowsim run (process {holder}) is writing {run_dir} right now; wait until it has "
+                "finished (its results will be there), or give this run another --out."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def start_run(run_dir: pathlib.Path) -> None:
@@ -283,10 +355,22 @@ def load_run(run_dir: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
         ) from None
     if not isinstance(summary, dict) or summary.get("format") != FORMAT:
         raise StoreError(f"{summary_path} is not a flowsim run summary (expected \"format\": \"{FORMAT}\").")
-    results_path = run_dir / summary.get("results", {}).get("file", RESULTS_FILE)
+    if DIGEST_FIELD not in summary:
+        raise StoreError(f"{summary_path} carries no {DIGEST_FIELD} (written by an older flowsim, or edited); "
+                         "rerun the scenario.")
+    if summary[DIGEST_FIELD] != summary_digest(summary):
+        raise StoreError(f"{summary_path} was edited after the run wrote it (its {DIGEST_FIELD} does not match its "
+                         "content); refused — rerun the scenario.")
+    results = summary.get("results")
+    if not isinstance(results, dict):
+        raise StoreError(f"{summary_path} has no \"results\" record; rerun the scenario.")
+    results_path = inside(run_dir, results.get("file", RESULTS_FILE), "results.file")
+    figures = summary.get("figures", {})
+    if isinstance(figures, dict) and figures.get("dir") is not None:
+        inside(run_dir, figures["dir"], "figures.dir")
     if not results_path.is_file():
         raise StoreError(f"{run_dir} has no {results_path.name}; the run is incomplete — rerun the scenario.")
-    if sha256(results_path) != summary["results"].get("sha256"):
+    if sha256(results_path) != results.get("sha256"):
         raise StoreError(
             f"{results_path} does not match its checksum in {SUMMARY_FILE} (truncated or overwritten); "
             "rerun the scenario."
