@@ -216,9 +216,10 @@ def test_partial_work_from_another_config_or_file_is_refused(counting, monkeypat
     assert main(["run", "counting.py"]) == 130
     monkeypatch.delenv("STOP_AT")
     capsys.readouterr()
-    assert main(["run", "counting.py", "--set", "factor=2"]) == 2
-    err = capsys.readouterr().err
-    assert "another config (factor: 1.0 then, 2.0 now)" in err and "--fresh" in err
+    # --set runs in its own folder, so it neither refuses nor touches the interrupted full run ...
+    assert main(["run", "counting.py", "--set", "factor=2"]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert (counting / "runs" / "counting" / "work").is_dir()
     (counting / "counting.py").write_text(COUNTING.replace('"factor": 1.0', '"factor": 1.5'))
     assert main(["run", "counting.py"]) == 2
     assert "an earlier version of the scenario file" in capsys.readouterr().err
@@ -305,7 +306,7 @@ def test_tampered_results_and_sweep_members_are_refused_without_unpickling(count
     _evil_npz(run / "results.npz", marker)
     summary = json.loads((run / "summary.json").read_text())
     summary["results"]["sha256"] = _store.sha256(run / "results.npz")
-    (run / "summary.json").write_text(json.dumps(summary))
+    _store.write_summary(run / "summary.json", summary)  # re-sealed: anyone can recompute the seal
     with pytest.raises(StoreError, match=r"cannot be read.*allow_pickle=False"):
         _store.load_run(run)
     # ... and altered bytes without the checksum updated.
