@@ -18,11 +18,14 @@ from . import _data as data
 from . import analysis as analysis
 from . import harness as harness
 from . import networks as networks
-from ._batch import simulate_batch as simulate_batch
+from ._cache import cache as cache
+from ._cache import gradient_descent as gradient_descent
+from ._cache import simulate as simulate
+from ._cache import simulate_batch as simulate_batch
+from ._cache import smoothed_limit as smoothed_limit
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
-from ._gd import gradient_descent as gradient_descent
 from ._losses import AbstractLoss as AbstractLoss
 from ._losses import Exponential as Exponential
 from ._losses import Logistic as Logistic
@@ -30,9 +33,7 @@ from ._losses import SoftmaxCrossEntropy as SoftmaxCrossEntropy
 from ._losses import Squared as Squared
 from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._problem import Problem as Problem
-from ._simulate import simulate as simulate
 from ._smoothing import SmoothedLimit as SmoothedLimit
-from ._smoothing import smoothed_limit as smoothed_limit
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim

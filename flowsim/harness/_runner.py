@@ -13,10 +13,12 @@ import hashlib
 import inspect
 import json
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
 
+from .._cache import cache as solve_cache
 from ._plotting import note_failures, save_figures, style
 from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario, scenario_by_name
 from ._store import (
@@ -39,6 +41,7 @@ from ._store import (
 from ._work import Resume, close_work, open_work
 
 _MAX_MESSAGE_LINES = 12
+CACHE_DIR = ".cache"
 
 
 def _stderr(msg: str) -> None:
@@ -59,6 +62,25 @@ def run_folder(out: str | pathlib.Path, name: str, quick: bool, overrides: Mappi
         text = json.dumps(to_jsonable(dict(overrides)), sort_keys=True, separators=(",", ":"))
         folder += "-set-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return pathlib.Path(out) / folder
+
+
+def cache_folder(run_dir: pathlib.Path, name: str) -> pathlib.Path:
+    """`OUT/.cache/<name>/`: the solve cache (`fs.cache`) that every run of scenario `name` into `OUT` shares.
+
+    Its entries are keyed by the content of each solve's inputs, so the full run, `--quick` and every `--set`
+    variant reuse the solves they have in common, a rerun after a kill replays every finished solve and
+    continues the interrupted one from its checkpoint, and a changed input recomputes only the solves it
+    feeds. It outlives a finished run (a rerun replays it); `--fresh` recomputes every solve and rewrites
+    its entry."""
+    return pathlib.Path(run_dir).parent / CACHE_DIR / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def resuming_message(solves) -> str:
+    """`resuming: N finished solves reused, M continued from log t = …` for a run's `SolveCache`."""
+    text = f"resuming: {solves.reused} finished solves reused, {len(solves.continued)} continued"
+    if solves.continued:
+        text += " from log t = " + ", ".join(f"{value:.6g}" for value in solves.continued)
+    return text
 
 
 def takes_resume(run: Callable) -> bool:
@@ -117,7 +139,10 @@ def _run_locked(scenario, path, quick, overrides, config, run_dir, fig_dir, fres
     kind = ("quick" if quick else "full") + (" config with --set overrides" if overrides else " config")
     log(f"[{scenario.name}] running ({kind}) into {run_dir}/ …")
     t_start = t0 = time.perf_counter()
-    raw = _call(scenario.run, path, "run", *args)
+    with solve_cache(cache_folder(run_dir, scenario.name), replay=not fresh, log=log) as solves:
+        raw = _call(scenario.run, path, "run", *args)
+    if solves.reused or solves.continued:
+        log(f"[{scenario.name}] {resuming_message(solves)}")
     arrays, solver_stats = _call(flatten_results, path, "run", raw)
     wall["run"] = time.perf_counter() - t0
     del raw
@@ -146,6 +171,8 @@ def _run_locked(scenario, path, quick, overrides, config, run_dir, fig_dir, fres
         "config": config,
         "started_utc": started,
         "resumed": resumed,
+        "solves": {"reused": solves.reused, "computed": solves.computed, "uncached": solves.uncached,
+                   "continued_from_log_t": solves.continued, "refused": solves.refused},
         "versions": versions(),
         "wall_time_s": wall,
         "solver_stats": solver_stats,
