@@ -7,6 +7,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._checks import as_data_array
+from ._kinks import with_kinks
 from ._losses import AbstractLoss, loss_from_name
 
 
@@ -169,7 +170,9 @@ class Problem(eqx.Module):
                         f"{self.loss.name} loss needs labels ±1; y contains {labels[:6].tolist()}"
                         + ("…" if labels.size > 6 else "")
                     )
-        self.model = jax.tree_util.tree_map(_to_double, model)
+        # A model with kinks (relu, maximum, abs, … of its parameters) gets the min-norm Clarke field.
+        self.model = with_kinks(jax.tree_util.tree_map(_to_double, model), jax.ShapeDtypeStruct(X.shape[1:], X.dtype),
+                                self.trainable_mask)
         self.X = X
         self.y = y
 

@@ -67,6 +67,15 @@ class Trajectory(eqx.Module):
     metadata: tuple = eqx.field(static=True)
     # Values the run depended on that may be traced or batched (tolerances, horizon, target, lr).
     settings: dict = eqx.field(default_factory=dict)
+    # The model's kink sites and which field ran (`flowsim._kinks.kink_summary`); None for a smooth model.
+    kinks: str | None = eqx.field(static=True, default=None)
+
+    def __post_init__(self):
+        from ._kinks import kink_summary, unwrap  # the user's model, not the kink adapter around it
+
+        if self.kinks is None:
+            self.kinks = kink_summary(self.params)
+        self.params, self.final = unwrap(self.params), unwrap(self.final)
 
     @property
     def ok(self) -> Bool[Array, ""]:
@@ -78,6 +87,8 @@ class Trajectory(eqx.Module):
 
         Settings that were batched (vmapped) come back as arrays, one value per member."""
         info = dict(self.metadata)
+        if self.kinks is not None:
+            info["kinks"] = self.kinks
         for key, value in self.settings.items():
             if isinstance(value, jax.core.Tracer):
                 continue
