@@ -173,6 +173,7 @@ class SolveCache:
             result = self._load(path, key, templates)
             if result is not None:
                 self.reused += 1
+                path.with_suffix(".checkpoint").unlink(missing_ok=True)  # a kill after the store left it
                 return result
         auto_checkpoint = None
         if "checkpoint" in signature.parameters and bound.arguments.get("checkpoint") is None:
