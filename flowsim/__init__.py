@@ -34,6 +34,8 @@ from ._losses import Squared as Squared
 from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
 from ._problem import Problem as Problem
 from ._smoothing import SmoothedLimit as SmoothedLimit
+from ._smoothing import simulate_or_smoothed as simulate_or_smoothed
+from ._smoothing import smoothed_fallback as smoothed_fallback
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim

@@ -2,17 +2,23 @@
 
 The alternative to the minimum-norm Clarke subgradient (``_nonsmooth``) that works where that field
 chatters: deep ReLU networks at corners where one sample sits at kinks in several layers.
+``simulate_or_smoothed`` runs the exact field and falls back to the extrapolation per member, where
+the exact solve stalled at a kink.
 """
+
+import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._nonsmooth import AbstractNonsmoothModel
+from ._batch import batch_size, simulate_batch
+from ._nonsmooth import AbstractNonsmoothModel, kink_crossings, kink_statistics
 from ._problem import Problem
 from ._simulate import simulate
-from ._trajectory import Trajectory
+from ._trajectory import Status, Trajectory
 from .analysis._extrapolation import richardson
 from .networks._smoothed import Smoothed
 
@@ -134,3 +140,120 @@ def extrapolate(widths, trajectories, *, logarithmic: bool = True) -> SmoothedLi
         ok=np.asarray(not failed),
         message=message,
     )
+
+
+# Where the exact (minimum-norm) field stalled rather than failed for a reason smoothing cannot remove:
+# out of steps or step sizes at a kink it chatters across (a sample at kinks in several layers).
+FALLBACK_STATUSES = (Status.MAX_STEPS, Status.STEP_SIZE_UNDERFLOW, Status.SOLVER_FAILURE)
+# fs.simulate_batch's own options: they shape how a batch runs, not a solve, so the fallback drops them.
+_BATCH_OPTIONS = ("chunk_size", "devices", "schedule", "segment_steps")
+# Statistics a fallback member gets, so that every member of a batch has the same keys.
+_FALLBACK_STATS = ("smoothed_fallback", "exact_status", "exact_log_t_reached", "exact_pairs_at_kink",
+                   "smoothed_error")
+
+
+def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bool = False, logarithmic: bool = True,
+                         smoothed_options: dict | None = None, **options) -> Trajectory:
+    """``fs.simulate(problem, **options)`` (``fs.simulate_batch`` with ``batched=True``), and for each
+    member whose exact solve stalled at a kink, ``fs.smoothed_limit`` in its place (``smoothed_fallback``).
+
+    The minimum-norm Clarke field of ``_nonsmooth`` is exact where the free slopes of each sample
+    lie in one layer; where a sample sits at kinks in two layers at once (a corner of a deep network)
+    it is only linearised there and can chatter until the solve runs out of steps. Such a member
+    (status ``MAX_STEPS``, ``STEP_SIZE_UNDERFLOW`` or ``SOLVER_FAILURE`` on an
+    ``fs.AbstractNonsmoothModel``) is solved again with its activations smoothed at ``widths`` and
+    extrapolated to width 0; the other members keep their exact solves. A smooth model runs exactly
+    as ``fs.simulate`` (nothing falls back).
+
+    **Arguments:** ``problem`` (a ``fs.Problem``; with ``batched=True`` one with a leading batch axis,
+    as ``fs.simulate_batch`` takes), ``widths`` and ``logarithmic`` (as ``fs.smoothed_limit``),
+    ``smoothed_options`` (options that replace ``options`` for the smoothed solves only, e.g. a larger
+    ``max_steps``: a smoothed solve near a sliding kink takes ~1/ε steps), and ``fs.simulate``'s (or
+    ``fs.simulate_batch``'s) options.
+
+    **Returns:** a ``fs.Trajectory`` as the exact solve's (batched with ``batched=True``), where each
+    fallback member holds the extrapolated network, log-loss and time reached, the status of its
+    smoothed solves, and statistics summed over its exact and smoothed solves. ``traj.stats`` gains
+    per member ``smoothed_fallback`` (it fell back), ``exact_status``, ``exact_log_t_reached`` and
+    ``exact_pairs_at_kink`` (where and why the exact solve stopped) and ``smoothed_error`` (the
+    extrapolation's uncertainty in the parameters, ``SmoothedLimit.error``; NaN where exact);
+    ``traj.info`` names the fallback members and widths, and ``traj.message`` says so per member.
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"simulate_or_smoothed needs an fs.Problem, got {type(problem).__name__}")
+    exact = simulate_batch(problem, **options) if batched else simulate(problem, **options)
+    if not isinstance(problem.model, AbstractNonsmoothModel):
+        return exact
+    solve_options = {key: value for key, value in options.items() if key not in _BATCH_OPTIONS}
+    solve_options.update(smoothed_options or {})
+    return smoothed_fallback(problem, exact, widths, logarithmic=logarithmic, **solve_options)
+
+
+def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS, *, logarithmic: bool = True,
+                      **options) -> Trajectory:
+    """``traj`` (the exact solve of ``problem``, batched or not) with every member whose solve stalled at
+    a kink (``FALLBACK_STATUSES``) replaced by ``fs.smoothed_limit(member, widths, **options)``: what
+    ``simulate_or_smoothed`` returns. ``options`` must give the exact solve's save grid (``n_save`` or
+    ``save_log_t``), so the smoothed saves line up with the other members'."""
+    if not isinstance(problem.model, AbstractNonsmoothModel):
+        raise TypeError(f"smoothed_fallback needs a ReLU network (an fs.AbstractNonsmoothModel), got "
+                        f"{type(problem.model).__name__}")
+    batched = np.ndim(traj.status) > 0
+    status = np.atleast_1d(np.asarray(traj.status))
+    members = [int(k) for k in np.flatnonzero(np.isin(status, [int(s) for s in FALLBACK_STATUSES]))]
+    arrays, static = eqx.partition(traj, eqx.is_array)
+    arrays = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), arrays)
+    one = (lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[None], tree)) if not batched else (lambda tree: tree)
+    arrays = one(arrays)  # every leaf with a member axis first (undone at the end)
+    stats = arrays.stats
+    size = status.size
+    new = {"smoothed_fallback": np.zeros(size, bool), "exact_status": status.astype(np.int64),
+           "exact_log_t_reached": np.asarray(arrays.log_t_reached, dtype=float).copy(),
+           "exact_pairs_at_kink": np.asarray(stats.get("pairs_at_kink", np.zeros(size)), dtype=np.int64).copy(),
+           "smoothed_error": np.full(size, np.nan)}
+    rtol, atol = options.get("rtol"), options.get("atol")
+    for k in members:
+        member = _member(problem, k) if batched else problem
+        limit = smoothed_limit(member, widths, logarithmic=logarithmic, **options)
+        failed = [t for t in limit.trajectories if not bool(t.ok)]
+        _put_tree(arrays.params, limit.params, k)
+        _put_tree(arrays.final, limit.final, k)
+        arrays.log_t[k] = np.asarray(limit.log_t)
+        arrays.log_loss[k] = np.asarray(limit.log_loss)
+        arrays.loss[k] = np.exp(np.asarray(limit.log_loss))
+        arrays.log_t_reached[k] = np.asarray(limit.log_t_reached)
+        arrays.status[k] = int((failed[0] if failed else limit.trajectories[-1]).status)
+        for key in ("num_steps", "num_accepted_steps", "num_rejected_steps", "wall_time_s"):
+            if key in stats:
+                stats[key][k] = stats[key][k] + sum(np.asarray(t.stats[key]) for t in limit.trajectories)
+        if "pairs_at_kink" in stats:
+            at_end = kink_statistics(limit.final, member.X, rtol, atol)
+            stats["pairs_at_kink"][k] = np.asarray(at_end["pairs_at_kink"])
+            stats["band_overflow"][k] = np.asarray(at_end["band_overflow"])
+        if "kink_crossings" in stats:
+            stats["kink_crossings"][k] = np.asarray(kink_crossings(limit.params, member.X))
+        new["smoothed_fallback"][k] = True
+        new["smoothed_error"][k] = float(limit.error)
+    undo = (lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0], tree)) if not batched else (lambda tree: tree)
+    out = eqx.combine(jax.tree_util.tree_map(jnp.asarray, undo(arrays)), static)
+    metadata = dict(traj.metadata, smoothed_fallback_members=tuple(members),
+                    smoothed_fallback_widths=tuple(float(w) for w in sorted(widths, reverse=True)))
+    return dataclasses.replace(out, stats={**out.stats, **jax.tree_util.tree_map(jnp.asarray, undo(new))},
+                               metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
+
+
+def _member(problems: Problem, index: int) -> Problem:
+    """Member ``index`` of a stacked Problem (every array leaf's leading axis)."""
+    batch_size(problems)  # checks the leaves share one leading axis
+    arrays, static = eqx.partition(problems, eqx.is_array)
+    return eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[index], arrays), static)
+
+
+def _put_tree(target, values, index: int) -> None:
+    """Write ``values``' array leaves into member ``index`` of ``target``'s (numpy, in place)."""
+    leaves = jax.tree_util.tree_leaves(target)
+    new = jax.tree_util.tree_leaves(eqx.filter(values, eqx.is_array))
+    if len(leaves) != len(new):
+        raise ValueError("the smoothed solve's network does not have the exact solve's leaves")
+    for leaf, value in zip(leaves, new, strict=True):
+        leaf[index] = np.asarray(value)

@@ -122,6 +122,8 @@ class Trajectory(eqx.Module):
                 member["pairs_at_kink"] = int(np.asarray(self.stats["pairs_at_kink"]).ravel()[index])
                 member["band_overflow"] = bool(np.asarray(self.stats["band_overflow"]).ravel()[index])
             text = _describe(Status(int(code)), float(log_t), member)
+            if "smoothed_fallback" in self.stats and bool(np.asarray(self.stats["smoothed_fallback"]).ravel()[index]):
+                text = "; ".join(filter(None, (_fallback_note(self.stats, index, info), text)))
             if text and batched:
                 text = f"member {index}: {text}"
             if text:
@@ -130,6 +132,17 @@ class Trajectory(eqx.Module):
 
     def __len__(self) -> int:
         return self.log_t.shape[-1]
+
+
+def _fallback_note(stats: dict, index: int, info: dict) -> str:
+    """What `fs.simulate_or_smoothed` did for a member whose exact solve stalled at a kink."""
+    pick = lambda key: np.asarray(stats[key]).ravel()[index]  # noqa: E731
+    widths = ", ".join(f"{w:g}" for w in info.get("smoothed_fallback_widths", ()))
+    return (f"smoothed-width fallback: the exact minimum-norm solve stopped ({Status(int(pick('exact_status'))).name} "
+            f"at log t = {float(pick('exact_log_t_reached')):.6g}, {int(pick('exact_pairs_at_kink'))} (neuron, sample) "
+            "pairs at kinks: a sample at kinks in several layers, where that field chatters), so this member is "
+            f"fs.smoothed_limit's extrapolation to width 0 of widths {widths} (uncertainty "
+            f"{float(pick('smoothed_error')):.1e} in the parameters)")
 
 
 def _rejected_fraction(stats: dict, index: int, size: int) -> float:
@@ -146,7 +159,14 @@ def _rejected_fraction(stats: dict, index: int, size: int) -> float:
 def _solver_advice(info: dict) -> str:
     """What to try next, fitted to what was running."""
     solver = info.get("solver")
-    implicit = isinstance(solver, str) and solver.startswith(("kvaerno", "kencarp"))
+    implicit = info.get("implicit", isinstance(solver, str) and solver.startswith(("kvaerno", "kencarp")))
+    stiffness = info.get("stiffness")  # h·ρ at the end of a solve that ran out of steps
+    if stiffness is not None and not info.get("nonsmooth") and stiffness >= 1.0:
+        if implicit:
+            return (f"the flow is stiff here (h·ρ = {stiffness:.3g}): an explicit solver would need more steps still; "
+                    f"loosen rtol/atol (rtol = {info.get('rtol')}) or raise max_steps")
+        return (f"the flow is stiff here (h·ρ = {stiffness:.3g}, steps held by stability): use an implicit solver "
+                "(solver='kvaerno5' or 'auto') or a looser rtol/atol")
     if solver == "auto" or info.get("auto"):
         return "loosen rtol/atol, or fix the solver (solver='tsit5' or 'kvaerno5') and compare"
     if implicit:
@@ -176,8 +196,10 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
             text += (" More pairs sit at kinks than the model's max_kinks, so the field there is not the minimum-norm "
                      "subgradient: build the network with a larger max_kinks.")
         if rejected == rejected and rejected > 0.3:
-            text += (f" {100 * rejected:.0f}% of the steps were rejected: the field changes abruptly here "
-                     "(a kink of the model, or a field that is not finite just past this state).")
+            cause = ("a kink of the model, or a field that is not finite just past this state" if info.get("nonsmooth", True)
+                     else "tolerances below what the field's round-off allows, or a field that is not finite just past "
+                     "this state")
+            text += f" {100 * rejected:.0f}% of the steps were rejected: the field changes abruptly here ({cause})."
         if info.get("pairs_at_kink"):
             # An implicit solver steps over a kink no better (its steps are held by the kink too, and the
             # min-norm field costs 40-100x more there): the band is what decides whether the flow slides.
@@ -212,7 +234,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
                     f"positive and finite (got {info.get('lr')}), the labels of a margin loss exactly ±1, and the targets of "
                     "cross_entropy probability rows")
         return ("refused before solving: a traced (vmapped) value was invalid for this member — rtol/atol must be "
-                "positive and finite, the horizon finite, and classification labels exactly ±1")
+                "positive and finite, the horizon finite, the save times (save_log_t) strictly increasing and within "
+                "the horizon, and classification labels exactly ±1")
     if status == Status.LOSS_INCREASED:
         first, last = info.get("log_loss_first"), info.get("log_loss_last")
         grown = "" if first is None else f" (log L = {first:.6g} at the first save, {last:.6g} at the last)"

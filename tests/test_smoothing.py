@@ -4,6 +4,7 @@ Oracles: the closed-form bound |φ_ε − φ| ≤ (1 − γ)ε log 2; exact expa
 three-phase single-neuron flow of tests/test_nonsmooth.py (smooth piece, sliding along a kink, exit).
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,3 +161,45 @@ def test_smoothed_limit_with_a_target_extrapolates_where_the_target_is_reached()
     # measured: 3.4e-8 against 8.5e-5 for the smallest width alone
     assert abs(float(limit.log_t_reached) - np.log(8.0)) < single / 100, (limit.log_t_reached, single)
     np.testing.assert_allclose(np.asarray(limit.final.W)[0], expected[0], atol=1e-6)  # measured 8e-8
+
+
+def test_a_stalled_member_falls_back_to_the_smoothed_limit():
+    # Two members: the sliding flow (c = 0.3, 238 Tsit5 steps to T_END) and a transversal crossing
+    # (c = 0.05, 190 steps). With max_steps = 200 the first stops short (as a chattering deep net does)
+    # and falls back to the smoothed-width extrapolation, checked against the closed form; the second
+    # keeps its exact solve.
+    sliding, crossing = single_neuron_problem(0.3), single_neuron_problem(0.05)
+    problems = jax.tree.map(lambda a, b: jnp.stack([a, b]) if eqx.is_array(a) else a, sliding, crossing)
+    options = dict(t1=T_END, solver="tsit5", rtol=1e-10, atol=1e-12, save_log_t=np.log(SAVE_T))
+    exact = fs.simulate_batch(problems, max_steps=200, **options)
+    assert list(np.asarray(exact.status)) == [fs.Status.MAX_STEPS, fs.Status.HORIZON_REACHED]
+    traj = fs.simulate_or_smoothed(problems, batched=True, max_steps=200, smoothed_options=dict(max_steps=100_000),
+                                   **options)
+    assert list(np.asarray(traj.ok)) == [True, True], traj.message
+    assert list(np.asarray(traj.stats["smoothed_fallback"])) == [True, False]
+    assert traj.info["smoothed_fallback_members"] == (0,)
+    assert traj.info["smoothed_fallback_widths"] == (1e-3, 1e-4, 1e-5)
+    assert int(traj.stats["exact_status"][0]) == fs.Status.MAX_STEPS
+    assert float(traj.stats["exact_log_t_reached"][0]) < np.log(T_END)
+    # The fallback member is the extrapolation (closed form within its error, as smoothed_limit alone).
+    expected, _, _ = sliding_closed_form(0.3, np.append(SAVE_T, T_END))
+    assert np.max(np.abs(np.asarray(traj.params.W)[0, :, 0, :] - expected)) < 1e-5
+    assert 0 < float(traj.stats["smoothed_error"][0]) < 1e-4 and np.isnan(traj.stats["smoothed_error"][1])
+    np.testing.assert_allclose(traj.log_t_reached[0], np.log(T_END), rtol=1e-12)
+    assert int(traj.stats["num_steps"][0]) > 200  # the exact attempt and the three smoothed solves
+    # The exact member is untouched.
+    for a, b in zip(jax.tree.leaves(traj.params), jax.tree.leaves(exact.params)):
+        np.testing.assert_array_equal(np.asarray(a)[1], np.asarray(b)[1])
+    lines = traj.message.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("member 0: smoothed-width fallback"), traj.message
+    assert "MAX_STEPS" in lines[0] and "1e-05" in lines[0]
+    # Unbatched: a member that reached its horizon is returned as it was; a stalled one falls back.
+    member = [jax.tree.map(lambda leaf, k=k: leaf[k] if eqx.is_array(leaf) else leaf, exact) for k in (0, 1)]
+    kept = fs.smoothed_fallback(crossing, member[1], **options)
+    assert not bool(kept.stats["smoothed_fallback"]) and kept.message == "" and kept.info["smoothed_fallback_members"] == ()
+    for a, b in zip(jax.tree.leaves(kept.final), jax.tree.leaves(member[1].final)):
+        np.testing.assert_array_equal(a, b)
+    single = fs.smoothed_fallback(sliding, member[0], max_steps=100_000, **options)
+    assert bool(single.ok) and single.message.startswith("smoothed-width fallback"), single.message
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(traj.params)):
+        np.testing.assert_array_equal(a, np.asarray(b)[0])
