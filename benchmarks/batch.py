@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from _report import markdown_page
+
 T1 = 300.0
 REPEATS = 3
 REFILL = dict(schedule="refill", chunk_size=96, segment_steps=50)
@@ -124,12 +126,13 @@ def main():
         rows.append((f"fs.simulate_batch {label} (forced CPU devices, subprocess)", value, None, ""))
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
-    print(f"# {seeds} seeds of Timor et al.'s 2×2 ReLU net to t = {T1:g} (Tsit5), {os.cpu_count()} cores, "
-          f"{jax.devices()[0].platform}\n")
-    print("| method | wall (s) | speed-up over the loop | lockstep waste | note |\n|---|---:|---:|---:|---|")
-    for label, value, waste, note in rows:
-        waste = "" if waste is None else f"{waste:.2f}"
-        print(f"| {label} | {value:.3g} | {loop / value:.3g}× | {waste} | {note} |")
+    with markdown_page("batch", "Batches: a sweep over seeds", quick=args.quick):
+        print(f"{seeds} seeds of Timor et al.'s 2×2 ReLU net to t = {T1:g} (Tsit5), {os.cpu_count()} cores, "
+              f"{jax.devices()[0].platform}; lockstep waste = slots × loop iterations / Σ member steps.\n")
+        print("| method | wall (s) | speed-up over the loop | lockstep waste | note |\n|---|---:|---:|---:|---|")
+        for label, value, waste, note in rows:
+            waste = "" if waste is None else f"{waste:.2f}"
+            print(f"| {label} | {value:.3g} | {loop / value:.3g}× | {waste} | {note} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ import subprocess
 import sys
 import time
 
+from _report import markdown_page
+
 CASE_TIMEOUT_S = 420
+TITLES = {"auto": "auto against fixed solvers", "scaling": "Implicit solves at scale",
+          "overhead": "Per-step overhead", "all": "Engine: auto, implicit solves at scale, per-step overhead"}
 
 
 def _problems(name, quick):
@@ -275,51 +279,53 @@ def main():
         else:
             print(json.dumps(run_case(job["case"], job["solver"], job["quick"], job.get("linear_solver", "auto"))))
         return
-    print(f"# flowsim engine benchmark — {platform.processor() or platform.machine()}, "
-          f"{__import__('os').cpu_count()} cores, python {platform.python_version()}"
-          + (" (--quick)" if args.quick else ""))
-    if args.part in ("auto", "all"):
-        rows = []
-        for case in ["leaky_relu", "diagonal_log_time", "diagonal_log_time_p1e4", "regression_small_init",
-                     "smoothed_relu_mlp"]:
-            group = [_subprocess(dict(case=case, solver=s, quick=args.quick)) for s in ("tsit5", "kvaerno5", "auto")]
-            best = min((r["wall"] for r in group[:2] if r.get("ok")), default=float("nan"))
-            for r in group:
-                r["vs_best_fixed"] = r["wall"] / best if r.get("ok") and best == best else None
-            rows += group
-        print("\n## auto vs fixed solvers (compiled wall time; vs_best_fixed = auto or fixed / the better fixed)\n")
-        print(_table(rows, ["case", "solver", "ok", "log_t", "steps", "rejected", "wall", "cold", "vs_best_fixed",
-                            "auto", "note"]))
-    if args.part in ("scaling", "all"):
-        rows = []
-        sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
-        tsit5_steps = 2_000 if args.quick else 10_000
-        for p in sizes:
-            case = f"regression_p{p}"
-            jobs = [("tsit5", "auto", tsit5_steps), ("kvaerno5", "krylov", 100_000)]
-            if p <= 1_000:
-                jobs.append(("kvaerno5", "dense", 100_000))
-            for solver, linear, steps in jobs:
-                rows.append(_subprocess(dict(kind="scaling", case=case, solver=solver, linear_solver=linear,
-                                             max_steps=steps)))
-            if p > 1_000:
-                rows.append(dict(case=case, solver="kvaerno5", linear_solver="dense", params=p,
-                                 note=f"not run: the p×p Jacobian alone is {8 * p * p / 2**30:.2g} GiB, "
-                                      f"built from {p} Jacobian-vector products per Newton iteration"))
-        print("\n## implicit solves at scale (squared-loss depth-2 diagonal net from scale 1e-3, target L = 1e-20 by "
-              f"t = 1e8; Tsit5 capped at {tsit5_steps} steps; field_evals = forward passes of the model over the data, "
-              "hvps = Hessian-vector products in GMRES; peak = max RSS of the process)\n")
-        print(_table(rows, ["case", "solver", "linear_solver", "params", "ok", "log_loss", "steps", "rejected", "wall",
-                            "cold", "field_evals", "hvps", "peak_mb", "note"]))
-    if args.part in ("overhead", "all"):
-        rows = _subprocess(dict(kind="overhead", quick=args.quick))
-        if isinstance(rows, dict):
-            rows = [rows]
-        print("\n## per-step overhead (Tsit5, squared loss; overhead = wall per step / (6 × one bare jitted gradient);"
-              " vs_in_loop: the same against the gradient inside a compiled loop; vs_bare_diffrax: fs.simulate"
-              " against diffrax.diffeqsolve of the same field)\n")
-        print(_table(rows, ["model", "d", "steps", "wall", "bare_gradient_ms", "in_loop_gradient_ms", "overhead",
-                            "vs_in_loop", "vs_bare_diffrax", "note"]))
+    page = "auto" if args.part == "auto" else f"engine-{args.part}"
+    with markdown_page(page, TITLES[args.part], quick=args.quick):
+        print(f"# flowsim engine benchmark — {platform.processor() or platform.machine()}, "
+              f"{__import__('os').cpu_count()} cores, python {platform.python_version()}"
+              + (" (--quick)" if args.quick else ""))
+        if args.part in ("auto", "all"):
+            rows = []
+            for case in ["leaky_relu", "diagonal_log_time", "diagonal_log_time_p1e4", "regression_small_init",
+                         "smoothed_relu_mlp"]:
+                group = [_subprocess(dict(case=case, solver=s, quick=args.quick)) for s in ("tsit5", "kvaerno5", "auto")]
+                best = min((r["wall"] for r in group[:2] if r.get("ok")), default=float("nan"))
+                for r in group:
+                    r["vs_best_fixed"] = r["wall"] / best if r.get("ok") and best == best else None
+                rows += group
+            print("\n## auto vs fixed solvers (compiled wall time; vs_best_fixed = auto or fixed / the better fixed)\n")
+            print(_table(rows, ["case", "solver", "ok", "log_t", "steps", "rejected", "wall", "cold", "vs_best_fixed",
+                                "auto", "note"]))
+        if args.part in ("scaling", "all"):
+            rows = []
+            sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+            tsit5_steps = 2_000 if args.quick else 10_000
+            for p in sizes:
+                case = f"regression_p{p}"
+                jobs = [("tsit5", "auto", tsit5_steps), ("kvaerno5", "krylov", 100_000)]
+                if p <= 1_000:
+                    jobs.append(("kvaerno5", "dense", 100_000))
+                for solver, linear, steps in jobs:
+                    rows.append(_subprocess(dict(kind="scaling", case=case, solver=solver, linear_solver=linear,
+                                                 max_steps=steps)))
+                if p > 1_000:
+                    rows.append(dict(case=case, solver="kvaerno5", linear_solver="dense", params=p,
+                                     note=f"not run: the p×p Jacobian alone is {8 * p * p / 2**30:.2g} GiB, "
+                                          f"built from {p} Jacobian-vector products per Newton iteration"))
+            print("\n## implicit solves at scale (squared-loss depth-2 diagonal net from scale 1e-3, target L = 1e-20 by "
+                  f"t = 1e8; Tsit5 capped at {tsit5_steps} steps; field_evals = forward passes of the model over the data, "
+                  "hvps = Hessian-vector products in GMRES; peak = max RSS of the process)\n")
+            print(_table(rows, ["case", "solver", "linear_solver", "params", "ok", "log_loss", "steps", "rejected", "wall",
+                                "cold", "field_evals", "hvps", "peak_mb", "note"]))
+        if args.part in ("overhead", "all"):
+            rows = _subprocess(dict(kind="overhead", quick=args.quick))
+            if isinstance(rows, dict):
+                rows = [rows]
+            print("\n## per-step overhead (Tsit5, squared loss; overhead = wall per step / (6 × one bare jitted gradient);"
+                  " vs_in_loop: the same against the gradient inside a compiled loop; vs_bare_diffrax: fs.simulate"
+                  " against diffrax.diffeqsolve of the same field)\n")
+            print(_table(rows, ["model", "d", "steps", "wall", "bare_gradient_ms", "in_loop_gradient_ms", "overhead",
+                                "vs_in_loop", "vs_bare_diffrax", "note"]))
 
 
 if __name__ == "__main__":

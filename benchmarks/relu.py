@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+from _report import markdown_page
 
 import flowsim as fs
 from flowsim._nonsmooth import kink_statistics
@@ -257,11 +258,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64\n")
-    examples(args.quick)
-    band_table()
-    smoothing_table()
-    mlp_table(args.quick)
+    with markdown_page("relu", "ReLU networks: the min-norm field, the plain gradient, the smoothed limit",
+                       quick=args.quick, preformatted=True):
+        print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64\n")
+        examples(args.quick)
+        band_table()
+        smoothing_table()
+        mlp_table(args.quick)
 
 
 if __name__ == "__main__":
