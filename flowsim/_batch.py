@@ -20,23 +20,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._checks import as_choice, as_int
-from ._flow import ModifiedFlow, make_field, time_from_log_t
+from ._engine import finish_arrays, init_carry, metadata_tuple, segment
+from ._flow import ModifiedFlow, make_field
+from ._plan import plan
 from ._problem import Problem
-from ._simulate import (
-    _MAX_LINEAR_LOG_T,
-    Settings,
-    _explicit_grid,
-    _finish,
-    _horizon,
-    _metadata_tuple,
-    _Static,
-    _tolerance,
-    init_carry,
-    save_grid,
-    segment,
-    simulate,
-)
-from ._solvers import LINEAR_SOLVER_NAMES, SOLVER_NAMES, resolve_linear_solver
+from ._simulate import simulate
 from ._trajectory import Status, Trajectory
 
 _VALUE_OPTIONS = ("t1", "log_t1", "rtol", "atol", "target_log_loss")
@@ -50,21 +38,26 @@ def _solve(problems, values, structure):
 
 
 @eqx.filter_jit
-def _refill_segment(problems, carry, is_new, save_times, settings, static):
+def _refill_segment(problems, carry, is_new, save_times, settings, static, solvers):
     """One segment for every slot: slots with ``is_new`` start their member's solve afresh (``init_carry``),
     the others continue theirs; at most ``static.max_steps`` steps each."""
 
     def one(problem, kept, new):
-        start = init_carry(problem, save_times, settings, static)
+        theta0, field = make_field(problem, static.log_time, settings.rtol, settings.atol)
+        start = init_carry(field, theta0, save_times, settings, static, solvers)
         carry = jax.tree_util.tree_map(lambda a, b: jnp.where(new, a, b), start, kept)
-        return segment(problem, carry, save_times, settings, settings.time1, static)
+        return segment(field, carry, save_times, settings, settings.time1, static, solvers[static.solver])
 
     return eqx.filter_vmap(one)(problems, carry, is_new)
 
 
 @eqx.filter_jit
 def _refill_finish(problems, carry, save_times, settings, log_time):
-    return eqx.filter_vmap(lambda problem, c: _finish(problem, c, save_times, settings, log_time))(problems, carry)
+    def one(problem, c):
+        _, field = make_field(problem, log_time, settings.rtol, settings.atol)
+        return finish_arrays(field, c, save_times, settings, log_time)
+
+    return eqx.filter_vmap(one)(problems, carry)
 
 
 def batch_size(problems) -> int:
@@ -192,53 +185,29 @@ def _lockstep(arrays, rest, size, chunk, sharding, options):
     return batched, work / max(int(np.sum(batched.stats["num_steps"])), 1)
 
 
-def _plan(problem, options):
-    """``fs.simulate``'s argument handling for a solve driven here in segments: (save_times, settings,
-    static, metadata, linear solver). Checks and defaults are simulate's own (its signature and helpers)."""
+def _refill_plan(problem, options):
+    """`fs.simulate`'s plan for the batch's first member (every member shares the options)."""
     try:
-        bound = inspect.signature(simulate).bind(problem, **options)
+        inspect.signature(simulate).bind(problem, **options)
     except TypeError as error:
         raise TypeError(f"simulate_batch: {error}") from None
-    bound.apply_defaults()
-    a = bound.arguments
-    if a["progress"]:
+    if options.get("progress"):
         raise ValueError("schedule='refill' does not show progress=True: it reports per segment in Python instead")
-    if (a["t1"] is None) == (a["log_t1"] is None):
-        raise ValueError("give exactly one horizon: t1 (physical time) or log_t1 (t1 = e^log_t1), "
-                         f"got t1={a['t1']!r}, log_t1={a['log_t1']!r}")
-    if a["t1"] is not None:
-        t1 = _horizon("t1", a["t1"], positive=True)
-        log_horizon = jnp.log(t1)
+    if isinstance(options.get("solver", "auto"), str) and options.get("solver", "auto") == "auto":
+        # Under vmap nothing is measured: the fixed rule, as `simulate` under vmap applies it.
+        log_time = options.get("log_t1") is not None if options.get("time", "auto") == "auto" \
+            else options["time"] == "log"
+        options = dict(options, solver="kvaerno5" if log_time else "tsit5")
+        the_plan = plan(problem, **options)
+        metadata = dict(the_plan.metadata, auto="under jit/vmap: fixed rule (no measurement possible)")
     else:
-        log_horizon = _horizon("log_t1", a["log_t1"], positive=False)
-    time_choice = as_choice("time", a["time"], ("auto", "linear", "log"))
-    log_time = (a["log_t1"] is not None) if time_choice == "auto" else (time_choice == "log")
-    if not log_time and float(log_horizon) > _MAX_LINEAR_LOG_T:
-        raise ValueError(f"log_t1 = {float(log_horizon)} is beyond what linear time can represent: integrate in "
-                         "log time (time='log')")
-    solver = as_choice("solver", a["solver"], SOLVER_NAMES)
-    linear_solver = as_choice("linear_solver", a["linear_solver"], LINEAR_SOLVER_NAMES)
-    if isinstance(problem, ModifiedFlow) and log_time:
-        raise ValueError("fs.modified_flow is integrated in linear time only: give t1 (not log_t1), or time='linear'")
-    rtol, atol = _tolerance("rtol", a["rtol"]), _tolerance("atol", a["atol"])
-    n_save = as_int("n_save", a["n_save"], minimum=2)
-    max_steps = as_int("max_steps", a["max_steps"])
-    has_target = a["target_log_loss"] is not None
-    if has_target:
-        target = _horizon("target_log_loss", a["target_log_loss"], positive=False)
-    else:
-        target = jnp.asarray(jnp.nan)
-    grid = save_grid(log_horizon, n_save, log_time) if a["save_log_t"] is None else _explicit_grid(a["save_log_t"],
-                                                                                                 log_horizon)
-    time1 = t1 if (a["t1"] is not None and not log_time) else time_from_log_t(log_horizon, log_time)
-    settings = Settings(rtol=rtol, atol=atol, log_t1=log_horizon, time1=time1, target_log_loss=target)
-    name = solver if solver != "auto" else ("kvaerno5" if log_time else "tsit5")
-    num_params = int(make_field(problem, log_time)[0].shape[-1])
-    linear = resolve_linear_solver(linear_solver, num_params)
-    metadata = dict(time="log" if log_time else "linear", max_steps=max_steps, num_params=num_params, t1=None,
-                    auto="under jit/vmap: fixed rule (no measurement possible)" if solver == "auto" else None)
-    static = _Static(name, linear, log_time, max_steps, False, has_target, solvers=(name,))
-    return time_from_log_t(grid, log_time), settings, static, metadata, linear
+        the_plan = plan(problem, **options)
+        metadata = dict(the_plan.metadata, auto=None)
+    name = the_plan.solver_name
+    implicit = the_plan.is_implicit(name)
+    metadata.update(solver=name, t1=None, linear_solver=the_plan.linear_solver if implicit else None,
+                    implicit=implicit)
+    return the_plan, metadata
 
 
 def _segment_budget(max_steps: int, segment_steps: int) -> int:
@@ -258,10 +227,12 @@ def _segment_budget(max_steps: int, segment_steps: int) -> int:
 def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
     """``slots`` members step together in segments; finished members leave, the next ones take their slots."""
     first = eqx.combine(_take(arrays, 0), rest)
-    save_times, settings, static, metadata, linear = _plan(first, options)
-    max_steps = static.max_steps
-    static = static._replace(max_steps=_segment_budget(max_steps, segment_steps))
-    shapes, fixed = eqx.partition(eqx.filter_eval_shape(init_carry, first, save_times, settings, static),
+    the_plan, metadata = _refill_plan(first, options)
+    save_times, settings, solvers = the_plan.save_times, the_plan.settings, the_plan.solvers
+    max_steps = the_plan.max_steps
+    static = the_plan.static(the_plan.solver_name, max_steps=_segment_budget(max_steps, segment_steps))
+    shapes, fixed = eqx.partition(eqx.filter_eval_shape(init_carry, the_plan.field, the_plan.theta0, save_times,
+                                                        settings, static, solvers),
                                   lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct))
     blank = jax.tree_util.tree_map(lambda leaf: np.zeros((slots, *leaf.shape), leaf.dtype), shapes)
     finals = jax.tree_util.tree_map(lambda leaf: np.zeros((size, *leaf.shape), leaf.dtype), shapes)
@@ -285,7 +256,7 @@ def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
         device_carry = eqx.combine(_to_devices(carry, sharding), fixed)
         before = np.where(is_new, 0, carry.num_steps)
         carry = _to_host(eqx.filter(_refill_segment(part, device_carry, _to_devices(is_new, sharding), save_times,
-                                                    settings, static), eqx.is_array))
+                                                    settings, static, solvers), eqx.is_array))
         carry = jax.tree_util.tree_map(np.array, carry)  # writable host copies
         work += slots * int(np.max(np.where(idle, 0, carry.num_steps - before)))
         done = ~idle & ((carry.status >= 0) | (carry.num_steps >= max_steps))
@@ -304,6 +275,5 @@ def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
         pieces.append(_take(_to_host(eqx.filter(result, eqx.is_array)), slice(0, members)))
     arrays_out = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *pieces)
     batched = eqx.combine(arrays_out, eqx.filter(result, eqx.is_array, inverse=True))
-    batched = dataclasses.replace(batched, metadata=_metadata_tuple(metadata, static._replace(max_steps=max_steps),
-                                                                    linear))
+    batched = dataclasses.replace(batched, metadata=metadata_tuple(metadata))
     return batched, work / max(int(np.sum(finals.num_steps)), 1)

@@ -1,11 +1,37 @@
-"""Checkpoints of a segmented solve: the carry between segments, written atomically (no pickle)."""
+"""Checkpoints of a segmented solve: the carry and the solver policy's state between segments, written
+atomically (no pickle)."""
 
+import hashlib
 import os
 import pathlib
 import tempfile
 
+import equinox as eqx
 import jax
 import numpy as np
+
+from ._flow import base_problem
+from ._policy import IMPLICIT_SEGMENT_STEPS, SEGMENT_STEPS
+
+
+def fingerprint(plan) -> str:
+    """A digest of everything a solve's result depends on: a checkpoint made with other arguments is
+    refused. `max_steps` is left out on purpose: resuming with a larger budget is the common case."""
+    digest = hashlib.sha256()
+    leaves, treedef = jax.tree_util.tree_flatten(eqx.filter((plan.problem, plan.save_times, plan.settings),
+                                                            eqx.is_array))
+    digest.update(str(treedef).encode())
+    for leaf in leaves:
+        array = np.asarray(leaf)
+        digest.update(str((array.shape, array.dtype)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    static_part = eqx.filter((plan.problem,), lambda leaf: not eqx.is_array(leaf))
+    digest.update(repr(jax.tree_util.tree_structure(static_part)).encode())
+    solver = plan.solver if isinstance(plan.solver, str) else (
+        type(plan.solver).__name__, str(jax.tree_util.tree_structure(plan.solver)))
+    digest.update(repr((type(base_problem(plan.problem).model).__name__, solver, plan.linear_solver, plan.log_time,
+                        plan.has_target, SEGMENT_STEPS, IMPLICIT_SEGMENT_STEPS)).encode())
+    return digest.hexdigest()
 
 
 class CheckpointStore:
@@ -21,12 +47,15 @@ class CheckpointStore:
         if self.path.exists() and self.path.is_dir():
             raise ValueError(f"checkpoint {str(self.path)!r} is a directory; give a file path")
         self.fingerprint = fingerprint
+        self.policy_state = None  # the solver policy's state (JSON) of the last checkpoint loaded
 
-    def save(self, carry, solver: str) -> None:
+    def save(self, carry, solver: str, policy_state: str | None = None) -> None:
         leaves = [leaf for leaf in jax.tree_util.tree_leaves(carry) if isinstance(leaf, jax.Array)]
         arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         arrays["fingerprint"] = np.asarray(self.fingerprint)
         arrays["solver"] = np.asarray(solver)
+        if policy_state is not None:
+            arrays["policy"] = np.asarray(policy_state)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
@@ -55,6 +84,7 @@ class CheckpointStore:
                 "tolerances, solver, target or save grid); delete it or pass another path to start over"
             )
         solver = str(contents["solver"])
+        self.policy_state = str(contents["policy"]) if "policy" in contents else None
         template = template_for(solver)
         leaves, treedef = jax.tree_util.tree_flatten(template)
         slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]

@@ -384,9 +384,21 @@ class ScaledErrorEstimate(diffrax.AbstractAdaptiveSolver):
         return self.solver.func(terms, t0, y0, args)
 
 
-def make_terms(name: str, vector_field):
+def is_implicit(solver) -> bool:
+    """Whether a Diffrax solver object solves stage equations (an implicit or IMEX method)."""
+    inner = solver.solver if isinstance(solver, ScaledErrorEstimate) else solver
+    return isinstance(inner, diffrax.AbstractImplicitSolver) or is_imex(inner)
+
+
+def is_imex(solver) -> bool:
+    inner = solver.solver if isinstance(solver, ScaledErrorEstimate) else solver
+    return isinstance(inner, (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5))
+
+
+def make_terms(solver, vector_field):
+    """The Diffrax terms `solver` takes for the field (`solver`: a solver object, or one of flowsim's names)."""
     term = diffrax.ODETerm(vector_field)
-    if name in IMEX_SOLVERS:
+    if (solver in IMEX_SOLVERS) if isinstance(solver, str) else is_imex(solver):
         # KenCarp is an IMEX pair; the whole field is treated implicitly (its ESDIRK half),
         # with a zero explicit part, since gradient flow has no natural non-stiff split.
         zero = diffrax.ODETerm(lambda t, y, args: jnp.zeros_like(y))
