@@ -163,18 +163,20 @@ def test_run_all_names_each_failure_with_its_value_and_threshold(project, capsys
     write_scenario(project / "scenarios", "alpha")
     write_scenario(project / "scenarios", "tight", DECAY.replace('"threshold": 0.01', '"threshold": 1e-9'))
     code, out, err = run_cli(capsys, "run", "--all", "--quick")
-    assert code == 0 and "1 claim(s) FAIL" in out and "what failed (1):" in out
+    assert code == 0 and "1 claim(s) FAIL" in out and "FAILED (1):" in out
     value = _num(np.exp(-5.0))
     assert f"  tight: claim final FAILS: value {value}, threshold 1.000e-09 — y(t1) = exp(-rate t1)" in out
     assert "--strict exits 1" in err
     code, out, err = run_cli(capsys, "run", "--all", "--quick", "--strict")
-    assert code == 1 and "what failed (1):" in out
+    assert code == 1 and "FAILED (1):" in out
 
 
 def test_failed_solves_are_named_with_member_and_message():
     summary = {"claims": [], "failed": [{"result": "depth4/flow", "member": 3, "status": "MAX_STEPS_REACHED",
                                          "message": "ran out of steps at log t = 12\nraise max_steps"}]}
-    assert failure_lines(summary) == ["solve depth4/flow member 3 MAX_STEPS_REACHED: ran out of steps at log t = 12"]
+    assert failure_lines(summary) == ["depth4/flow, run 3 did not converge (max steps reached): ran out of steps at log t = 12"]
+    summary["failed"][0]["shown_as"] = "depth 4, seed 3"  # the name the figures give it (the runner sets it)
+    assert failure_lines(summary) == ["depth 4, seed 3 did not converge (max steps reached): ran out of steps at log t = 12"]
 
 
 def test_showcase_runs_only_the_marked_scenarios(project, capsys):
@@ -306,3 +308,4 @@ def test_a_vmapped_batch_of_trajectories_is_stored_and_summarised(project, capsy
     summary = json.loads((project / "runs" / "batch" / "summary.json").read_text())
     assert summary["solver_ok"] is True
     assert np.load(project / "runs" / "batch" / "results.npz", allow_pickle=False)["batch/log_t"].shape == (2, 4)
+

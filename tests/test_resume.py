@@ -363,7 +363,7 @@ def test_a_failed_batch_member_is_reported_as_failed(tmp_path, monkeypatch, caps
     (tmp_path / "failing.py").write_text(FAILING)
     assert main(["run", "failing.py", "--strict"]) == 1  # a failed solve fails --strict
     out = capsys.readouterr().out
-    assert "FAILED     batch[1] (INVALID_INPUT): refused before solving" in out
+    assert "FAILED     batch, run 1 did not converge (invalid input): refused before solving" in out
     assert "1 solve(s) did NOT reach their horizon" in out and "NOT OK (1 of 3)" in out
     results, summary = _store.load_run(tmp_path / "runs" / "failing")
     assert results["batch/ok"].tolist() == [True, False, True]

@@ -130,9 +130,10 @@ def test_two_runs_into_one_folder_do_not_race(project):
     _store.load_run(project / "runs/decay-quick")  # the first run's results are complete and intact
 
 
-# A JAX computation that keeps running until interrupted, checkpointing a counter through `resume`.
+# A JAX computation that keeps running until interrupted, after checkpointing a counter through `resume`:
+# either many small asynchronous dispatches (Python sees Ctrl-C between them) or, with `--set stuck=True`,
+# one compiled loop that never returns (Python never sees it: only the watcher thread can end the process).
 SPINNING = '''
-import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +142,8 @@ import flowsim as fs
 def run(config, resume=None):
     x = jnp.eye(200) / 200.0
     step = jax.jit(lambda a: a @ a + jnp.eye(200) / 200.0)
+    loop = lambda a: jax.lax.while_loop(lambda c: c[0] >= 0.0, lambda c: (c[0] + 1.0, jnp.sin(c[1])), (0.0, a))[1]
+    forever = jax.jit(loop).lower(x).compile()  # compiled before "spinning": Ctrl-C comes while it runs
     saved = resume.folder / "done.txt"
     for i in range(10**9):
         x = step(x)  # dispatched asynchronously: XLA threads are busy when SIGINT arrives
@@ -148,28 +151,34 @@ def run(config, resume=None):
             x.block_until_ready()
             saved.write_text("20")
             print("spinning", flush=True)
+            if config["stuck"]:
+                forever(x).block_until_ready()  # waits inside XLA, like a long compiled solve
     return {"x": np.asarray(x)}
 
-scenario = fs.Scenario(name="spin", title="t", reference="r", config={}, run=run)
+scenario = fs.Scenario(name="spin", title="t", reference="r", config={"stuck": False}, run=run)
 '''
 
 
-def test_ctrl_c_exits_130_every_time_and_keeps_saved_work(project):
+@pytest.mark.parametrize("stuck", [False, True])
+def test_ctrl_c_exits_130_every_time_and_keeps_saved_work(project, stuck):
     write_scenario(project / "scenarios", "spin", SPINNING)
-    for _ in range(3):
-        proc = _flowsim("run", "spin", cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert proc.stdout.readline().strip() == "spinning"
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=120)
-        finally:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode == 130, err
-        assert "interrupted" in err and "Traceback" not in err
-        assert (project / "runs/spin/work/done.txt").read_text() == "20"
-        assert not (project / "runs/spin/summary.json").exists()
+    proc = _flowsim("run", "spin", *(["--set", "stuck=True"] if stuck else []), cwd=project,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "spinning"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # the compiled loop never ends: only the watcher stops it
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    if stuck:
+        assert "stopped inside a compiled computation" in err
+    (run,) = (project / "runs").glob("spin-set-*" if stuck else "spin")
+    assert (run / "work/done.txt").read_text() == "20"
+    assert not (run / "summary.json").exists()
 
 
 def test_a_closed_pipe_ends_the_listing_quietly(project):

@@ -26,6 +26,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -86,11 +87,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `flowsim` console script; returns the exit code.
 
-    Called without `argv` (the console script), the process ends itself on Ctrl-C: it prints what was
-    kept, flushes, and leaves with `os._exit(130)` — a normal interpreter exit would tear down while JAX's
-    runtime threads may still hold a computation, which can crash (SIGSEGV) instead of exiting 130.
-    Called with `argv` (from Python), it returns 130."""
+    Called without `argv` (the console script), the process ends itself on Ctrl-C with `os._exit(130)`
+    after printing what was kept and flushing: a normal interpreter exit would tear down while XLA's
+    threads may still run a computation or a compile, which can crash (SIGSEGV, 139) instead of exiting
+    130. Python sees Ctrl-C only between bytecodes, and a compiled solve can run for minutes inside one
+    call, so a watcher thread (`_watch_interrupts`) ends the process if the main thread has not done so
+    `INTERRUPT_GRACE_S` seconds after the signal. Saved work is safe either way: every file a run keeps
+    is written to a temporary name and renamed. Called with `argv` (from Python), it returns 130."""
     process = argv is None
+    if process:
+        _watch_interrupts()
     try:
         code = _main(argv)
         if process:
@@ -100,18 +106,58 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
-        print("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
-              "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
-              "where they stopped; --fresh starts over).", file=sys.stderr)
         if not process:
+            print(_INTERRUPTED, file=sys.stderr)
             return EXIT_INTERRUPTED
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
+
+
+INTERRUPT_GRACE_S = 2.0
+_INTERRUPTED = ("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
+                "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
+                "where they stopped; --fresh starts over).")
+_exiting = threading.Lock()
+
+
+def _exit_interrupted(detail: str = "") -> None:
+    """Say what was kept, flush, and end the process with 130 at once (no interpreter teardown).
+
+    Whichever of the main thread and the watcher gets here first does it; the other waits for the end."""
+    _exiting.acquire()  # never released: the holder ends the process
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+    try:
+        print(_INTERRUPTED + detail, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _watch_interrupts() -> None:
+    """End the process `INTERRUPT_GRACE_S` after Ctrl-C even while the main thread sits in compiled code.
+
+    Python's C-level signal handler writes the signal number to the wakeup fd at once, whatever the main
+    thread is doing (`signal.set_wakeup_fd`); a daemon thread reads it. The default handler still raises
+    KeyboardInterrupt in the main thread, which normally exits first (its `finally` blocks run)."""
+    try:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except (OSError, ValueError):  # not the main thread, or no pipes: keep Python's behaviour
+        return
+
+    def watch() -> None:
+        while signal.SIGINT not in os.read(read, 64):
+            pass
+        time.sleep(INTERRUPT_GRACE_S)
+        _exit_interrupted(" (stopped inside a compiled computation; its work since the last saved step is lost)")
+
+    threading.Thread(target=watch, name="flowsim-interrupt", daemon=True).start()
 
 
 def _silence_stdout() -> None:
@@ -222,6 +268,7 @@ def _run(args, debug: bool) -> int:
         except ScenarioError as e:
             _error(str(e), e if debug else None)
             rows.append((f.stem, "ERROR", time.perf_counter() - t0))
+            failures.append((f.stem, "error: " + (str(e).strip().splitlines() or ["(no message)"])[0]))
             continue
         print(format_summary(summary) + "\n")
         lines = failure_lines(summary)
@@ -229,7 +276,7 @@ def _run(args, debug: bool) -> int:
         n_claims = sum(not c["holds"] for c in summary["claims"])
         n_solves = len(summary.get("failed") or [])
         status = ", ".join(p for p in (f"{n_claims} claim(s) FAIL" if n_claims else "",
-                                       f"{n_solves} solve(s) FAIL" if n_solves else "") if p) or "all claims hold"
+                                       f"{n_solves} solve(s) did not converge" if n_solves else "") if p) or "all claims hold"
         rows.append((scenario.name, status, time.perf_counter() - t0))
     if not rows:
         raise ScenarioError(f"no showcase scenarios in {args.dir}/ (mark one with showcase=True).")
@@ -238,12 +285,14 @@ def _run(args, debug: bool) -> int:
           f"{len(rows)} scenario(s), "
           f"{time.perf_counter() - t_all:.1f} s")
     for name, status, wall in rows:
-        print(f"  {name:<{width}}  {status:<34} {wall:8.1f} s")
+        print(f"  {name:<{width}}  {status:<46} {wall:8.1f} s")
     if failures:
-        print(f"what failed ({len(failures)}):")
+        print(f"FAILED ({len(failures)}):")
         for name, line in failures:
             print(f"  {name}: {line}")
         print(_failure_hint(args.strict), file=sys.stderr)
+    elif not any(r[1] == "ERROR" for r in rows):
+        print("nothing failed: every claim holds and every solve reached its horizon or target")
     if any(r[1] == "ERROR" for r in rows):
         return EXIT_ERROR
     if args.strict and failures:
@@ -252,18 +301,28 @@ def _run(args, debug: bool) -> int:
 
 
 def failure_lines(summary: dict) -> list[str]:
-    """One line per failed claim (value, threshold, what it measures) and per failed solve (result name,
-    member, status, first line of its message)."""
+    """One line per failed claim (value, threshold, what it measures) and per failed solve (named as the
+    figures name it, its status in words, the first line of its message)."""
     lines = []
     for c in summary["claims"]:
         if not c["holds"]:
             note = f" — {c['note']}" if c.get("note") else ""
             lines.append(f"claim {c['name']} FAILS: value {_num(c['value'])}, threshold {_num(c['threshold'])}{note}")
     for f in summary.get("failed") or []:
-        member = "" if f["member"] is None else f" member {f['member']}"
         message = (f["message"] or "").strip().splitlines()
-        lines.append(f"solve {f['result']}{member} {f['status']}: {message[0] if message else '(no message)'}")
+        lines.append(f"{_solve(f)} did not converge ({_status(f)}): {message[0] if message else '(no message)'}")
     return lines
+
+
+def _solve(failure: dict) -> str:
+    """A failed solve by the name its figures give it (`shown_as`), else by its stored name and member."""
+    if failure.get("shown_as"):
+        return str(failure["shown_as"])
+    return failure["result"] + ("" if failure["member"] is None else f", run {failure['member']}")
+
+
+def _status(failure: dict) -> str:
+    return str(failure["status"]).replace("_", " ").lower()
 
 
 def _failure_hint(strict: bool) -> str:
@@ -331,8 +390,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {n_fail} of {len(claims)} claim(s) FAIL")
     failed = summary.get("failed") or []
     for f in failed[:_MAX_FAILURES_SHOWN]:
-        member = "" if f["member"] is None else f"[{f['member']}]"
-        lines.append(f"  FAILED     {f['result']}{member} ({f['status']}): {f['message']}")
+        lines.append(f"  FAILED     {_solve(f)} did not converge ({_status(f)}): {f['message']}")
     if len(failed) > _MAX_FAILURES_SHOWN:
         lines.append(f"             … and {len(failed) - _MAX_FAILURES_SHOWN} more (summary.json, \"failed\")")
     if failed:
