@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flowsim",
         description="Reproduce implicit-bias studies as exact gradient-flow simulations.",
-        epilog="Rerunning an interrupted run resumes it (--fresh starts over). "
-               "Exit codes: 0 done, 1 a claim failed (or a solve fell short) under --strict, 2 error, "
-               "130 interrupted, 141 output pipe closed.",
+        epilog="Ctrl-C stops a run and keeps its saved work; rerunning the same command resumes it (--fresh "
+               "starts over). Exit codes: 0 done (failures are listed by name), 1 a claim failed or a solve did not "
+               "converge, under --strict only, 2 error, 130 interrupted, 141 output pipe closed.",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks (also FLOWSIM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="{list,run,plot}")
@@ -49,14 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the scenarios in ./scenarios with titles and references")
     ls.add_argument("--dir", default="scenarios", help="scenario folder (default: ./scenarios)")
 
-    run = sub.add_parser("run", help="run a scenario file (or --all), save results, draw figures, check claims")
-    run.add_argument("file", nargs="?", help="scenario file, e.g. scenarios/soudry2018_logistic.py")
+    run = sub.add_parser("run", help="run a scenario (or --all, --showcase): save results, check claims, draw figures")
+    run.add_argument("file", nargs="?", help="scenario file or name, e.g. scenarios/soudry2018_logistic.py or "
+                                             "soudry2018_logistic (./scenarios/<name>.py)")
     run.add_argument("--all", action="store_true", help="run every scenario in --dir (default ./scenarios)")
     run.add_argument("--showcase", action="store_true",
                      help="run the scenarios in --dir marked showcase=True (the README's main command; "
                           "`flowsim list` marks the others); on the full configs their figures go to figures/")
-    run.add_argument("--dir", default="scenarios", help="scenario folder for --all (default: ./scenarios)")
-    run.add_argument("--quick", action="store_true", help="use the scenario's quick overrides (a fast check)")
+    run.add_argument("--dir", default="scenarios", help="scenario folder for --all and --showcase (default: ./scenarios)")
+    run.add_argument("--quick", action="store_true",
+                     help="apply the scenario's quick overrides (smaller sizes and horizons: a check that the "
+                          "pipeline works, not the paper's numbers); the run goes to OUT/<name>-quick/")
     run.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed by the type of its default; the run goes to its own "
                           "folder OUT/<name>-set-<hash>/ and never replaces the full run")
@@ -70,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                           "figures/ for --showcase without --quick). `--figures figures` redraws the committed "
                           "figures")
     run.add_argument("--strict", action="store_true",
-                     help="exit 1 when a claim fails or a solve does not reach its horizon")
+                     help="exit 1 when a claim fails or a solve does not reach its horizon or target (without "
+                          "--strict these are listed under FAILED and the exit code is 0)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     plot = sub.add_parser("plot", help="redraw a run's figures from its saved results (no recomputation)")
