@@ -25,12 +25,14 @@ from flowsim import _cache
 from flowsim.harness import _store, main
 from flowsim.networks import Smoothed
 
-X, Y = fs.data.separable(12, 3, seed=0, gap=0.2)
-OPTIONS = dict(log_t1=4.0, solver="tsit5", n_save=4)
+# The problem and options of the scenario below (a shorter horizon, a traced value): the tests share its
+# compiled solves.
+X, Y = fs.data.separable(20, 4, seed=0, gap=0.2)
+OPTIONS = dict(log_t1=4.0)
 
 
 def _problem(X=X, scale=0.5):
-    return fs.Problem(fs.networks.Linear(scale * np.ones(3)), X, Y, loss="logistic")
+    return fs.Problem(fs.networks.Linear(scale * np.ones(4)), X, Y, loss="logistic")
 
 
 def _assert_same(a, b):
@@ -101,8 +103,8 @@ def test_keys_are_content_not_identity():
     assert key != _cache.call_key("simulate", {"problem": _problem(), "rtol": 1e-8 * (1 + 2**-52)})
     assert key != _cache.call_key("simulate", {"problem": _problem(scale=0.25), "rtol": 1e-8})
     assert key != _cache.call_key("gradient_descent", {"problem": _problem(), "rtol": 1e-8})
-    relu = fs.Problem(fs.networks.TwoLayer(np.ones((2, 3)), np.ones(2)), X, Y, loss="logistic")
-    leaky = fs.Problem(fs.networks.TwoLayer(np.ones((2, 3)), np.ones(2), leak=0.1), X, Y, loss="logistic")
+    relu = fs.Problem(fs.networks.TwoLayer(np.ones((2, 4)), np.ones(2)), X, Y, loss="logistic")
+    leaky = fs.Problem(fs.networks.TwoLayer(np.ones((2, 4)), np.ones(2), leak=0.1), X, Y, loss="logistic")
     assert _cache.call_key("s", {"p": relu}) != _cache.call_key("s", {"p": leaky})  # a static field
     assert _cache.call_key("s", {"f": jax.nn.relu}) != _cache.call_key("s", {"f": jax.nn.gelu})
     with pytest.raises(_cache._Uncacheable):
@@ -117,7 +119,7 @@ def test_batched_trajectories_and_smoothed_limits_are_rebuilt_from_arrays(tmp_pa
     structure = _cache._encode(batch, arrays, [_problem().model])
     _assert_same(_cache._decode(json.loads(json.dumps(structure)), arrays, [_problem().model]), batch)
 
-    net = fs.networks.TwoLayer(np.ones((2, 3)), np.ones(2))
+    net = fs.networks.TwoLayer(np.ones((2, 4)), np.ones(2))
     smoothed = dataclasses.replace(traj, params=Smoothed(net, 1e-3), final=Smoothed(net, 1e-3))
     limit = fs.SmoothedLimit(log_t=traj.log_t, params=net, final=net, log_loss=traj.log_loss,
                              log_t_reached=traj.log_t_reached, error=np.asarray(1e-9), spread=np.asarray(1e-6),
@@ -211,7 +213,7 @@ def run(config):
     return flows
 
 scenario = fs.Scenario(name="plain", title="a sweep written without any resume", reference="-",
-                       config={"scales": (0.5, 1.0), "last": 2.0, "log_t1": 60.0}, run=run)
+                       config={"scales": (0.5, 1.0), "last": 2.0, "log_t1": 3000.0}, run=run)
 '''
 MAIN = "import sys; from flowsim.harness import main; sys.exit(main(sys.argv[1:]))"
 
@@ -229,65 +231,65 @@ def _assert_bitwise_equal(a, b):
         assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), key
 
 
-def test_a_plain_scenario_resumes_and_set_runs_reuse_unchanged_solves(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "plain.py").write_text(PLAIN)
-    cache = tmp_path / "runs" / ".cache" / "plain"
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A folder with the scenario and its uninterrupted run (in this process: later runs here reuse its
+    compiled solves)."""
+    root = tmp_path_factory.mktemp("plain")
+    (root / "plain.py").write_text(PLAIN)
+    assert main(["run", str(root / "plain.py"), "--out", str(root / "uninterrupted")]) == 0
+    return root
+
+
+def test_a_plain_scenario_resumes_and_set_runs_reuse_unchanged_solves(plain, monkeypatch, capsys):
+    out = plain / "stopped"
+    run = ["run", str(plain / "plain.py"), "--out", str(out)]
+    cache = out / ".cache" / "plain"
     monkeypatch.setenv("STOP_AT", "2")  # interrupted between the second and the third solve
-    assert main(["run", "plain.py"]) == 130
+    assert main(run) == 130
     assert len(_entries(cache)) == 2
     monkeypatch.delenv("STOP_AT")
     capsys.readouterr()
-    assert main(["run", "plain.py"]) == 0
-    err = capsys.readouterr().err
-    assert "resuming: 2 finished solves reused, 0 continued" in err
-    assert main(["run", "plain.py", "--fresh", "--out", "fresh"]) == 0  # the uninterrupted reference
-    assert "resuming" not in capsys.readouterr().err
-    _assert_bitwise_equal(_results(tmp_path / "runs" / "plain"), _results(tmp_path / "fresh" / "plain"))
-    _, summary = _store.load_run(tmp_path / "runs" / "plain")
+    assert main(run) == 0
+    assert "resuming: 2 finished solves reused, 0 continued" in capsys.readouterr().err
+    _assert_bitwise_equal(_results(out / "plain"), _results(plain / "uninterrupted" / "plain"))
+    _, summary = _store.load_run(out / "plain")
     assert summary["solves"]["reused"] == 2 and summary["solves"]["computed"] == 1
 
-    assert main(["run", "plain.py", "--set", "last=3.0"]) == 0  # a changed input: only its solve is new
+    assert main([*run, "--set", "last=3.0"]) == 0  # a changed input: only the solve it feeds is new
     assert "resuming: 2 finished solves reused, 0 continued" in capsys.readouterr().err
     assert len(_entries(cache)) == 4
-    assert main(["run", "plain.py", "--fresh"]) == 0  # --fresh recomputes every solve
+    assert main([*run, "--fresh"]) == 0  # --fresh recomputes every solve
     assert "resuming" not in capsys.readouterr().err
+    _assert_bitwise_equal(_results(out / "plain"), _results(plain / "uninterrupted" / "plain"))
 
 
-def test_a_plain_scenario_killed_mid_solve_resumes_to_the_uninterrupted_arrays(tmp_path):
-    (tmp_path / "plain.py").write_text(PLAIN.replace('"log_t1": 60.0', '"log_t1": 3000.0'))
-    env = dict(os.environ, FLOWSIM_PROGRESS="0", FLOWSIM_CHECKPOINT_EVERY_S="0")
-
-    def flowsim(*argv):
-        return subprocess.Popen([sys.executable, "-c", MAIN, *argv], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    proc = flowsim("run", "plain.py", "--out", "uninterrupted")
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err
-
-    cache = tmp_path / "killed" / ".cache" / "plain"
-    proc = flowsim("run", "plain.py", "--out", "killed")
+def test_a_plain_scenario_killed_mid_solve_resumes_to_the_uninterrupted_arrays(plain, monkeypatch, capsys):
+    monkeypatch.setenv("FLOWSIM_CHECKPOINT_EVERY_S", "0")  # a checkpoint after every segment
+    out = plain / "killed"
+    cache = out / ".cache" / "plain"
+    env = dict(os.environ, FLOWSIM_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, "-c", MAIN, "run", "plain.py", "--out", "killed"], cwd=plain, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:  # a finished solve, and the next one halfway
         if cache.is_dir() and _entries(cache) and list(cache.glob("*.checkpoint")):
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed mid-solve"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     finished = len(_entries(cache))
     halfway = sum(not p.with_suffix(".json").exists() for p in cache.glob("*.checkpoint"))
     assert finished >= 1 and halfway <= 1
-    assert not (tmp_path / "killed" / "plain" / "summary.json").exists()
+    assert not (out / "plain" / "summary.json").exists()
 
-    proc = flowsim("run", "plain.py", "--out", "killed")
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err
-    assert f"resuming: {finished} finished solves reused, {halfway} continued" in err
-    _, summary = _store.load_run(tmp_path / "killed" / "plain")
+    capsys.readouterr()
+    assert main(["run", str(plain / "plain.py"), "--out", str(out)]) == 0
+    assert f"resuming: {finished} finished solves reused, {halfway} continued" in capsys.readouterr().err
+    _, summary = _store.load_run(out / "plain")
     assert summary["solves"]["reused"] == finished and len(summary["solves"]["continued_from_log_t"]) == halfway
     assert all(t > 0 for t in summary["solves"]["continued_from_log_t"])
-    _assert_bitwise_equal(_results(tmp_path / "killed" / "plain"), _results(tmp_path / "uninterrupted" / "plain"))
-    assert [p for p in (tmp_path / "killed").rglob("*") if p.name.endswith((".part", ".tmp"))] == []
+    _assert_bitwise_equal(_results(out / "plain"), _results(plain / "uninterrupted" / "plain"))
+    assert [p for p in out.rglob("*") if p.name.endswith((".part", ".tmp"))] == []
     assert not list(cache.glob("*.checkpoint"))
