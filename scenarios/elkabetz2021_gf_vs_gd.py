@@ -28,7 +28,6 @@ import equinox as eqx
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import NullFormatter
 from sklearn.datasets import load_digits
 
 import flowsim as fs
@@ -121,38 +120,63 @@ def claims(results, config):
     return out
 
 
+DIST_GD = r"$\|\theta_{\rm GD}(k) - \theta(k\eta)\|$"
+LAMBDA_STAR = r"$\lambda^* = \mathrm{max}_t \lambda_{\max}(\nabla^2 L(\theta_{\rm GF}(t)))$"
+
+
 def plot(results, config):
     nets = config["nets"]
-    fig_path, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 3.8), sharey=True, squeeze=False)
+    fig_path, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets) + 1.6, 3.8), sharey=True, squeeze=False)
     axes = axes[0]
-    fig_order, ax_o = plt.subplots(figsize=(5, 3.8))
+    fig_order, ax_o = plt.subplots(figsize=(5.6, 4.0))
     fig_edge, (ax_e, ax_s) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, net, marker in zip(axes, nets, "os"):
+    guides = {}
+    for ax, net, marker, colors in zip(axes, nets, "os", (("C0", "C1"), ("C2", "C4"))):
         lrs, log_t = results[f"{net}/lrs"], results[f"{net}/log_t"]
+        modified = net in config["modified_nets"]
         for i, lr in enumerate(lrs):
             t = np.exp(log_t[i])
-            ax.loglog(t[1:], results[f"{net}/distance_to_flow"][i, 1:], color=f"C{i}", label=f"GF, η = {lr:.3g}")
-            if net in config["modified_nets"]:
+            ax.loglog(t[1:], results[f"{net}/distance_to_flow"][i, 1:], color=f"C{i}", label=rf"$\eta = {lr:.3g}$")
+            if modified:
                 ax.loglog(t[1:], results[f"{net}/distance_to_modified"][i, 1:], color=f"C{i}", ls=":")
-        ax.loglog(np.exp(log_t[0, 1:]), results[f"{net}/distance_from_init"][1:], "k--", label="‖θ_GF(t) − θ_0‖")
-        ax.set(xlabel="t = kη", title=f"{net} net: ‖θ_GD(k) − θ(kη)‖ (solid GF, dotted modified flow)")
-        for ref, ls in (("flow", "-"), ("modified", ":"))[: 1 + (net in config["modified_nets"])]:
-            ax_o.loglog(lrs, results[f"{net}/distance_to_{ref}"][:, -1], marker=marker, ls=ls,
-                        label=f"{net}, to {'GF' if ref == 'flow' else 'modified flow'}")
+        ax.loglog(np.exp(log_t[0, 1:]), results[f"{net}/distance_from_init"][1:], "k--",
+                  label=r"$\|\theta_{\rm GF}(t) - \theta_0\|$")
+        if modified and not any(a.get_label() == "to the modified flow" for a in ax.get_lines()):
+            ax.plot([], [], color="0.3", label="to GF")
+            ax.plot([], [], color="0.3", ls=":", label="to the modified flow")
+        ax.set(xlabel=r"$t = k\eta$", title=f"{net} net: {DIST_GD}" + (" (solid GF, dotted modified flow)" if modified
+                                                                       else " to GF"))
+        fs.harness.log_ticks(ax)
+        for (ref, ls), color in zip((("flow", "-"), ("modified", ":"))[: 1 + modified], colors):
+            d = results[f"{net}/distance_to_{ref}"][:, -1]
+            order = fs.analysis.fitted_order(lrs, d)
+            ax_o.loglog(lrs, d, marker=marker, ls=ls, color=color,
+                        label=f"{net}, to {'GF' if ref == 'flow' else 'modified flow'}: fitted order {order:.2f}")
+            q = 1 if ref == "flow" else 2
+            guide = 0.35 * d[-1] * (lrs / lrs[-1]) ** q  # below the data, so both stay visible
+            ax_o.loglog(lrs, guide, color="0.45", lw=0.9, ls="-." if q == 1 else (0, (5, 1, 1, 1, 1, 1)),
+                        label=None if q in guides else rf"reference slope $\eta^{q}$")
+            guides[q] = True
         ratio = leave_multiple(results, net, config)[1]
         ax_e.semilogy(config["edge_multiples"], ratio, marker=marker, label=f"{net} net")
         log_t_flow = results[f"{net}/flow/log_t"]
         ax_s.semilogx(np.exp(log_t_flow[1:]), results[f"{net}/sharpness"][1:], marker=marker, ms=3, label=f"{net} net")
-    axes[0].set_ylabel("distance"), axes[0].legend(fontsize=7)
-    ax_o.set(xlabel="step η", ylabel="distance at t1", title="orders: GD–GF O(η), GD–modified flow O(η²)")
+    axes[0].set_ylabel("distance")
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig_path.legend(handles.values(), handles.keys(), fontsize=7, loc="outside right upper")
+    ax_o.set(xlabel=r"step $\eta$", ylabel=r"distance at $t_1$",
+             title=r"orders: GD–GF $O(\eta)$, GD–modified flow $O(\eta^2)$")
     ax_o.legend(fontsize=7)
-    ax_o.xaxis.set_minor_formatter(NullFormatter())
-    ax_e.axvline(2.0, color="k", ls="--", lw=1, label="η·λ* = 2")
-    ax_e.axhline(config["leave_factor"], color="gray", ls=":", lw=1)
-    ax_e.set(xlabel="η·λ*  (λ* = max_t λ_max(∇²L(θ_GF(t))))", ylabel="max_t ‖θ_GD − θ_GF‖/η, ÷ small-step value",
+    fs.harness.log_ticks(ax_o)
+    ax_e.axvline(2.0, color="k", ls="--", lw=1, label=r"$\eta\lambda^* = 2$")
+    ax_e.axhline(config["leave_factor"], color="gray", ls=":", lw=1, label=f"{config['leave_factor']:g}× (leaves)")
+    ax_e.set(xlabel=r"$\eta\lambda^*$,  " + LAMBDA_STAR,
+             ylabel=r"$\mathrm{max}_t \|\theta_{\rm GD} - \theta_{\rm GF}\|/\eta$, ÷ small-step value",
              title="where GD leaves the flow")
+    fs.harness.log_ticks(ax_e)
     ax_e.legend(fontsize=7)
-    ax_s.set(xlabel="t", ylabel="λ_max(∇²L(θ_GF(t)))", title="sharpness along the flow")
+    ax_s.set(xlabel="$t$", ylabel=r"$\lambda_{\max}(\nabla^2 L(\theta_{\rm GF}(t)))$", title="sharpness along the flow")
+    fs.harness.log_ticks(ax_s)
     ax_s.legend(fontsize=7)
     return {"distance_along_path": fig_path, "orders": fig_order, "edge_of_stability": fig_edge}
 

@@ -94,12 +94,17 @@ def run(config):
     net = fs.networks.TwoLayer.init(jax.random.key(config["seed"]), d, m, leak=leak, balanced=True,
                                     scale=config["init_scale"] * np.sqrt(2 / (d + m)))
     problem = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
-    save = A.log_log_grid(config["first_log_t"], config["log_t1"], config["n_save"])
+    # Before e^first_log_t, log-spaced in t from 10^early_log10_t (the rank falls there, at small init); after,
+    # evenly in log log t up to the horizon.
+    early = np.log(np.geomspace(10.0 ** config["early_log10_t"], np.exp(config["first_log_t"]), config["n_early"] + 1)[:-1])
+    late = A.log_log_grid(config["first_log_t"], config["log_t1"], config["n_save"])
+    save = np.concatenate([early, late])
     flow = fs.simulate(problem, log_t1=config["log_t1"], solver="tsit5", save_log_t=save, rtol=config["rtol"],
                        atol=config["atol"], max_steps=config["max_steps"])
     R = square_factor(flow.params.W)
     svm = A.max_margin_solution(X, y, p=2.0)
-    kkt_idx = np.unique(np.geomspace(1, R.shape[0], config["kkt_saves"]).astype(int) - 1)  # late-weighted saves
+    late_idx = np.geomspace(1, late.size, config["kkt_saves"]).astype(int) - 1  # late-weighted saves of the late grid
+    kkt_idx = np.unique(early.size + late_idx)
     params = jax.tree_util.tree_map(lambda leaf: leaf[kkt_idx], flow.params)
     compare = A.compare_with_linear(flow.final, svm.beta, X_fresh)
     out = {"flow": flow, "stable_rank": np.asarray(A.stable_rank(R)), "sv_ratios": np.asarray(A.singular_value_ratios(R)),
@@ -191,39 +196,52 @@ def plot(results, config):
     fig, ax = plt.subplots(2, 3, figsize=(13, 7.4), layout="constrained")
     ax = ax.ravel()
     log_t = np.asarray(r["flow/log_t"])
-    keep = log_t > 0
-    ax[0].loglog(log_t[keep], np.asarray(r["stable_rank"])[keep], label="stable rank")
-    ax[0].axhline(float(r["init_stable_rank"]), color="C0", ls=":", label="stable rank at t = 0")
+    keep = np.isfinite(log_t)
+    # log t on a symlog axis: linear through the early fall of the rank (t < e), logarithmic up to the horizon.
+    ax[0].plot(log_t[keep], np.asarray(r["stable_rank"])[keep], "o-", ms=2.5,
+               label=r"stable rank $\|W\|_F^2/\|W\|_2^2$")
+    ax[0].axhline(float(r["init_stable_rank"]), color="C0", ls=":", label="stable rank at $t = 0$")
     for k in (1, 2):
-        ax[0].loglog(log_t[keep], np.asarray(r["sv_ratios"])[keep, k], label=f"σ{k + 1}/σ1")
-    ax[0].set(xlabel="log t", title="GF: first-layer rank")
+        ax[0].plot(log_t[keep], np.asarray(r["sv_ratios"])[keep, k], ls=("--", "-.")[k - 1],
+                   label=rf"$\sigma_{k + 1}/\sigma_1$")
+    # Linear in log t up to log t = 10 (where the rank falls, t ≪ 1 at small init), logarithmic beyond.
+    ax[0].set_xscale("symlog", linthresh=10.0, linscale=2.0)
+    ticks = [v for v in (-8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 20, 50, 100, 200, 500, 1000)
+             if log_t[keep].min() - 1 <= v <= log_t[keep].max() * 1.05]
+    ax[0].set_xticks(ticks, [f"${v}$" for v in ticks])
+    ax[0].xaxis.set_minor_locator(plt.NullLocator())
+    ax[0].set(yscale="log", xlabel=r"$\log t$ (linear up to 10, logarithmic beyond)", title="GF: first-layer rank")
     ax[0].legend(fontsize=7)
     ax[1].loglog(np.asarray(r["kkt_log_t"]), np.asarray(r["kkt_residual"]), "o-")
-    ax[1].set(xlabel="log t", ylabel="KKT residual", title="GF: distance from a KKT point of (P)")
-    ax[2].semilogx(log_t[keep], np.asarray(r["margin"])[keep])
-    ax[2].set(xlabel="log t", ylabel="min_i y_i f(x_i) / ‖W‖_F", title="GF: normalised margin")
+    ax[1].set(xlabel=r"$\log t$", ylabel="KKT residual", title="GF: distance from a KKT point of (P)")
+    late = keep & (log_t > 0)
+    ax[2].semilogx(log_t[late], np.asarray(r["margin"])[late])
+    ax[2].set(xlabel=r"$\log t$", ylabel=r"$\mathrm{min}_i\, y_i f(x_i) \,/\, \|W\|_F$", title="GF: normalised margin")
+    for a in ax[:3]:
+        fs.harness.log_ticks(a)
     sr, reached, _ = gd_table(r, config)
     steps, scales, ds, tau = np.asarray(r["gd_steps"]), np.asarray(config["gd_scales"]), config["gd_ds"], config["rank_threshold"]
     j = int(np.flatnonzero(scales <= config["gd_trend_max_scale"])[-1])
-    for k, s in enumerate(scales):
-        ax[3].plot(steps, sr[-1, k], label=f"scale {s:g}")
+    for k, (s, style) in enumerate(zip(scales, fs.harness.series_styles(len(scales)))):
+        ax[3].plot(steps, sr[-1, k], **style, label=f"scale {s:g}")
     for k, dk in enumerate(ds):
-        ax[4].plot(steps, sr[k, j], color=f"C{k}", label=f"d = {dk}, scale {scales[j]:g}")
+        ax[4].plot(steps, sr[k, j], color=f"C{k}", label=f"$d = {dk}$, scale {scales[j]:g}")
         if j + 1 < len(scales):
-            ax[4].plot(steps, sr[k, j + 1], color=f"C{k}", ls="--", label=f"d = {dk}, scale {scales[j + 1]:g}")
+            ax[4].plot(steps, sr[k, j + 1], color=f"C{k}", ls="--", label=f"$d = {dk}$, scale {scales[j + 1]:g}")
         done = np.isfinite(reached[k])
-        ax[5].loglog(scales[done], reached[k, done], "o-", color=f"C{k}", label=f"d = {dk}")
+        ax[5].loglog(scales[done], reached[k, done], "o-", color=f"C{k}", label=f"$d = {dk}$")
         ax[5].loglog(scales[~done] * 1.15**k, np.full((~done).sum(), steps[-1] * 1.5), "^", mfc="none", color=f"C{k}")
-    for a, title in ((ax[3], f"GD, d = {ds[-1]}, by init scale"), (ax[4], "GD by d")):
+    for a, title in ((ax[3], f"GD, $d = {ds[-1]}$, by init scale"), (ax[4], "GD by $d$")):
         a.axhline(tau, color="gray", ls=":", lw=1)
         a.set(xscale="symlog", xlim=(0, steps[-1]), xlabel="GD step", ylabel="stable rank", title=title)
         a.legend(fontsize=6)
     ax[5].axhline(steps[-1], color="gray", ls=":", lw=1)
     ax[5].set(xlabel="init scale (× TF default std)", ylabel=f"first step with stable rank ≤ {tau:g}",
               title=f"GD: steps to collapse (△: not by step {steps[-1]})")
+    fs.harness.log_ticks(ax[5])
     ax[5].legend(fontsize=7)
-    fig.suptitle(f"Frei et al. leaky net, n = {config['n']}, m = {config['m']}, γ = {config['leak']}; GF at d = {config['d']}; "
-                 f"GD lr = {config['gd_lr']:g}")
+    fig.suptitle(f"Frei et al. leaky net, $n = {config['n']}$, $m = {config['m']}$, $\\gamma = {config['leak']}$; "
+                 f"GF at $d = {config['d']}$; GD lr = {config['gd_lr']:g}")
     return {"rank_kkt_gd": fig}
 
 
@@ -232,7 +250,7 @@ scenario = fs.Scenario(
     title="Leaky-ReLU nets on nearly orthogonal data: rank ≤ 2 first layer, KKT direction, linear boundary",
     reference="Frei, Vardi, Bartlett, Srebro & Hu, ICLR 2023 (Theorems 3.2, 4.2; Figure 1 trend)",
     config=dict(seed=0, n=10, d=10_000, m=10, leak=0.1, mu_power=0.25, init_scale=1e-2, n_fresh=500, log_t1=200.0,
-                first_log_t=0.5, n_save=30, rtol=1e-8, atol=1e-10, max_steps=50_000, kkt_saves=10,
+                first_log_t=0.5, n_save=30, early_log10_t=-3.0, n_early=12, rtol=1e-8, atol=1e-10, max_steps=50_000, kkt_saves=10,
                 gd_ds=[1000, 3000, 10_000], gd_scales=[1e-4, 1e-3, 1e-2, 2e-2, 1e-1, 1.0], gd_trend_max_scale=2e-2,
                 gd_lr=0.005, gd_steps=1000, gd_n_save=60, rank_threshold=2.5, min_rank_kept=0.8,
                 max_final_stable_rank=2.05, min_agreement=0.95),

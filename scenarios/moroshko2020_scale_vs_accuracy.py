@@ -184,47 +184,63 @@ def claims(results, config):
     return out
 
 
+LOG_ALPHA, LOG_LAM = r"$\log_{10}\alpha$", r"$\log_{10}\log(1/\varepsilon)$"
+
+
 def plot(results, config):
+    tex = fs.harness.tex_power
     alphas, lams = np.log10(results["alphas"]), np.log10(results["log_inv_eps"])
     depths = config["depths"]
     fig, axes = plt.subplots(1, len(depths), figsize=(5.6 * len(depths), 4.2), squeeze=False, layout="constrained")
     for ax, D in zip(axes[0], depths):
-        mesh = ax.pcolormesh(alphas, lams, results[f"D{D}/c"], vmin=-0.2, vmax=1.0, cmap="viridis", shading="nearest")
+        # c runs from 0 (kernel) to 1 (rich): the colour bar spans that, and below 0 only where the data go
+        # (at the loosest ε, β can still be on the far side of the kernel limit).
+        c = np.asarray(results[f"D{D}/c"])
+        low = min(0.0, np.floor(10 * np.nanmin(c)) / 10) if np.isfinite(c).any() else 0.0
+        mesh = ax.pcolormesh(alphas, lams, c, vmin=low, vmax=1.0, cmap="viridis", shading="nearest")
         ax.contour(alphas, lams, results[f"D{D}/c"], levels=[0.5], colors="w")
         cross, slope = transition(results, D, config["transition_min_alpha_D"])
         keep = np.isfinite(cross)
         if D == 2:  # predicted: c(argmin Q_μ) = 1/2 at μ*, i.e. log(1/ε) = α²/μ*
             tau_star = q_transition(results)
             ax.plot(alphas, 2 * alphas + tau_star / np.log(10), "r--",
-                    label=f"predicted: α²/log(1/ε) = μ* = e^{-tau_star:.2f} (Q_μ); measured slope {slope:.2f}")
+                    label=rf"predicted: $\alpha^2/\log(1/\varepsilon) = \mu^* =$ {tex('e', -tau_star)} ($Q_\mu$); "
+                          f"measured slope {slope:.2f}")
         elif keep.any():  # no Q_μ for D > 2: the slope-D line through the measured contour's median point
             a0, l0 = np.median(alphas[keep]), np.median(cross[keep])
-            ax.plot(alphas, l0 + D * (alphas - a0), "r--", label=f"α^{D}/log(1/ε) const (slope {D}); measured {slope:.2f}")
-        ax.set(xlabel="log10 α", ylabel="log10 log(1/ε)  (ε: summed loss)", ylim=(lams[0], lams[-1]),
-               title=f"D = {D}: c = 0 kernel (ℓ2) … 1 rich ({'ℓ1' if D == 2 else 'ℓ_{2/D} KKT'})")
+            ax.plot(alphas, l0 + D * (alphas - a0), "r--",
+                    label=rf"$\alpha^{{{D}}}/\log(1/\varepsilon)$ const (slope {D}); measured {slope:.2f}")
+        rich = r"$\ell_1$" if D == 2 else rf"$\ell_{{2/{D}}}$ KKT"
+        ax.set(xlabel=LOG_ALPHA, ylabel=LOG_LAM + r"  ($\varepsilon$: summed loss)", ylim=(lams[0], lams[-1]),
+               title=rf"$D = {D}$: $c = 0$ kernel ($\ell_2$) … 1 rich ({rich})")
         ax.legend(fontsize=7, loc="upper left")
-        fig.colorbar(mesh, ax=ax, label="c (white: c = 1/2)")
-    fig.suptitle("β between the kernel and rich limits when the loss reaches ε")
+        fig.colorbar(mesh, ax=ax, label=r"$c$ (white: $c = 1/2$)")
+    fig.suptitle(r"$\beta$ between the kernel and rich limits when the loss reaches $\varepsilon$")
 
     cuts, (ax_a, ax_e, ax_g) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     for a in range(0, len(alphas), 2):
-        ax_a.plot(lams, results["D2/c"][:, a], "-o", ms=3, color=plt.cm.viridis(a / len(alphas)), label=f"α = 10^{alphas[a]:.2g}")
+        color = plt.cm.viridis(a / len(alphas))
+        ax_a.plot(lams, results["D2/c"][:, a], "-o", ms=3, color=color, label=r"$\alpha =$ " + tex(10, alphas[a], 1))
         if 3 in depths:
-            ax_a.plot(lams, results["D3/c"][:, a], ":", color=plt.cm.viridis(a / len(alphas)))
-    ax_a.set(xlabel="log10 log(1/ε)", ylabel="c", title="fixed α (solid D = 2, dotted D = 3)")
+            ax_a.plot(lams, results["D3/c"][:, a], ":", color=color)
+    ax_a.set(xlabel=LOG_LAM, ylabel="$c$", title="fixed α" + (" (solid D = 2, dotted D = 3)" if 3 in depths else
+                                                                 ", D = 2"))
     ax_a.legend(fontsize=6)
     for k in range(0, len(lams), 2):
-        ax_e.plot(alphas, results["D2/c"][k], "-o", ms=3, color=plt.cm.plasma(k / len(lams)), label=f"log(1/ε) = 10^{lams[k]:.2g}")
-        ax_e.plot(alphas, results["D2/q_c"][k], "x", color=plt.cm.plasma(k / len(lams)))
-    ax_e.set(xlabel="log10 α", ylabel="c", title="fixed ε, D = 2 (×: Q_μ minimiser, μ = α²/γ)")
+        color = plt.cm.plasma(k / len(lams))
+        ax_e.plot(alphas, results["D2/c"][k], "-o", ms=3, color=color, label=r"$\log(1/\varepsilon) =$ " + tex(10, lams[k], 1))
+        ax_e.plot(alphas, results["D2/q_c"][k], "x", color=color)
+    ax_e.set(xlabel=LOG_ALPHA, ylabel="$c$", title=r"fixed ε, D = 2 (×: $Q_\mu$ minimiser, $\mu = \alpha^2/\gamma$)")
     ax_e.legend(fontsize=6)
     for a in (0, 2, len(alphas) // 2):  # the flow against log(1/μ), μ = α²/log(1/ε), next to the Q_μ program
         tau_flow = np.log(results["log_inv_eps"] / results["alphas"][a] ** 2)
-        ax_g.semilogy(tau_flow, results["D2/l1_gap"][:, a], "-o", ms=3, label=f"flow, α = {results['alphas'][a]:.2g}")
+        ax_g.semilogy(tau_flow, results["D2/l1_gap"][:, a], "-o", ms=3,
+                      label=r"flow, $\alpha =$ " + fs.harness.tex_number(results["alphas"][a]))
     tau, qgap = results["q_tau"], np.asarray(results["q_gap"])
     keep = (tau <= 80) & (tau >= 1)
-    ax_g.semilogy(tau[keep], np.maximum(qgap[keep], 1e-16), "k:", label="argmin Q_μ (margin ≥ 1)")
-    ax_g.set(xlabel="log(1/μ) = log(log(1/ε)/α²)", ylabel="γ₁* − γ₁(β)", title="ℓ1 margin gap (D = 2)", ylim=(1e-16, 1))
+    ax_g.semilogy(tau[keep], np.maximum(qgap[keep], 1e-16), "k:", label=r"argmin $Q_\mu$ (margin ≥ 1)")
+    ax_g.set(xlabel=r"$\log(1/\mu) = \log(\log(1/\varepsilon)/\alpha^2)$", ylabel=r"$\gamma_1^* - \gamma_1(\beta)$",
+             title=r"$\ell_1$ margin gap (D = 2)", ylim=(1e-16, 1))
     ax_g.legend(fontsize=7)
     return {"phase_diagram": fig, "cuts": cuts}
 

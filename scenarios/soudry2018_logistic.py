@@ -75,7 +75,7 @@ def plot(results, config):
     gamma = results["max_margin"]
     styles = {"flow": dict(color="C0", label="gradient flow"),
               "gd": dict(color="C1", ls="--",
-                         label=f"GD, η = {config['gd_step']:g}/β, {config['gd_steps']:.0e} steps")}
+                         label=f"GD, η = {config['gd_step']:g}/β, {fs.harness.tex_number(config['gd_steps'])} steps")}
     for name, style in styles.items():
         log_t = results[f"{name}/log_t"]
         keep = log_t > 0
@@ -87,16 +87,16 @@ def plot(results, config):
     log_t, error = results["flow/log_t"], results["flow_direction_error"]
     rate = fitted_rate(log_t, error, config["fit_from_log_t"])
     xs = np.array([max(1.0, 1e-3 * log_t[-1]), log_t[-1]])
-    ax_err.loglog(xs, 3 * error[-1] * log_t[-1] / xs, color="0.5", ls=":", label="∝ 1/log t (guide)")
-    ax_err.set(xlabel="log t", ylabel=r"$\|w/\|w\| - \hat{w}\|$",
+    ax_err.loglog(xs, 3 * error[-1] * log_t[-1] / xs, color="0.5", ls=":", label=r"$\propto 1/\log t$ (guide)")
+    ax_err.set(xlabel=r"$\log t$", ylabel=r"$\|w/\|w\| - \hat{w}\|$",
                title=f"direction error (flow: fitted slope {rate:.3f})")
     ax_err.legend()
-    ax_margin.axhline(gamma, color="k", lw=0.8, ls=":", label="ℓ2 max margin γ*")
-    ax_margin.set(xlabel="log t", ylabel=r"$\gamma(w) = \min_i\, y_i \langle x_i, w\rangle / \|w\|$",
+    ax_margin.axhline(gamma, color="k", lw=0.8, ls=":", label=r"$\ell_2$ max margin $\gamma^*$")
+    ax_margin.set(xlabel=r"$\log t$", ylabel=r"$\gamma(w) = \mathrm{min}_i\, y_i \langle x_i, w\rangle / \|w\|$",
                   title="normalised margin")
     ax_margin.legend(loc="lower right")
-    ax_gap.set(xlabel="log t", ylabel=r"$(\gamma^* - \gamma(w)) / \gamma^*$", title="relative margin gap")
-    fig.suptitle("Logistic regression on separable data → ℓ2 max-margin direction (Soudry et al. 2018)")
+    ax_gap.set(xlabel=r"$\log t$", ylabel=r"$(\gamma^* - \gamma(w)) / \gamma^*$", title="relative margin gap")
+    fig.suptitle(r"Logistic regression on separable data → $\ell_2$ max-margin direction (Soudry et al. 2018)")
     return {"direction_and_margin": fig}
 
 

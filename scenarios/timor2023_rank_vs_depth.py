@@ -137,10 +137,21 @@ def claims(results, config):
     return out
 
 
+def solve_names(config):
+    """What the figures call each stored solve: "scale0/depth4/flow", member 3 → "init scale 0.1, depth 4, seed 3"
+    (for their NOT CONVERGED notes)."""
+    def describe(result, member):
+        group = result.split("/")
+        i, L = int(group[0].removeprefix("scale")), int(group[1].removeprefix("depth"))
+        return f"init scale {config['scales'][i]:g}, depth {L}" + ("" if member is None else f", seed {member}")
+
+    return describe
+
+
 def plot(results, config):
     r = {k: np.asarray(v) for k, v in results.items()}
     depths, scales = config["depths"], config["scales"]
-    fig_d, ax = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.6), squeeze=False, sharey=True)
+    fig_d, ax = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.8), squeeze=False, sharey=True)
     for i, a in enumerate(ax[0]):
         med = hidden_medians(r, config, i)
         for L in depths:
@@ -148,26 +159,30 @@ def plot(results, config):
             c = m["converged"]
             jitter = np.linspace(-0.12, 0.12, c.size)
             a.scatter(L + jitter[c], m["sr"][c, : L - 1].mean(1), color="C0", s=16,
-                      label="mean over W_1…W_(L−1), per seed" if L == depths[0] else None)
+                      label=r"mean over $W_1, \dots, W_{L-1}$, per seed" if L == depths[0] else None)
             a.scatter(L + jitter[c] + 0.03, m["sr"][c, 0], color="C1", marker="x", s=16,
-                      label="W_1, per seed" if L == depths[0] else None)
+                      label="$W_1$, per seed" if L == depths[0] else None)
         a.plot(depths, [med[L][0] for L in depths], "k-o", label="median (mean hidden)")
-        a.set(xlabel="depth L", xticks=depths, title=f"init scale {scales[i]:g}")
-    ax[0, 0].set_ylabel("final stable rank ‖W‖_F²/‖W‖₂²")
+        a.set(xlabel="depth $L$", xticks=depths, title=f"init scale {scales[i]:g}")
+    ax[0, 0].set_ylabel(r"final stable rank $\|W\|_F^2/\|W\|_2^2$")
     ax[0, 0].legend(fontsize=7)
-    fig_d.suptitle("ReLU students of a width-2 teacher: stable rank vs depth (converged runs)", fontsize=9)
-    fig_t, ax = plt.subplots(2, len(depths), figsize=(3.6 * len(depths), 5.2), sharex=True, squeeze=False)
+    fig_d.suptitle("ReLU students of a width-2 teacher:" + ("\n" if len(scales) < 2 else " ")
+                   + "stable rank vs depth (converged runs)", fontsize=9)
+    fig_t, ax = plt.subplots(2, len(depths), figsize=(3.6 * len(depths), 5.4), sharex=True, squeeze=False)
     for j, L in enumerate(depths):
         m = measure(r, 0, L)
         seed = int(np.flatnonzero(m["converged"])[0]) if m["converged"].any() else 0
         t = np.exp(m["log_t"][seed])
-        for l in range(L - 1):
-            ax[0, j].semilogx(t, m["sr_t"][seed, :, l], label=f"W_{l + 1}")
+        for l, style in zip(range(L - 1), fs.harness.series_styles(L - 1)):
+            ax[0, j].semilogx(t, m["sr_t"][seed, :, l], **style, label=f"$W_{{{l + 1}}}$")
         ax[1, j].loglog(t, np.exp(m["log_loss"][seed]), "k")
         ax[0, j].set(title=f"depth {L}, seed {seed}, scale {scales[0]:g}", ylabel="stable rank")
-        ax[1, j].set(xlabel="t", ylabel="loss")
+        ax[1, j].set(xlabel="$t$", ylabel="loss")
+        fs.harness.log_ticks(ax[1, j])
         ax[0, j].legend(fontsize=7)
-    return {"stable_rank_vs_depth": fig_d, "stable_rank_along_t": fig_t}
+    describe = solve_names(config)
+    return {"stable_rank_vs_depth": fs.harness.describe_solves(fig_d, describe),
+            "stable_rank_along_t": fs.harness.describe_solves(fig_t, describe)}
 
 
 scenario = fs.Scenario(

@@ -132,21 +132,26 @@ def claims(results, config):
     return out
 
 
+PAPER_LO, PAPER_WIDTH = 1.2, 0.8 / 9  # the paper's 9 bins of stable rank, from ≈1.2 to 2.0
+
+
 def plot(results, config):
     r = {k: np.asarray(v) for k, v in results.items()}
     conv = r["paper/converged"]
-    fig_h, ax = plt.subplots(1, 2, figsize=(10, 3.4))
-    edges = np.linspace(1.0, 2.0, 21)
-    for a, name in zip(ax, ("W1", "W2"), strict=True):
+    fig_h, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    # The paper's bins (width 0.8/9 ≈ 0.089), continued below 1.2 down to the least stable rank, 1.
+    edges = PAPER_LO + PAPER_WIDTH * np.arange(-3, 10)
+    for a, name, sub in zip(ax, ("W1", "W2"), ("₁", "₂"), strict=True):
         a.hist(r[f"paper/stable_rank_{name}"][conv], bins=edges, color="C0", alpha=0.7,
                label=f"flow, t = {config['t_paper']:g} ({int(conv.sum())}/{conv.size} converged)")
-        a.set(xlabel=f"stable rank of {name}", ylabel="runs")
-    centers = 1.2 + (np.arange(9) + 0.5) * 0.8 / 9
-    ax[0].bar(centers, PAPER_COUNTS * conv.sum() / 79, width=0.8 / 9, fill=False, edgecolor="C3",
+        a.set(xlabel=f"stable rank of W{sub}", ylabel="runs", xlim=(edges[0], edges[-1] + 0.02))
+    centers = PAPER_LO + (np.arange(9) + 0.5) * PAPER_WIDTH
+    ax[0].bar(centers, PAPER_COUNTS * conv.sum() / 79, width=PAPER_WIDTH, fill=False, edgecolor="C3",
               label="paper (GD), 79 runs, scaled to ours")
-    ax[0].legend(fontsize=7)
-    fig_h.suptitle("Timor et al. 2×2 ReLU net: stable rank over converged runs")
-    fig_d, ax = plt.subplots(1, 2, figsize=(8, 4))
+    ax[0].legend(fontsize=7, loc="upper left")
+    ax[1].legend(fontsize=7, loc="upper left")
+    fig_h.suptitle("Timor et al. 2×2 ReLU net: stable rank over converged runs (the paper's bins, width 0.089)")
+    fig_d, ax = plt.subplots(1, 2, figsize=(8, 4.2))
     X, _ = data()
     sr = r["paper/stable_rank_W1"]
     lowest = np.flatnonzero(conv)[np.argsort(sr[conv])[:1]]
@@ -156,11 +161,12 @@ def plot(results, config):
             W = r["W1_final"][pick[0]]
             for u, w in enumerate(W):
                 a.arrow(0, 0, *(w / np.abs(W).max()), width=0.01, color=f"C{u}", label=f"row {u + 1} of W₁")
-        for x in X:
-            a.plot([0, x[0]], [0, x[1]], "k--", lw=1)
-        a.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal",
-              title=f"{name} run (seed {pick[0] if pick.size else '—'}, srank {sr[pick[0]]:.2f})" if pick.size else name)
-        a.legend(fontsize=7)
+        for k, x in enumerate(X):
+            a.plot([0, x[0]], [0, x[1]], "k--", lw=1, zorder=3, label="inputs x₁, x₂" if k == 0 else None)
+        a.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", xlabel="first input coordinate",
+              ylabel="second input coordinate",
+              title=f"{name} run (seed {pick[0]}, stable rank {sr[pick[0]]:.2f})" if pick.size else name)
+        a.legend(fontsize=7, loc="lower left")
     fig_d.suptitle("Neuron directions (rows of W₁, normalised) and the inputs (dashed)")
     fig_l, a = plt.subplots(figsize=(6, 3.6))
     t = np.exp(r["log_t"])
@@ -171,9 +177,10 @@ def plot(results, config):
         idx = np.flatnonzero(mask)[:10]
         for j, i in enumerate(idx):
             a.loglog(t, np.exp(r["log_loss"][i]), color=color, lw=0.8, label=f"{cls} ({int(mask.sum())})" if j == 0 else None)
-    a.axhline(config["target_loss"], color="k", ls=":", lw=1)
-    a.axvline(config["t_paper"], color="gray", ls=":", lw=1)
-    a.set(xlabel="t", ylabel="loss", title="Loss curves of the three outcome classes (10 each)")
+    a.axhline(config["target_loss"], color="k", ls=":", lw=1, label=f"target loss {config['target_loss']:g}")
+    a.axvline(config["t_paper"], color="gray", ls="-.", lw=1, label=f"the paper's t = {config['t_paper']:g}")
+    a.set(xlabel="$t$", ylabel="loss", title="Loss curves of the three outcome classes (10 each)")
+    fs.harness.log_ticks(a)
     a.legend(fontsize=7)
     return {"stable_rank_histogram": fig_h, "neuron_directions": fig_d, "loss_curves": fig_l}
 

@@ -146,6 +146,12 @@ def saddle_claim(results, key, config, at, gap, reached):
         f"10^{float(results[f'{key}/saddle/log10_escape_log_t']):.0f}")
 
 
+def display(key):
+    """ "fully_connected_L2" → "fully connected, L = 2" (in mathtext)."""
+    network, depth = key.rsplit("_L", 1)
+    return f"{network.replace('_', ' ')}, $L = {depth}$"
+
+
 def plot(results, config):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for ax, network in zip(axes, NETWORKS):
@@ -154,14 +160,15 @@ def plot(results, config):
             log_t = results[f"{key}/flow/log_t"]
             keep = np.isfinite(log_t) & (log_t > 0)
             ax.loglog(log_t[keep], results[f"{key}/distance_to_limit"][keep], color=color,
-                      label=f"L = {depth}: to limit_direction estimate")
+                      label=f"$L = {depth}$: to the limit-direction estimate")
             if f"{key}/distance_to_reference" in results:
                 ax.loglog(log_t[keep], results[f"{key}/distance_to_reference"][keep], color=color, ls=":", lw=2,
-                          label=f"L = {depth}: to convex reference")
+                          label=f"$L = {depth}$: to the convex reference")
             if f"{key}/kkt_residual" in results:
                 ax.loglog(results[f"{key}/kkt_log_t"], results[f"{key}/kkt_residual"], color=color, ls="--",
-                          label=f"L = {depth}: KKT residual of the iterate")
-        ax.set(xlabel="log t", title=network.replace("_", " "))
+                          label=f"$L = {depth}$: KKT residual of the iterate")
+        ax.set(xlabel=r"$\log t$", title=network.replace("_", " "))
+        fs.harness.log_ticks(ax)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("1 − cos(iterate, limit);  KKT residual")
     fig.suptitle("Directional convergence on separable data (logistic loss) — Yun, Krishnan & Mobahi 2021")
@@ -175,10 +182,10 @@ def plot(results, config):
         ax.bar(j + 0.2, last, width=0.4, color="C1", label="last iterate")
         if f"{key}/reference" in results:
             ax.plot(j, np.abs(results[f"{key}/reference"]), "k_", ms=9, label="convex reference")
-        ax.set(title=key.replace("_", " "), xlabel="coordinate j")
-    axes2[0].set_ylabel("|ρ_j| (unit ℓ2; β for fully connected)")
+        ax.set(title=display(key), xlabel="coordinate $j$")
+    axes2[0].set_ylabel(r"$|\rho_j|$ (unit $\ell_2$; $\beta$ for fully connected)")
     axes2[0].legend(fontsize=7)
-    fig2.suptitle("Limit direction estimated from the late trajectory vs the last iterate (log t = {:.3g})".format(
+    fig2.suptitle("Limit direction estimated from the late trajectory vs the last iterate ($\\log t = {:.3g}$)".format(
         results[f"{keys[0]}/flow/log_t"][-1]))
     return {"direction_error": fig, "limit_vs_last_iterate": fig2, "saddle_escape": plot_saddle(results, keys)}
 
@@ -196,18 +203,18 @@ def plot_saddle(results, keys):
         limit = np.abs(results[f"{key}/limit_direction"]) / np.abs(results[f"{key}/limit_direction"]).max()
         support = np.flatnonzero(limit > 1e-9)
         j = int(support[np.argmin(share[-1, support] / limit[support])])
-        ax.loglog(log_t[keep], share[:, j], "C0", label=f"|ρ_{j}|/max|ρ| along the flow")
+        ax.loglog(log_t[keep], share[:, j], "C0", label=rf"$|\rho_{{{j}}}|\,/\,\mathrm{{max}}_k|\rho_k|$ along the flow")
         ax.axhline(limit[j], color="k", ls=":", label=f"its share in the limit ({limit[j]:.3f})")
         if f"{key}/saddle/coordinates" in results:
             p = float(results[f"{key}/saddle/predicted_exponent"][0])
             end = float(results[f"{key}/saddle/log10_escape_log_t"])
             tau = np.logspace(np.log10(log_t[keep][-1]), end, 50)
             ax.loglog(tau, share[-1, j] * (tau / log_t[keep][-1]) ** p, "C3--",
-                      label=f"predicted escape ∝ (log t)^{p:.4f}  (|v_{j}| − 1 at the saddle)")
-            ax.set_title(f"{key.replace('_', ' ')}: at a saddle until log t ≈ 10^{end:.0f}", fontsize=10)
+                      label=rf"predicted escape $\propto (\log t)^{{{p:.4f}}}$  ($|v_{{{j}}}| - 1$ at the saddle)")
+            ax.set_title(f"{display(key)}: at a saddle until $\\log t \\approx 10^{{{end:.0f}}}$", fontsize=10)
         else:
-            ax.set_title(f"{key.replace('_', ' ')}: its slowest coordinate", fontsize=10)
-        ax.set(xlabel="log t", ylabel="share of the largest coordinate")
+            ax.set_title(f"{display(key)}: its slowest coordinate", fontsize=10)
+        ax.set(xlabel=r"$\log t$", ylabel="share of the largest coordinate")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("The coordinate the flow is missing: escape from a saddle on the log log t scale")
     return fig

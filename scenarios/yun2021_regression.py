@@ -99,39 +99,50 @@ def claims(results, config):
     return out
 
 
+DEPTH_STYLE = {2: dict(ls="-", marker="o"), 3: dict(ls="--", marker="s"), 4: dict(ls=":", marker="^")}
+NETWORK_NAMES = {"diagonal": "diagonal", "convolutional": "convolutional", "fully_connected": "fully connected"}
+REL_ERROR = r"$\|\rho(\infty) - \rho_{\rm ref}\| \,/\, \|\rho_{\rm ref}\|$"
+
+
 def plot(results, config):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, network in zip(axes, NETWORKS):
         alphas = results[f"{network}_alphas"]
-        for depth, ls in zip(config["depths"], ("-", "--", ":")):
+        for depth in config["depths"]:
             key = f"{network}_L{depth}"
             rho = results[f"{key}/rho"]
-            for ref, color in (("min_l2", "C0"), ("min_l1", "C3")):
-                ax.loglog(alphas, relative_error(rho, results[f"{key}/{ref}"]), ls=ls, color=color, marker="o", ms=3,
-                          label=f"L = {depth}: to min-{ref[-2:]} interpolant")
-        space = "β" if network == "fully_connected" else "ρ (DFT)" if network == "convolutional" else "ρ = β"
-        ax.set(xlabel="initialisation scale α", title=f"{network.replace('_', ' ')} network, in {space}")
-    axes[0].set_ylabel("‖ρ(∞) − ρ_ref‖ / ‖ρ_ref‖")
+            for ref, color, norm in (("min_l2", "C0", r"$\ell_2$"), ("min_l1", "C3", r"$\ell_1$")):
+                ax.loglog(alphas, relative_error(rho, results[f"{key}/{ref}"]), color=color, ms=3.5,
+                          **DEPTH_STYLE[depth], label=f"$L = {depth}$: to the min-{norm} interpolant")
+        space = r"$\beta$" if network == "fully_connected" else r"$\rho$ (DFT)" if network == "convolutional" \
+            else r"$\rho = \beta$"
+        ax.set(xlabel=r"initialisation scale $\alpha$", title=f"{NETWORK_NAMES[network]} network, in {space}")
+        fs.harness.log_ticks(ax)
+    axes[0].set_ylabel(REL_ERROR)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Gradient-flow limit vs α: ℓ1-like (small α) to ℓ2-like (large α) — Yun, Krishnan & Mobahi 2021")
+    fig.suptitle(r"Gradient-flow limit vs $\alpha$: $\ell_1$-like (small $\alpha$) to $\ell_2$-like (large $\alpha$)"
+                 " — Yun, Krishnan & Mobahi 2021")
 
-    fig2, (ax_c, ax_e) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig2, (ax_c, ax_e) = plt.subplots(1, 2, figsize=(11.5, 3.8))
     key, alphas = "diagonal_L2", results["diagonal_alphas"]
     rho = results[f"{key}/rho"]
     for j in range(rho.shape[1]):
         ax_c.semilogx(alphas, rho[:, j], color=f"C{j % 10}", marker="o", ms=3)
         for ref, x, mk in (("min_l1", alphas[0], "<"), ("min_l2", alphas[-1], ">")):
             ax_c.plot(x, results[f"{key}/{ref}"][j], mk, color=f"C{j % 10}", ms=7, mfc="none")
-    ax_c.set(xlabel="α", ylabel="coordinates of β(∞)",
-             title="diagonal, L = 2: flow (lines); min-ℓ1 ◁ and min-ℓ2 ▷ interpolants")
+    ax_c.set(xlabel=r"$\alpha$", ylabel=r"coordinates of $\beta(\infty)$",
+             title=r"diagonal, $L = 2$: flow (lines); min-$\ell_1$ ◁ and min-$\ell_2$ ▷ interpolants")
+    fs.harness.log_ticks(ax_c)
     for network, color in zip(NETWORKS, ("C0", "C2", "C4")):
-        for depth, ls in zip(config["depths"], ("-", "--", ":")):
+        for depth in config["depths"]:
             key = f"{network}_L{depth}"
-            ax_e.loglog(results[f"{network}_alphas"], relative_error(results[f"{key}/rho"], results[f"{key}/reference"]), ls=ls,
-                        color=color, marker="o", ms=3, label=f"{network.replace('_', ' ')}, L = {depth}")
-    ax_e.axhline(config["max_limit_error"], color="k", lw=0.8, ls=":", label="claimed bound")
-    ax_e.set(xlabel="α", ylabel="‖ρ_flow − ρ_ref‖ / ‖ρ_ref‖", title="flow vs exact reference limit")
-    ax_e.legend(fontsize=7)
+            ax_e.loglog(results[f"{network}_alphas"], relative_error(results[f"{key}/rho"], results[f"{key}/reference"]),
+                        color=color, ms=3.5, **DEPTH_STYLE[depth], label=f"{NETWORK_NAMES[network]}, $L = {depth}$")
+    ax_e.axhline(config["max_limit_error"], color="k", lw=0.8, ls="-.", label="claimed bound")
+    ax_e.set(xlabel=r"$\alpha$", ylabel=r"$\|\rho_{\rm flow} - \rho_{\rm ref}\| \,/\, \|\rho_{\rm ref}\|$",
+             title="flow vs exact reference limit")
+    fs.harness.log_ticks(ax_e)
+    ax_e.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return {"distance_to_l1_l2": fig, "coordinates_and_error": fig2}
 
 

@@ -70,10 +70,10 @@ def claims(results, config):
 
 def plot(results, config):
     fig, (ax_m, ax_e) = plt.subplots(1, 2, figsize=(11, 3.6))
-    styles = {"balanced": dict(color="C0", label="balanced init v₁ = v₂ = α·1"),
-              "sign_free": dict(color="C3", label="sign-free init v₁ = α·1, v₂ = 0")}
-    ref_style = {"nonnegative": dict(color="C0", ls=":", label="sign-constrained ℓ1 max margin (ρ ≥ 0)"),
-                 "unconstrained": dict(color="C3", ls=":", label="unconstrained ℓ1 max margin")}
+    styles = {"balanced": dict(color="C0", label="balanced init $v_1 = v_2 = \\alpha\\mathbf{1}$"),
+              "sign_free": dict(color="C3", label="sign-free init $v_1 = \\alpha\\mathbf{1}$, $v_2 = 0$")}
+    ref_style = {"nonnegative": dict(color="C0", ls=":", label=r"sign-constrained $\ell_1$ max margin ($\rho \geq 0$)"),
+                 "unconstrained": dict(color="C3", ls=":", label=r"unconstrained $\ell_1$ max margin")}
     for ref, style in ref_style.items():
         ax_m.axhline(results[f"reference/{ref}/margin"], lw=1, **style)
     for init, style in styles.items():
@@ -85,11 +85,12 @@ def plot(results, config):
             err = np.linalg.norm(unit(beta) - unit(results[f"reference/{ref}/direction"]), axis=1)
             ax_e.loglog(log_t[keep], err[keep], ls=ls, color=style["color"],
                         label=f"{init.replace('_', '-')} run → {ref} reference")
-    ax_m.set(xlabel="log t", ylabel="γ₁(β) = min_i y_i⟨x_i, β⟩ / ‖β‖₁", title="normalised ℓ1 margin, depth-2 diagonal")
+    ax_m.set(xlabel=r"$\log t$", ylabel=r"$\gamma_1(\beta) = \mathrm{min}_i\, y_i\langle x_i, \beta\rangle / \|\beta\|_1$",
+             title=r"normalised $\ell_1$ margin, depth-2 diagonal")
     ax_m.legend(fontsize=7, loc="lower right")
-    ax_e.set(xlabel="log t", ylabel="‖β/‖β‖ − u*‖", title="direction error to each reference (last iterates)")
+    ax_e.set(xlabel=r"$\log t$", ylabel=r"$\|\beta/\|\beta\| - u^*\|$", title="direction error to each reference (last iterates)")
     ax_e.legend(fontsize=7)
-    fig.suptitle("Balanced vs sign-free initialisation: different ℓ1 max-margin limits")
+    fig.suptitle(r"Balanced vs sign-free initialisation: different $\ell_1$ max-margin limits")
     return {"margins_and_directions": fig}
 
 

@@ -388,7 +388,7 @@ def test_figure_helpers_show_failed_members_distinctly():
     np.testing.assert_array_equal(lines[2].get_ydata(), 2 * x)  # the failed member, drawn dotted grey
     assert lines[2].get_label() == "did not converge" and lines[0].get_label() == "converged"
     _plotting.note_failures(fig, [{"result": "batch", "member": 1, "status": "MAX_STEPS", "message": "…"}])
-    assert any("NOT CONVERGED: batch[1] (MAX_STEPS)" in t.get_text() for t in fig.texts)
+    assert any("NOT CONVERGED: batch, run 1 (max steps)" in t.get_text() for t in fig.texts)
     plt.close(fig)
 
 

@@ -1,9 +1,8 @@
-"""Shared plotting helpers: one style for every scenario's figures (applied only while drawing, never
-to matplotlib's global settings), failed solves shown as failed, and atomic PNG/PDF writes."""
+"""Shared plotting helpers: failed solves shown as failed (by the names the figure shows), and atomic
+PNG/PDF writes. The style itself (rc settings, series styles, mathtext helpers) is in `_style`."""
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -11,67 +10,92 @@ import numpy as np
 
 from ._scenario import _NAME
 from ._store import StoreError, atomic_path
+from ._style import STYLE as STYLE
+from ._style import style as style
 
 FORMATS = ("png", "pdf")
-
-STYLE = {
-    "figure.figsize": (7.0, 3.0),
-    "figure.dpi": 100,
-    "figure.constrained_layout.use": True,
-    "savefig.dpi": 160,
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "lines.linewidth": 1.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
-
-
-@contextlib.contextmanager
-def style():
-    """Matplotlib rc settings shared by all scenario figures (the runner wraps `plot` in this)."""
-    import matplotlib as mpl
-
-    with mpl.rc_context(STYLE):
-        yield
-
 
 FAILED_STYLE = {"color": "0.55", "ls": ":", "lw": 1.0}
 
 
-def note_failures(fig, failures: Sequence[Mapping]) -> None:
+def solve_name(result: str, member=None) -> str:
+    """A readable fallback name for one failed solve when its scenario names none (`describe_solves`):
+    `"scale0/depth4/flow"`, member 3 → `"scale0 depth4, run 3"` (no `/`, `_` or `[…]` of the results store)."""
+    parts = [p for p in str(result).split("/") if p not in ("flow", "traj", "trajectory", "")]
+    name = " ".join(p.replace("_", " ") for p in parts) or "flow"
+    if member is None:
+        return name
+    index = ", ".join(str(m) for m in member) if isinstance(member, (list, tuple)) else str(member)
+    return f"{name}, run {index}"
+
+
+_DESCRIBE = "_flowsim_describe_solves"
+
+
+def describe_solves(fig, describe):
+    """Give `fig` the names it shows for its solves, so that a NOT CONVERGED note on it (`note_failures`)
+    names a failed solve as the figure does ("depth 4, seed 3"), not by its id in the results store.
+
+    `describe` is `describe(result, member) -> str` (`result` the stored trajectory's name, e.g.
+    `"scale0/depth4/flow"`, `member` its batch index or None), or a mapping result → name (the member is
+    then added as ", run k"). Returns `fig`."""
+    setattr(fig, _DESCRIBE, describe)
+    return fig
+
+
+def _display(describe, result: str, member) -> str:
+    if describe is None:
+        return solve_name(result, member)
+    if isinstance(describe, Mapping):
+        if result not in describe:
+            return solve_name(result, member)
+        name = str(describe[result])
+        if member is None:
+            return name
+        index = ", ".join(str(m) for m in member) if isinstance(member, (list, tuple)) else str(member)
+        return f"{name}, run {index}"
+    return str(describe(result, member))
+
+
+def failure_text(failures: Sequence[Mapping], describe=None, shown: int = 4) -> str:
+    """The one line a figure carries when some of its run's solves failed: `"NOT CONVERGED: depth 4, seed 3
+    (max steps); … — see summary.json"`, with each solve by the name `describe` gives it (see
+    `describe_solves`; default `solve_name`) and its status in words. Empty when nothing failed."""
+    if not failures:
+        return ""
+    names = [f"{_display(describe, f['result'], f.get('member'))} ({str(f['status']).replace('_', ' ').lower()})"
+             for f in failures]
+    text = "; ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return f"NOT CONVERGED: {text} — see summary.json"
+
+
+def note_failures(fig, failures: Sequence[Mapping], describe=None) -> None:
     """Write on `fig` that some solves of its run failed (the runner does this for every figure of
     such a run), so no curve of a failed member passes for a converged one.
 
-    `failures` are the summary's `failed` records: result name, member, status, message."""
+    `failures` are the summary's `failed` records: result name, member, status, message. Each is named as
+    `describe` says, else as the figure says (`describe_solves`), else by `solve_name`."""
     from matplotlib.figure import Figure
 
     if not failures or not isinstance(fig, Figure):
         return
-    names = []
-    for f in failures:
-        name = f["result"] + ("" if f["member"] is None else f"[{f['member']}]")
-        names.append(f"{name} ({f['status']})")
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    text = failure_text(failures, describe if describe is not None else getattr(fig, _DESCRIBE, None))
     # A strip of its own under the axes: the note must not sit on the x-axis labels.
     strip = 0.4  # inches: two lines of 7 pt
     width, height = fig.get_size_inches()
-    if fig.get_layout_engine() is not None:
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)  # lay the figure out as drawn without the note, then keep that layout fixed
         fig.set_layout_engine(None)
     fig.set_size_inches(width, height + strip)
     for ax in fig.axes:
         box = ax.get_position()
         scale = height / (height + strip)
         ax.set_position([box.x0, 1 - (1 - box.y0) * scale, box.width, box.height * scale])
-    for text in fig.texts:
-        x, y = text.get_position()
-        text.set_position((x, 1 - (1 - y) * height / (height + strip)))
-    fig.text(0.01, 0.15 * strip / (height + strip), f"NOT CONVERGED: {shown} — see summary.json", color="C3",
-             fontsize=7, ha="left", va="bottom", wrap=True)
+    for text_artist in fig.texts:
+        x, y = text_artist.get_position()
+        text_artist.set_position((x, 1 - (1 - y) * height / (height + strip)))
+    fig.text(0.01, 0.15 * strip / (height + strip), text, color="C3", fontsize=7, ha="left", va="bottom", wrap=True)
 
 
 def plot_members(ax, x, y, ok, *, label: str | None = None, **style):
