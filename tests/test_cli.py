@@ -309,3 +309,26 @@ def test_a_vmapped_batch_of_trajectories_is_stored_and_summarised(project, capsy
     assert summary["solver_ok"] is True
     assert np.load(project / "runs" / "batch" / "results.npz", allow_pickle=False)["batch/log_t"].shape == (2, 4)
 
+
+def test_failed_solves_are_named_as_the_figures_name_them(tmp_path):
+    import matplotlib.pyplot as plt
+
+    import flowsim as fs
+    from flowsim.harness import describe_solves
+    from flowsim.harness._runner import draw_figures
+
+    def plot(results, config):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0], label="depth 4")
+        return {"f": describe_solves(fig, lambda result, member: f"depth 4, seed {member}")}
+
+    failures = [{"result": "scale0/depth4/flow", "member": 3, "status": "MAX_STEPS", "message": "out of steps"}]
+    scenario = fs.Scenario(name="s", title="t", reference="r", config={}, run=lambda c: {}, plot=plot)
+    draw_figures(scenario, tmp_path / "s.py", {}, {}, tmp_path / "figs", failures)
+    assert failures[0]["shown_as"] == "depth 4, seed 3"  # what the summary (and its FAILED lines) say
+    summary = {"claims": [], "failed": failures}
+    assert failure_lines(summary) == ["depth 4, seed 3 did not converge (max steps): out of steps"]
+    no_plot = fs.Scenario(name="s", title="t", reference="r", config={}, run=lambda c: {})
+    failures = [{"result": "scale0/depth4/flow", "member": 3, "status": "MAX_STEPS", "message": ""}]
+    draw_figures(no_plot, tmp_path / "s.py", {}, {}, tmp_path / "figs", failures)
+    assert failures[0]["shown_as"] == "scale0 depth4, run 3"  # no store ids with '/' or '[…]'

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .._cache import cache as solve_cache
-from ._plotting import note_failures, save_figures, style
+from ._plotting import _DESCRIBE, _display, note_failures, save_figures, style
 from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario, scenario_by_name
 from ._store import (
     FORMAT,
@@ -250,7 +250,12 @@ def evaluate_claims(scenario: Scenario, path: pathlib.Path, results: dict, confi
 def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: dict, fig_dir,
                  failures: list[dict] = ()) -> list[pathlib.Path]:
     """Call `plot` under the shared style and save its figures; each figure of a run with failed
-    solves says so on its face (`note_failures`), so nothing is shown as if it had converged."""
+    solves says so on its face (`note_failures`), so nothing is shown as if it had converged.
+
+    Each failure record gets `shown_as`, the name its figures give that solve (`describe_solves`; else
+    a readable form of its result name), so the summary names it as the figures do."""
+    for f in failures:
+        f.setdefault("shown_as", _display(None, f["result"], f.get("member")))
     if scenario.plot is None:
         return []
     with style():
@@ -258,6 +263,10 @@ def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: 
         if figs is None:
             return []
         if failures and isinstance(figs, Mapping):
+            described = [getattr(fig, _DESCRIBE, None) for fig in figs.values()]
+            describe = next((d for d in described if d is not None), None)
+            for f in failures:
+                f["shown_as"] = _display(describe, f["result"], f.get("member"))
             for fig in figs.values():
                 note_failures(fig, failures)
         try:
