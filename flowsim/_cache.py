@@ -1,7 +1,7 @@
 """`fs.cache(path)`: content-hashed results of every solve, so an interrupted script or scenario resumes.
 
 Inside `with fs.cache(path):` each call of the public `fs.simulate`, `fs.simulate_batch`,
-`fs.gradient_descent` and `fs.smoothed_limit` is keyed by a SHA-256 of everything its result depends
+`fs.gradient_descent`, `fs.smoothed_limit` and `fs.simulate_or_smoothed` is keyed by a SHA-256 of everything its result depends
 on, and its result is stored in `path` as soon as it returns. A call whose key is already stored is
 replayed from the file instead of computed; an eager `fs.simulate` given no `checkpoint=` writes one
 into `path` as it goes, so a solve killed halfway continues from its last checkpoint.
@@ -54,6 +54,7 @@ from ._batch import simulate_batch as _simulate_batch
 from ._gd import gradient_descent as _gradient_descent
 from ._simulate import simulate as _simulate
 from ._smoothing import SmoothedLimit
+from ._smoothing import simulate_or_smoothed as _simulate_or_smoothed
 from ._smoothing import smoothed_limit as _smoothed_limit
 from ._trajectory import Trajectory
 
@@ -435,7 +436,7 @@ def _templates(name: str, arguments: Mapping) -> list:
     arguments, and for `smoothed_limit` its smoothed networks (one per width)."""
     found: list = []
     _collect_modules(dict(arguments), found, depth=0)
-    if name == "smoothed_limit":
+    if name in ("smoothed_limit", "simulate_or_smoothed"):
         from ._smoothing import DEFAULT_WIDTHS
         from .networks._smoothed import Smoothed
 
@@ -573,4 +574,5 @@ simulate = cached("simulate", _simulate)
 simulate_batch = cached("simulate_batch", _simulate_batch)
 gradient_descent = cached("gradient_descent", _gradient_descent)
 smoothed_limit = cached("smoothed_limit", _smoothed_limit)
+simulate_or_smoothed = cached("simulate_or_smoothed", _simulate_or_smoothed)
 
