@@ -91,12 +91,15 @@ def measure(plan, policy, before, after, name: str) -> Measurement:
 
 
 def _stiffness(plan, carry) -> dict:
-    """h·ρ at the end of a solve that ran out of steps: whether stiffness held its steps (for the advice)."""
+    """For the advice of a solve that ran out of steps: h·ρ at its end (≥ 1: its steps are held by stability),
+    and the steps an explicit solver would need to the horizon at its stability limit, ρ·(remaining time)/3.5."""
     if int(carry.status) >= 0:
         return {}
     rho = float(spectral_radius(plan.field, carry.theta, carry.time))
     dt = float(carry.dt)
-    return {"stiffness": _round(dt * rho) if math.isfinite(dt) and dt > 0 else None}
+    remaining = float(plan.settings.time1) - float(carry.time)
+    return {"stiffness": _round(dt * rho) if math.isfinite(dt) and dt > 0 else None,
+            "explicit_steps_needed": _round(rho * remaining / 3.5) if math.isfinite(rho) else None}
 
 
 def _restore(plan, policy, store, carry, state):

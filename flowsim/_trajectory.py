@@ -160,13 +160,15 @@ def _solver_advice(info: dict) -> str:
     """What to try next, fitted to what was running."""
     solver = info.get("solver")
     implicit = info.get("implicit", isinstance(solver, str) and solver.startswith(("kvaerno", "kencarp")))
-    stiffness = info.get("stiffness")  # h·ρ at the end of a solve that ran out of steps
-    if stiffness is not None and not info.get("nonsmooth") and stiffness >= 1.0:
-        if implicit:
-            return (f"the flow is stiff here (h·ρ = {stiffness:.3g}): an explicit solver would need more steps still; "
-                    f"loosen rtol/atol (rtol = {info.get('rtol')}) or raise max_steps")
-        return (f"the flow is stiff here (h·ρ = {stiffness:.3g}, steps held by stability): use an implicit solver "
-                "(solver='kvaerno5' or 'auto') or a looser rtol/atol")
+    stiffness, needed = info.get("stiffness"), info.get("explicit_steps_needed")  # set when out of steps
+    if not info.get("nonsmooth", True) and stiffness is not None:
+        if not implicit and solver != "auto" and stiffness >= 1.0:
+            return (f"the flow is stiff here (h·ρ = {stiffness:.3g}: the steps are held by stability): use an "
+                    "implicit solver (solver='kvaerno5' or 'auto') or looser rtol/atol")
+        if (implicit or solver == "auto") and needed is not None and needed >= info.get("max_steps", 1):
+            return (f"loosen rtol/atol (rtol = {info.get('rtol'):.3g}: the steps are held by accuracy there). The flow "
+                    f"is stiff (an explicit solver would need about {needed:.2g} steps to the horizon), so an implicit "
+                    "solver is the right one")
     if solver == "auto" or info.get("auto"):
         return "loosen rtol/atol, or fix the solver (solver='tsit5' or 'kvaerno5') and compare"
     if implicit:

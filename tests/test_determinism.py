@@ -1,0 +1,53 @@
+"""`solver="auto"` decides on counted work, not the clock: the same call gives bitwise the same result.
+
+Before (issue 19), auto compared measured wall times, so the load of the machine changed where it
+switched solvers, and with it the result's bits. The second solve here runs while a busy-loop process
+competes for the CPU; the solver path and every saved array must be identical."""
+
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import flowsim as fs
+
+
+class Linear(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(x, self.w)
+
+
+def stiff_quadratic():
+    """Squared loss of a linear model with Hessian eigenvalues from 1 to 10^4: auto starts explicit and
+    switches to the implicit solver once the fast modes have decayed."""
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    X = np.sqrt(6.0) * np.diag(np.sqrt(np.logspace(0, 4, 6))) @ Q.T
+    return fs.Problem(Linear(jnp.zeros(6)), X, X @ rng.normal(size=6), "squared")
+
+
+def arrays(traj):
+    stats = {key: value for key, value in traj.stats.items() if key != "wall_time_s"}
+    return jax.tree_util.tree_leaves((traj.log_t, traj.params, traj.loss, traj.log_loss, stats, traj.status))
+
+
+def test_auto_gives_bitwise_the_same_result_and_path_under_load():
+    problem = stiff_quadratic()
+    first = fs.simulate(problem, t1=5.0)  # default options: solver="auto"
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        second = fs.simulate(problem, t1=5.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert bool(first.ok), first.message
+    path = first.info["auto"]
+    assert [entry[1] for entry in path][:2] == ["tsit5", "kvaerno5"], path  # auto did switch
+    assert second.info["auto"] == path
+    for a, b in zip(arrays(first), arrays(second), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
