@@ -182,6 +182,23 @@ def test_damaged_entries_are_refused_and_recomputed_never_unpickled(tmp_path):
     assert not marker.exists()
 
 
+def test_a_write_cut_short_leaves_no_entry_and_no_partial_file(tmp_path, monkeypatch):
+    def crash(file, **arrays):
+        file.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt  # as a kill in the middle of writing the arrays
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt), fs.cache(tmp_path):
+        fs.gradient_descent(_problem(), lr=0.1, steps=20, n_save=3)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / f".simulate-x.npz.{2**22 + 1}.abc.part").write_bytes(b"a dead process's")  # no such pid
+    with fs.cache(tmp_path) as store:
+        fs.gradient_descent(_problem(), lr=0.1, steps=20, n_save=3)
+    assert (store.computed, store.refused) == (1, []) and len(_entries(tmp_path)) == 1
+    assert not list(tmp_path.glob("*.part"))
+
+
 def test_a_cache_applies_only_inside_its_block(tmp_path):
     with fs.cache(tmp_path / "outer") as outer:
         with fs.cache(tmp_path / "inner") as inner:
