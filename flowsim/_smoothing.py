@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._batch import batch_size, simulate_batch
+from ._batch import batch_size
 from ._nonsmooth import AbstractNonsmoothModel, kink_crossings, kink_statistics
 from ._problem import Problem
-from ._simulate import simulate
 from ._trajectory import Status, Trajectory
 from .analysis._extrapolation import richardson
 from .networks._smoothed import Smoothed
@@ -102,6 +101,8 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
     # Measured on the 2-16-16-1 MLP at ε = 1e-5 to log t = 10: Tsit5 3.8 s, auto 10 s (a lost Kvaerno5
     # trial and its compilation), Kvaerno5 68 s (accuracy, not stability, holds its steps).
     options.setdefault("solver", "tsit5")
+    from ._cache import simulate  # the public one: inside fs.cache each width is stored and checkpointed
+
     trajectories = tuple(simulate(_smoothed_problem(problem, w), **options) for w in widths)
     return extrapolate(widths, trajectories, logarithmic=logarithmic)
 
@@ -181,6 +182,8 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"simulate_or_smoothed needs an fs.Problem, got {type(problem).__name__}")
+    from ._cache import simulate, simulate_batch  # the public ones (cached inside fs.cache)
+
     exact = simulate_batch(problem, **options) if batched else simulate(problem, **options)
     if not isinstance(problem.model, AbstractNonsmoothModel):
         return exact
@@ -200,6 +203,8 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
                         f"{type(problem.model).__name__}")
     batched = np.ndim(traj.status) > 0
     status = np.atleast_1d(np.asarray(traj.status))
+    from . import _cache  # fs.smoothed_limit: cached inside fs.cache
+
     members = [int(k) for k in np.flatnonzero(np.isin(status, [int(s) for s in FALLBACK_STATUSES]))]
     arrays, static = eqx.partition(traj, eqx.is_array)
     arrays = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), arrays)
@@ -214,7 +219,7 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
     rtol, atol = options.get("rtol"), options.get("atol")
     for k in members:
         member = _member(problem, k) if batched else problem
-        limit = smoothed_limit(member, widths, logarithmic=logarithmic, **options)
+        limit = _cache.smoothed_limit(member, widths, logarithmic=logarithmic, **options)
         failed = [t for t in limit.trajectories if not bool(t.ok)]
         _put_tree(arrays.params, limit.params, k)
         _put_tree(arrays.final, limit.final, k)
