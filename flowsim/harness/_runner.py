@@ -2,8 +2,10 @@
 
 `flowsim run` and `flowsim plot` both go through here, and both hand `plot` the results as read back
 from disk, so a figure drawn right after a run and one redrawn later from the run folder are the same.
-A `run(config, resume)` that takes a second argument gets the run's `Resume` (its `work/` folder):
-rerunning an interrupted run picks up its finished sweep members and solve checkpoints.
+Every scenario's `run` runs inside `fs.cache(OUT/.cache/<name>/)`: its solves are stored as they finish and
+replayed by a rerun (the interrupted one continues from its checkpoint). A `run(config, resume)` that takes a
+second argument also gets the run's `Resume` (its `work/` folder): rerunning an interrupted run picks up its
+finished sweep members and solve checkpoints.
 """
 
 from __future__ import annotations

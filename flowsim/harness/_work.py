@@ -1,4 +1,9 @@
-"""Resuming an interrupted `flowsim run`: the run folder's `work/` subfolder.
+"""Resuming an interrupted `flowsim run`: the run folder's `work/` subfolder (opt-in work that is not a solve).
+
+Every solve resumes without this: `flowsim run` runs the scenario inside `fs.cache(OUT/.cache/<name>/)`
+(`flowsim._cache`), which stores each `fs.simulate`/`simulate_batch`/`gradient_descent`/`smoothed_limit`
+call by a content hash of its inputs and checkpoints eager solves. What follows is for scenarios that
+also keep other work: `run(config, resume)` and `fs.sweep(..., each=f, cache=resume)`.
 
 While a run is unfinished, `runs/<name>/work/` holds what it has done so far:
 
