@@ -400,6 +400,9 @@ def _feed_function(digest, fn, depth: int) -> None:
     if not isinstance(qualname, str):
         raise _Uncacheable(f"{type(fn).__name__} has no name")
     digest.update(f"<function {module}.{qualname}>".encode())
+    bound_to = getattr(inner, "__self__", None)
+    if bound_to is not None and not isinstance(bound_to, types.ModuleType):  # a bound method: its object too
+        _feed(digest, bound_to, depth)
     code = getattr(inner, "__code__", None)
     if isinstance(code, types.CodeType):
         _feed_code(digest, code, depth)

@@ -107,6 +107,8 @@ def test_keys_are_content_not_identity():
     leaky = fs.Problem(fs.networks.TwoLayer(np.ones((2, 4)), np.ones(2), leak=0.1), X, Y, loss="logistic")
     assert _cache.call_key("s", {"p": relu}) != _cache.call_key("s", {"p": leaky})  # a static field
     assert _cache.call_key("s", {"f": jax.nn.relu}) != _cache.call_key("s", {"f": jax.nn.gelu})
+    assert _cache.call_key("s", {"f": relu.model.apply}) != _cache.call_key("s", {"f": leaky.model.apply})
+    assert _cache.call_key("s", {"f": lambda z: 2 * z}) != _cache.call_key("s", {"f": lambda z: 3 * z})
     with pytest.raises(_cache._Uncacheable):
         _cache.call_key("s", {"x": object()})  # only an address in memory: never keyed
 
