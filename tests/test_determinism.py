@@ -51,3 +51,39 @@ def test_auto_gives_bitwise_the_same_result_and_path_under_load():
     assert second.info["auto"] == path
     for a, b in zip(arrays(first), arrays(second), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+SCENARIO = '''
+import numpy as np
+import flowsim as fs
+from test_determinism import stiff_quadratic
+
+
+def run(config):
+    traj = fs.simulate(stiff_quadratic(), t1=config["t1"])  # default options: solver="auto"
+    return {"log_t": traj.log_t, "loss": traj.loss, "w": traj.params.w}
+
+
+scenario = fs.Scenario(name="stiff", title="auto on a stiff quadratic", reference="-", config={"t1": 5.0},
+                       quick={"t1": 4.0}, run=run)
+'''
+
+
+def test_a_scenario_run_twice_gives_bitwise_the_same_results_npz(tmp_path, monkeypatch):
+    from flowsim.harness import _store, main
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    (tmp_path / "stiff.py").write_text(SCENARIO)
+    assert main(["run", str(tmp_path / "stiff.py"), "--quick", "--out", str(tmp_path / "first")]) == 0
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert main(["run", str(tmp_path / "stiff.py"), "--quick", "--out", str(tmp_path / "second")]) == 0
+    finally:
+        busy.kill()
+        busy.wait()
+    first, _ = _store.load_run(next((tmp_path / "first").glob("stiff*")))
+    second, _ = _store.load_run(next((tmp_path / "second").glob("stiff*")))
+    assert sorted(first) == sorted(second) and first
+    for key in first:
+        a, b = np.asarray(first[key]), np.asarray(second[key])
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
