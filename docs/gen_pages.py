@@ -82,11 +82,12 @@ def reference_page(package: str) -> str:
     lines = [f"# `{package}`", "", blurb, ""]
     subpackages = [p for p in PACKAGES if p.startswith(package + ".") and p.count(".") == package.count(".") + 1]
     options = "    options:\n      show_root_heading: true\n      show_root_full_path: true\n"
+    tail = []
     for name, _source in public_names(package):
         full = f"{package}.{name}"
         if full in subpackages:
-            lines += [f"## `{full}` {{ #{full} }}", "", f"{PACKAGES[full][1]} See [`{full}`]({_relative(page, PACKAGES[full][0])}).",
-                      ""]
+            tail += [f"## `{full}` {{ #{full} }}", "", f"{PACKAGES[full][1]} See [`{full}`]({_relative(page, PACKAGES[full][0])}).",
+                     ""]
             continue
         other = _reexported_from(package, name)
         if other is not None:
@@ -94,7 +95,7 @@ def reference_page(package: str) -> str:
                       f"({_relative(page, PACKAGES[other][0])}#{other}.{name}), re-exported at the top level.", ""]
             continue
         lines += [f"::: {full}", options]
-    return "\n".join(lines)
+    return "\n".join(lines + tail)
 
 
 def reference_index() -> str:
@@ -197,6 +198,12 @@ def _escape_docstring(text: str) -> str:
     return "\n".join(out)
 
 
+def _aligned(rows: list[tuple[str, str]]) -> list[str]:
+    """Shell lines with their comments in one column."""
+    width = max(len(command) for command, _ in rows) + 2
+    return [command.ljust(width) + comment for command, comment in rows]
+
+
 def scenario_page(path: pathlib.Path) -> str:
     info = read_scenario(path)
     name = info["name"]
@@ -206,10 +213,11 @@ def scenario_page(path: pathlib.Path) -> str:
              + ("" if info["showcase"] else " · not in `flowsim run --showcase` (`--all` runs it)"), "",
              "## The claim and the setup", "", "*From the scenario file's docstring.*", "",
              _escape_docstring(info["docstring"]), "",
-             "## Run it", "", "```bash",
-             f"flowsim run {info['file']}            # the full configuration: runs/{name}/",
-             f"flowsim run {name} --quick   # a fast check: runs/{name}-quick/",
-             f"flowsim plot runs/{name}             # redraw the figures from the saved results", "```", ""]
+             "## Run it", "", "```bash", *_aligned([
+                 (f"flowsim run {info['file']}", "# the full configuration"),
+                 (f"flowsim run {name} --quick", "# a fast check"),
+                 (f"flowsim plot runs/{name}", "# redraw the figures, recomputing nothing")]), "```",
+             f"Results go to `runs/{name}/` (`runs/{name}-quick/` for `--quick`).", ""]
     pictures = figures(name)
     if pictures:
         lines += ["## Figures", "", f"From the full configuration (`figures/{name}/`, PNG and PDF).", ""]
