@@ -145,6 +145,7 @@ class SolveCache:
         self.continued: list[float] = []
         self.refused: list[str] = []
         self.uncached = 0
+        self._said: set[str] = set()
         self.folder.mkdir(parents=True, exist_ok=True)
         _remove_dead_temporaries(self.folder)
 
@@ -165,8 +166,8 @@ class SolveCache:
             arguments["options"] = {k: v for k, v in options.items() if k not in NOT_KEYED}
         try:
             key = call_key(name, arguments)
-        except _Uncacheable:
-            self.uncached += 1
+        except _Uncacheable as why:
+            self._uncached(name, f"its arguments hold {why}")
             return fn(*args, **kwargs)
         templates = _templates(name, bound.arguments)
         path = self.entry(name, key)
@@ -192,6 +193,14 @@ class SolveCache:
         if auto_checkpoint is not None:
             auto_checkpoint.unlink(missing_ok=True)  # the entry holds the result now
         return result
+
+    def _uncached(self, name: str, why: str) -> None:
+        """Count a call that could not be cached; say why once per reason (a traced call is expected)."""
+        self.uncached += 1
+        if "traced" not in why and why not in self._said:
+            self._said.add(why)
+            self.log(f"flowsim cache: a call of {name} is not cached ({why}); it runs as without the cache, "
+                     "and a rerun computes it again")
 
     # -- reading and writing entries ---------------------------------------------------------
 
@@ -222,8 +231,8 @@ class SolveCache:
         arrays: dict[str, np.ndarray] = {}
         try:
             structure = _encode(result, arrays, templates)
-        except _Uncacheable:
-            self.uncached += 1
+        except _Uncacheable as why:
+            self._uncached(name, f"its result holds {why}")
             return
         _atomic_write(path, lambda f: np.savez(f, **arrays))
         record = {"format": FORMAT, "function": name, "key": key, "sha256": _sha256(path), "structure": structure}
@@ -332,7 +341,7 @@ def _feed(digest, value, depth: int) -> None:
     if value is None or isinstance(value, (bool, np.bool_)):
         digest.update(f"<{value!r}>".encode())
     elif isinstance(value, jax.core.Tracer):
-        raise _Uncacheable("traced")
+        raise _Uncacheable("a traced value")
     elif isinstance(value, enum.Enum):
         digest.update(f"<enum {_type_name(type(value))}.{value.name}>".encode())
     elif isinstance(value, numbers.Integral) and not isinstance(value, (np.ndarray, np.generic)):
@@ -348,7 +357,7 @@ def _feed(digest, value, depth: int) -> None:
     elif isinstance(value, (np.ndarray, np.generic, jax.Array)):
         array = np.ascontiguousarray(np.asarray(value))
         if array.dtype.hasobject:
-            raise _Uncacheable("object array")
+            raise _Uncacheable("an object array")
         weak = bool(getattr(value, "weak_type", False))
         digest.update(f"<array {array.dtype.str} {array.shape} {weak}>".encode() + array.tobytes())
     elif isinstance(value, (list, tuple)):
@@ -375,7 +384,7 @@ def _feed(digest, value, depth: int) -> None:
         if len(leaves) == 1 and leaves[0] is value:
             text = repr(value)
             if _ADDRESS.search(text):
-                raise _Uncacheable(f"{type(value).__name__} has no stable content")
+                raise _Uncacheable(f"a value of type {type(value).__name__} with no stable content (only its address)")
             digest.update(f"<repr {_type_name(type(value))} {text}>".encode())
         else:
             digest.update(f"<tree {_ADDRESS.sub('', str(treedef))}>".encode())
@@ -398,7 +407,7 @@ def _feed_function(digest, fn, depth: int) -> None:
     module = getattr(inner, "__module__", None)
     qualname = getattr(inner, "__qualname__", None) or getattr(inner, "__name__", None)
     if not isinstance(qualname, str):
-        raise _Uncacheable(f"{type(fn).__name__} has no name")
+        raise _Uncacheable(f"a {type(fn).__name__} with no name")
     digest.update(f"<function {module}.{qualname}>".encode())
     bound_to = getattr(inner, "__self__", None)
     if bound_to is not None and not isinstance(bound_to, types.ModuleType):  # a bound method: its object too

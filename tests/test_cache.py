@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,20 @@ def test_gradient_descent_is_cached_and_traced_calls_run_uncached(tmp_path):
         lrs = jnp.array([0.1, 0.2])
         batched = jax.vmap(lambda lr: fs.gradient_descent(_problem(), lr, 20, 3).log_loss)(lrs)
     assert store.computed == 1 and store.uncached == 1 and len(_entries(tmp_path)) == 1
+
+    class Tagged(eqx.Module):  # a static field known only by its address: the call cannot be keyed
+        w: jax.Array
+        tag: object = eqx.field(static=True, default_factory=object)
+
+        def __call__(self, x):
+            return x @ self.w
+
+    messages = []
+    with fs.cache(tmp_path, log=messages.append) as store:
+        fs.gradient_descent(fs.Problem(Tagged(np.ones(4)), X, Y, loss="logistic"), lr=0.1, steps=2, n_save=2)
+    assert store.uncached == 1 and len(_entries(tmp_path)) == 1
+    assert messages == ["flowsim cache: a call of gradient_descent is not cached (its arguments hold a value of type object with no "
+                        "stable content (only its address)); it runs as without the cache, and a rerun computes it again"]
     with fs.cache(tmp_path) as store:
         _assert_same(fs.gradient_descent(_problem(), lr=0.1, steps=20, n_save=3), gd)
     assert store.reused == 1
