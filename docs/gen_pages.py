@@ -231,7 +231,8 @@ def scenario_page(path: pathlib.Path) -> str:
         claims = summary.get("claims", [])
         quick = summary.get("quick", False)
         versions = summary.get("versions", {})
-        version_text = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else ""
+        version_text = ", ".join(f"{k} {versions[k]}" for k in ("flowsim", "jax", "diffrax", "equinox")
+                                 if isinstance(versions, dict) and k in versions)
         lines += [f"From `{where}`" + (" (a `--quick` run)" if quick else "")
                   + (f", {summary['wall_time_s'] / 60:.1f} min" if isinstance(summary.get("wall_time_s"), (int, float))
                      else "") + (f"; {version_text}" if version_text else "") + ".", "",
