@@ -62,7 +62,8 @@ def markdown_page(page: str, title: str, *, quick: bool = False, preformatted: b
     body = tee.buffer_.getvalue().strip()
     if preformatted:
         body = "```text\n" + body + "\n```"
-    header = [f"<!-- Written by `{command}` (benchmarks/_report.py): rerun it to regenerate; do not edit. -->",
+    header = ["---", "hide:", "  - toc", "---",  # the tables need the page's width
+              f"<!-- Written by `{command}` (benchmarks/_report.py): rerun it to regenerate; do not edit. -->",
               f"# {title}", "", f"**Command:** `{command}`  ",
               f"**Machine:** {machine()}  ",
               f"**Date:** {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", ""]
