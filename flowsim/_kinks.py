@@ -245,11 +245,15 @@ def _bind(eqn, invals):
     return out if eqn.primitive.multiple_results else [out]
 
 
-def _run(jaxpr: Jaxpr, consts, args, deps, comparisons, handler: _Handler, label: str | None = None):
+def _run(jaxpr: Jaxpr, consts, args, deps, comparisons, handler: _Handler, label: str | None = None,
+         live_out=None):
     """Evaluate `jaxpr`, routing every kink site of a θ-dependent value through `handler`.
 
     `deps`: per input, whether it depends on θ; `comparisons`: per input, None or the
-    (primitive, u, v) of the comparison that made the boolean. Returns (outputs, deps, comparisons)."""
+    (primitive, u, v) of the comparison that made the boolean; `live_out`: per output, whether it reaches
+    the model's output through differentiable operations (a kink whose value only feeds a
+    `stop_gradient` is no kink of θ). Returns (outputs, deps, comparisons)."""
+    live = _live_vars(jaxpr, live_out)
     env: dict = {}
     dep: dict = {}
     cmp: dict = {}
@@ -266,7 +270,10 @@ def _run(jaxpr: Jaxpr, consts, args, deps, comparisons, handler: _Handler, label
         invals = [_read(env, v) for v in eqn.invars]
         indeps = [is_dep(v) for v in eqn.invars]
         incmps = [None if isinstance(v, Literal) else cmp.get(v) for v in eqn.invars]
-        outs, outdeps, outcmps = _eval(eqn, name, invals, indeps, incmps, handler, label)
+        if not any(var in live for var in eqn.outvars if not isinstance(var, Literal)):
+            indeps = [False] * len(indeps)  # only feeds stop_gradient (or nothing): evaluate as it is
+        outs, outdeps, outcmps = _eval(eqn, name, invals, indeps, incmps, handler, label,
+                                       [var in live for var in eqn.outvars])
         for var, value, d, c in zip(eqn.outvars, outs, outdeps, outcmps):
             env[var], dep[var], cmp[var] = value, d, c
     outs = [_read(env, v) for v in jaxpr.outvars]
@@ -274,7 +281,18 @@ def _run(jaxpr: Jaxpr, consts, args, deps, comparisons, handler: _Handler, label
             [None if isinstance(v, Literal) else cmp.get(v) for v in jaxpr.outvars])
 
 
-def _eval(eqn, name, invals, indeps, incmps, handler: _Handler, label):
+def _live_vars(jaxpr: Jaxpr, live_out) -> set:
+    """The variables whose values reach a live output through differentiable operations (not
+    through `stop_gradient`); calls count all their inputs as reaching a live output."""
+    live_out = [True] * len(jaxpr.outvars) if live_out is None else live_out
+    live = {var for var, keep in zip(jaxpr.outvars, live_out) if keep and not isinstance(var, Literal)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.primitive.name != "stop_gradient" and any(var in live for var in eqn.outvars):
+            live |= {var for var in eqn.invars if not isinstance(var, Literal)}
+    return live
+
+
+def _eval(eqn, name, invals, indeps, incmps, handler: _Handler, label, live_out):
     n_out = len(eqn.outvars)
     if not any(indeps):
         return _bind(eqn, invals), [False] * n_out, [None] * n_out
@@ -286,13 +304,13 @@ def _eval(eqn, name, invals, indeps, incmps, handler: _Handler, label):
         sub_label = eqn.params.get("name", label) if name in ("jit", "pjit") else label
         if label is not None and sub_label in ("_where", "clip"):
             sub_label = label  # inside a named function, keep its name
-        return _run(inner, consts, invals, indeps, incmps, handler, sub_label)
+        return _run(inner, consts, invals, indeps, incmps, handler, sub_label, live_out)
     if name in _CUSTOM:
         closed = eqn.params["call_jaxpr"]
         inner = closed.jaxpr if isinstance(closed, ClosedJaxpr) else closed
         consts = closed.consts if isinstance(closed, ClosedJaxpr) else []
         if _is_piecewise_linear(inner):
-            return _run(inner, consts, invals, indeps, incmps, handler, _label_of(inner, name))
+            return _run(inner, consts, invals, indeps, incmps, handler, _label_of(inner, name), live_out)
         return _bind(eqn, invals), [True] * n_out, [None] * n_out
     if name == "stop_gradient":
         return _bind(eqn, invals), [False] * n_out, [None] * n_out

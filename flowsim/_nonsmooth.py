@@ -275,19 +275,36 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
             # g(d) = g0 + G(d − base): minimise ½dᵀQd + (Gᵀg0 − Q base)ᵀd.
             d = _box_least_squares(Q, Gg - Q @ base, lower, upper, ~kinks.valid)
             return gradient(th, d)[:2]
-        # Columns by forward mode. g is affine in d when a sample's free pairs lie in one layer;
-        # otherwise multilinear, and the linearisation is renewed at the last solution (a
-        # Gauss–Newton iteration on ‖g(d)‖² over the box; each column stays parallel to its
-        # kink's normal, so a stationary point with a free d_k keeps that pair on its kink).
+        # Columns by forward mode, one pair at a time on its own sample (slopes change derivatives,
+        # never values, so the loss weights are fixed: column k = w_i ∂/∂d_k ∇_θ f(x_i), i = i_k; K
+        # one-sample passes instead of K passes over the data). g is affine in d when a sample's free
+        # pairs lie in one layer; otherwise multilinear, and the linearisation is renewed at the last
+        # solution (a Gauss–Newton iteration on ‖g(d)‖² over the box; each column stays parallel to
+        # its kink's normal, so a stationary point with a free d_k keeps that pair on its kink).
         d = base
         for _ in range(_RELINEARISATIONS):
-            G = jax.jacfwd(lambda e: gradient(th, e)[0])(d)  # (p, K); zero columns where not valid
-            g = gradient(th, d)[0]
+            g, _, weights = gradient(th, d)
+            G = _pair_columns(field, th, X, weights, _slope_matrix(kinks, d), sample, unit, kinks.valid)
             Q = G.T @ G
             d = _box_least_squares(Q, G.T @ g - Q @ d, lower, upper, ~kinks.valid)
         return gradient(th, d)[:2]
 
     return jax.lax.cond(jnp.any(kinks.valid), slide, lambda th: gradient(th, base)[:2], theta)
+
+
+def _pair_columns(field, theta, X, weights, slopes, sample, unit, valid):
+    """G, shape (p, K): column k = ∂g/∂d_k = w_i ∂/∂s_u ∇_θ f(x_i; θ, s) for the pair (i, u) = k,
+    with ``weights`` w (the loss's cotangent per sample) and every other slope as in ``slopes``."""
+
+    def column(i, u, ok):
+        def sample_gradient(s):
+            row = slopes[i].at[u].set(s)
+            return jax.grad(lambda t: jnp.sum(weights[i] * field.model(t).forward(X[i], row)))(theta)
+
+        _, tangent = jax.jvp(sample_gradient, (slopes[i, u],), (jnp.ones_like(slopes[i, u]),))
+        return jnp.where(ok, tangent, 0.0)
+
+    return jax.vmap(column)(sample, unit, valid).T
 
 
 def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
