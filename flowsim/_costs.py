@@ -20,9 +20,10 @@ Jacobian–vector product of the field `J` (one Hessian–vector product of L). 
 
 Nothing here depends on the clock or the machine's load: the same problem and options give the same
 costs, so `auto` takes the same solver path and returns bitwise the same result every time. The
-constants (`OP_OVERHEAD` …) weight Diffrax's per-step bookkeeping against the field's arithmetic; they
-were set once from compiled wall times on CPU (benchmarks/auto.py re-measures the table `auto` is judged
-by) and are fixed, not re-calibrated per run.
+constants (`OP_OVERHEAD` …) weight Diffrax's per-step bookkeeping against the field's arithmetic; they are
+fixed estimates of the order of that overhead on CPU, not re-calibrated per run or per machine
+(`python benchmarks/engine.py --part auto` measures the wall time that auto's choices then give against
+the fixed solvers).
 """
 
 import functools
