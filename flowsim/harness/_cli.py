@@ -9,12 +9,13 @@
 A run goes to OUT/<name>/ (OUT/<name>-quick/ with --quick, OUT/<name>[-quick]-set-<hash>/ with --set),
 its figures to OUT/<...>/figures/ unless --figures DIR is given (`--showcase` on the full configs draws
 the committed figures/). Rerunning an interrupted run resumes it where its scenario allows (finished
-sweep members and solve checkpoints); --fresh starts over. See docs/guide/cli.md.
+sweep members and solve checkpoints); --fresh starts over. See docs/cli.md.
 
 Exit codes: 0 done (failing claims and solves are reported by name); 1 under --strict, a claim failed or
 a solve did not reach its horizon; 2 an error (bad file, bad --set, crash in a scenario, missing, edited
-or incomplete run folder, a run folder already being written); 130 interrupted (Ctrl-C); 141 stdout was
-closed early (`flowsim list | head`), quietly. Errors print one message naming the file and line;
+or incomplete run folder, a run folder already being written); 130 interrupted (Ctrl-C: within about two
+seconds even inside a compiled solve, saved work kept); 141 stdout was closed early (`flowsim list | head`),
+quietly. Failures are listed by name, solves as their figures name them; `--all` ends with a FAILED list. Errors print one message naming the file and line;
 `--debug` or FLOWSIM_DEBUG=1 adds the traceback.
 """
 
