@@ -7,14 +7,15 @@ one unit, the *flop-equivalent*:
     cost(program) = flops + TRANSCENDENTAL_WEIGHT · transcendentals + bytes accessed / BYTES_PER_FLOP
                     + OP_OVERHEAD
 
-Two programs are measured once per problem shape: a field evaluation `E` (one gradient of L) and a
-Jacobian–vector product of the field `J` (one Hessian–vector product of L). With p parameters:
+Programs measured once per problem shape: a field evaluation `E` (one gradient of L), a Jacobian–vector
+product of the field `J` (one Hessian–vector product of L) and, up to `DENSE_MAX_PARAMS` parameters, the
+field's dense Jacobian `Jac` (p products at once, as Newton's dense path forms it). With p parameters:
 
 - an explicit step (Tsit5, Dopri5: FSAL, 6 new stages; Dopri8: 12) costs `stages · E + STEP_OVERHEAD`;
 - an implicit (ESDIRK) step costs, per implicit stage, `NEWTON_EVALUATIONS · E + J + linear solve`
   (Newton evaluates the stage residual about twice and solves one linear system; Kvaerno5 has 6
-  implicit stages), plus `IMPLICIT_STEP_OVERHEAD`. A dense linear solve is p Jacobian–vector products
-  (the Jacobian) plus LU, 2p³/3 + 2p² flops; a matrix-free one (GMRES) is k · (J + 8(m + 1)p) with
+  implicit stages), plus `IMPLICIT_STEP_OVERHEAD`. A dense linear solve is `Jac` plus LU, 2p³/3 + 2p²
+  flops; a matrix-free one (GMRES) is k · (J + 8(m + 1)p) with
   m = `KRYLOV_RESTART` and k the Krylov iterations, counted by one GMRES solve of the Newton system
   at the segment's end state and step (`krylov_iterations` in `_engine`).
 
@@ -40,6 +41,7 @@ STEP_OVERHEAD = 8_000.0  # an explicit step's controller, error norm, saving
 IMPLICIT_STEP_OVERHEAD = 40_000.0  # an implicit step's stage predictors and Newton loops
 NEWTON_EVALUATIONS = 2.0  # residual evaluations of a stage's Newton iteration (one update and its check)
 KRYLOV_RESTART = 30  # as _solvers.KRYLOV_RESTART (the basis size of one GMRES cycle)
+DENSE_MAX_PARAMS = 512  # as _solvers.DENSE_MAX_PARAMS: above it Newton is matrix-free, no Jacobian is formed
 
 # Field evaluations per step of each explicit solver (first-same-as-last: the last stage is the next
 # step's first), and implicit stages per step of each ESDIRK solver (its first stage is explicit).
@@ -62,20 +64,27 @@ def program_cost(compiled) -> float:
 class CostTable:
     """Per-step costs of the solvers for ONE problem shape (flop-equivalents; see the module docstring).
 
-    `evaluation`: one field evaluation E; `jvp`: one Jacobian–vector product J; `num_params`: p."""
+    `evaluation`: one field evaluation E; `jvp`: one Jacobian–vector product J; `num_params`: p;
+    `jacobian`: the dense Jacobian (None: p · J)."""
 
-    def __init__(self, evaluation: float, jvp: float, num_params: int):
+    def __init__(self, evaluation: float, jvp: float, num_params: int, jacobian: float | None = None):
         self.evaluation = float(evaluation)
         self.jvp = float(jvp)
         self.num_params = int(num_params)
+        self.jacobian = None if jacobian is None else float(jacobian)
 
     def __repr__(self):
-        return f"CostTable(evaluation={self.evaluation:.4g}, jvp={self.jvp:.4g}, num_params={self.num_params})"
+        return (f"CostTable(evaluation={self.evaluation:.4g}, jvp={self.jvp:.4g}, num_params={self.num_params}, "
+                f"jacobian={self.jacobian if self.jacobian is None else format(self.jacobian, '.4g')})")
+
+    def as_tuple(self) -> tuple:
+        return (self.evaluation, self.jvp, self.num_params, self.jacobian)
 
     def linear_solve(self, linear_solver: str, krylov_iterations: float | None = None) -> float:
         p = self.num_params
         if linear_solver == "dense":
-            return p * self.jvp + 2.0 * p**3 / 3.0 + 2.0 * p**2
+            jacobian = p * self.jvp if self.jacobian is None else self.jacobian
+            return jacobian + 2.0 * p**3 / 3.0 + 2.0 * p**2
         iterations = max(float(krylov_iterations if krylov_iterations is not None else 1.0), 1.0)
         return iterations * (self.jvp + 8.0 * (KRYLOV_RESTART + 1) * p)
 
@@ -105,9 +114,15 @@ def _cached(key, field_and_theta):
     def jvp(arrays, th, v):
         return jax.jvp(lambda x: eqx.combine(arrays, rest)(time, x), (th,), (v,))[1]
 
+    def jacobian(arrays, th):
+        return jax.jacfwd(lambda x: eqx.combine(arrays, rest)(time, x))(th)
+
     evaluation = program_cost(jax.jit(evaluate).lower(arrays, theta).compile())
     product = program_cost(jax.jit(jvp).lower(arrays, theta, theta).compile())
-    return CostTable(evaluation, product, theta.shape[0])
+    dense = None
+    if theta.shape[0] <= DENSE_MAX_PARAMS:
+        dense = program_cost(jax.jit(jacobian).lower(arrays, theta).compile())
+    return CostTable(evaluation, product, theta.shape[0], dense)
 
 
 class _Unhashed:

@@ -101,7 +101,7 @@ class AutoState:
     """`AutoSolver`'s state between segments (every field a number, a string or None)."""
 
     current: str
-    costs: tuple  # (evaluation, jvp, num_params) of the problem's CostTable
+    costs: tuple  # (evaluation, jvp, num_params, jacobian) of the problem's CostTable
     linear_solver: str = "dense"
     trial: Trial | None = None
     explicit_rate: float | None = None  # cost per unit time at the explicit solver's step
@@ -189,7 +189,7 @@ class AutoSolver:
     def init(self, plan) -> AutoState:
         """`plan`: anything with `costs` (a `CostTable`) and `linear_solver` ("dense" | "krylov")."""
         table = plan.costs
-        return AutoState(self.explicit, (table.evaluation, table.jvp, table.num_params), plan.linear_solver)
+        return AutoState(self.explicit, table.as_tuple(), plan.linear_solver)
 
     def state_from_json(self, text: str) -> AutoState:
         return AutoState.from_json(text)
