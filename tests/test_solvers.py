@@ -250,3 +250,23 @@ def test_newton_skip_never_stalls_a_stiff_start():
                        rtol=1e-10, atol=1e-12, solver="kvaerno5", max_steps=5_000)
     assert traj.status == fs.Status.TARGET_REACHED, traj.message
     assert int(traj.stats["num_steps"]) < 1_000
+
+
+def test_a_diffrax_solver_object_is_accepted_as_solver_and_matches_its_name():
+    # solver= takes a diffrax.AbstractSolver instance (issue 19): Tsit5() is the same program as "tsit5", so the
+    # same bits; an implicit instance runs with its own (Diffrax's) root finder and agrees with expm.
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(8, 3))
+    problem = fs.Problem(Linear(jnp.zeros(3)), X, X @ rng.normal(size=3), "squared")
+    named = fs.simulate(problem, t1=2.0, solver="tsit5", n_save=5)
+    given = fs.simulate(problem, t1=2.0, solver=diffrax.Tsit5(), n_save=5)
+    assert bool(given.ok) and given.info["solver"] == "Tsit5" and given.info["linear_solver"] is None
+    np.testing.assert_array_equal(np.asarray(given.params.w), np.asarray(named.params.w))
+    implicit = fs.simulate(problem, t1=2.0, solver=diffrax.Kvaerno5(), n_save=5, rtol=1e-10, atol=1e-12)
+    H, b = X.T @ X / 8, X.T @ problem.y / 8
+    star = np.linalg.solve(H, b)
+    exact = star + scipy.linalg.expm(-2.0 * H) @ (np.zeros(3) - star)
+    assert bool(implicit.ok) and implicit.info["implicit"], implicit.message
+    np.testing.assert_allclose(np.asarray(implicit.final.w), exact, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="diffrax.AbstractSolver instance"):
+        fs.simulate(problem, t1=2.0, solver="rk4")
