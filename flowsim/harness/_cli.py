@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERRUPT_GRACE_S = 2.0
+_FLUSH_TIMEOUT_S = 2.0
 _INTERRUPTED = ("\nflowsim: interrupted; an unfinished run folder has no summary.json and is never taken for a "
                 "finished one. Run the same command again to resume it (scenarios whose run takes `resume` continue "
                 "where they stopped; --fresh starts over).")
@@ -131,15 +132,21 @@ def _exit_interrupted(detail: str = "") -> None:
     _exiting.acquire()  # never released: the holder ends the process
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
-    try:
-        print(_INTERRUPTED + detail, file=sys.stderr)
-    except (OSError, ValueError):
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+
+    def say_and_flush() -> None:
+        for stream, text in ((sys.stderr, _INTERRUPTED + detail + "\n"), (sys.stdout, None)):
+            try:
+                if text:
+                    stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    # In a thread with a time limit: a stream whose reader has stopped reading (a paused pager) would block
+    # the flush, and the process must end anyway.
+    flusher = threading.Thread(target=say_and_flush, name="flowsim-flush", daemon=True)
+    flusher.start()
+    flusher.join(_FLUSH_TIMEOUT_S)
     os._exit(EXIT_INTERRUPTED)
 
 
