@@ -32,9 +32,10 @@ silently differentiated as if smooth: `sign`, `floor`, `ceil`, `round`, `sort`, 
 of θ-dependent values used as a number (`x * (x > 0)`) or combined (`&`, `|`, `==`), a float cast
 to an integer, and kinks inside `lax.scan`/`while_loop`/`cond` or a loop whose predicate depends on θ.
 
-A site's band half-width (`kink_widths`) is how far its z moves when every trained parameter
-moves by its tolerance atol + rtol·|θ_j|: Σ_j |∂z/∂θ_j|·(atol + rtol·|θ_j|), from one Jacobian of the
-pre-activations (reverse mode when there are fewer kink coordinates than parameters). That is
+A site's band half-width (`kink_widths`) is how far its z moves when every row θ_r of the trained
+parameters (a vector along a leaf's last axis: a unit's weight vector) moves by atol + rtol‖θ_r‖:
+Σ_r (atol + rtol‖θ_r‖)·‖∂z/∂θ_r‖ (for a first-layer unit, `fs.networks.MLP`'s band), from one
+Jacobian of the pre-activations (reverse mode when there are fewer kink coordinates than parameters). That is
 (n·U·p) numbers per field evaluation; the library's `fs.networks` classes have closed forms and
 stay the fast path for large two-layer nets.
 """
@@ -509,16 +510,34 @@ class Kinked(AbstractNonsmoothModel):
         return out
 
     def kink_widths(self, x, kink_rtol, kink_atol):
+        # Rows: the vectors along the last axis of every trained leaf (a unit's weight vector w_u of a
+        # (units, inputs) matrix); row r may move by atol + rtol‖θ_r‖, which moves z_u by at most
+        # (atol + rtol‖θ_r‖)‖∂z_u/∂θ_r‖. For a first-layer unit this is fs.networks.MLP's band.
         params, rest = _split(self.model, self.trainable)
         theta, unravel = jax.flatten_util.ravel_pytree(params)
-        tolerance = kink_atol + kink_rtol * jnp.abs(theta)
+        row_ids, num_rows = _row_ids(params)
+        row_norm = jnp.sqrt(jax.ops.segment_sum(theta**2, row_ids, num_segments=num_rows))
 
         def z_of(th):
             return Kinked.pre_activations(dataclasses.replace(self, model=eqx.combine(unravel(th), rest)), x)
 
         units = self.report.num_units
         jacobian = jax.jacrev(z_of)(theta) if units < theta.shape[0] else jax.jacfwd(z_of)(theta)
-        return jnp.abs(jacobian) @ tolerance
+        moved = jnp.sqrt(jax.vmap(lambda row: jax.ops.segment_sum(row**2, row_ids, num_segments=num_rows))(jacobian))
+        return moved @ (kink_atol + kink_rtol * row_norm)
+
+
+def _row_ids(params) -> tuple[np.ndarray, int]:
+    """For the flat θ of ``ravel_pytree(params)``: the row of every entry (vectors along each leaf's
+    last axis; a scalar leaf is one row), and the number of rows."""
+    ids, start = [], 0
+    for leaf in jax.tree_util.tree_leaves(params):
+        shape = np.shape(leaf)
+        length = shape[-1] if len(shape) else 1
+        size = int(np.prod(shape, dtype=np.int64))
+        ids.append(start + np.arange(size) // max(length, 1))
+        start += size // max(length, 1) if size else 0
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), max(start, 1)
 
 
 def with_kinks(model, x, trainable=None):
