@@ -281,7 +281,7 @@ def main():
         return
     page = "auto" if args.part == "auto" else f"engine-{args.part}"
     with markdown_page(page, TITLES[args.part], quick=args.quick):
-        print(f"# flowsim engine benchmark — {platform.processor() or platform.machine()}, "
+        print(f"flowsim engine benchmark — {platform.processor() or platform.machine()}, "
               f"{__import__('os').cpu_count()} cores, python {platform.python_version()}"
               + (" (--quick)" if args.quick else ""))
         if args.part in ("auto", "all"):
