@@ -15,10 +15,11 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from ._batch import batch_size
-from ._nonsmooth import AbstractNonsmoothModel, kink_crossings, kink_statistics
+from ._nonsmooth import AbstractNonsmoothModel, _band, kink_crossings, kink_statistics
 from ._problem import Problem
 from ._trajectory import Status, Trajectory
 from .analysis._extrapolation import richardson
+from .networks._relu import MLP, TwoLayer
 from .networks._smoothed import Smoothed
 
 DEFAULT_WIDTHS = (1e-3, 1e-4, 1e-5)
@@ -150,11 +151,36 @@ FALLBACK_STATUSES = (Status.MAX_STEPS, Status.STEP_SIZE_UNDERFLOW, Status.SOLVER
 _BATCH_OPTIONS = ("chunk_size", "devices", "schedule", "segment_steps")
 # Statistics a fallback member gets, so that every member of a batch has the same keys.
 _FALLBACK_STATS = ("smoothed_fallback", "exact_status", "exact_log_t_reached", "exact_pairs_at_kink",
-                   "smoothed_error")
+                   "exact_corner_samples", "smoothed_error")
+
+
+def kink_layers(model: AbstractNonsmoothModel) -> tuple[int, ...] | None:
+    """The sizes of the model's layers of kinks, in the order of ``pre_activations`` (one entry per
+    hidden layer of ``fs.networks.MLP``, per kink site a model's kinks were found at), or None where
+    unknown. A model with one layer of kinks has no corners: its min-norm field is exact everywhere."""
+    if isinstance(model, TwoLayer):
+        return (int(np.shape(model.W)[-2]),)
+    if isinstance(model, MLP):
+        return tuple(int(np.shape(W)[-2]) for W in model.layers[:-1])
+    sites = getattr(model, "sites", None)  # flowsim._kinks.Kinked: any model, its kinks found by tracing
+    return None if sites is None else tuple(site.size for site in sites)
+
+
+def corner_samples(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> Array:
+    """The number of samples with (unit, sample) pairs in the band of their kinks in two or more layers
+    at once (``kink_layers``): the corners where the min-norm field is only linearised (``_nonsmooth``)."""
+    layers = kink_layers(model)
+    z, width = _band(model, jnp.asarray(X, dtype=jnp.float64), rtol, atol)
+    in_band = jnp.abs(z) <= width
+    if layers is None:
+        return jnp.sum(jnp.sum(in_band, axis=1) >= 2)  # unknown layers: any two pairs of one sample
+    bounds = np.cumsum((0, *layers))
+    per_layer = jnp.stack([jnp.any(in_band[:, a:b], axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+    return jnp.sum(jnp.sum(per_layer, axis=1) >= 2)
 
 
 def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bool = False, logarithmic: bool = True,
-                         smoothed_options: dict | None = None, **options) -> Trajectory:
+                         corners_only: bool = True, smoothed_options: dict | None = None, **options) -> Trajectory:
     """``fs.simulate(problem, **options)`` (``fs.simulate_batch`` with ``batched=True``), and for each
     member whose exact solve stalled at a kink, ``fs.smoothed_limit`` in its place (``smoothed_fallback``).
 
@@ -162,9 +188,11 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
     lie in one layer; where a sample sits at kinks in two layers at once (a corner of a deep network)
     it is only linearised there and can chatter until the solve runs out of steps. Such a member
     (status ``MAX_STEPS``, ``STEP_SIZE_UNDERFLOW`` or ``SOLVER_FAILURE`` on an
-    ``fs.AbstractNonsmoothModel``) is solved again with its activations smoothed at ``widths`` and
-    extrapolated to width 0; the other members keep their exact solves. A smooth model runs exactly
-    as ``fs.simulate`` (nothing falls back).
+    ``fs.AbstractNonsmoothModel`` with kinks in two or more layers, ``kink_layers``) is solved again
+    with its activations smoothed at ``widths`` and extrapolated to width 0; the other members keep
+    their exact solves. A model with one layer of kinks (a two-layer net) has no corners and its field is
+    exact: a stalled solve of it needs more steps, so it is left as it is unless ``corners_only=False``.
+    A smooth model runs exactly as ``fs.simulate`` (nothing falls back).
 
     **Arguments:** ``problem`` (a ``fs.Problem``; with ``batched=True`` one with a leading batch axis,
     as ``fs.simulate_batch`` takes), ``widths`` and ``logarithmic`` (as ``fs.smoothed_limit``),
@@ -175,8 +203,9 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
     **Returns:** a ``fs.Trajectory`` as the exact solve's (batched with ``batched=True``), where each
     fallback member holds the extrapolated network, log-loss and time reached, the status of its
     smoothed solves, and statistics summed over its exact and smoothed solves. ``traj.stats`` gains
-    per member ``smoothed_fallback`` (it fell back), ``exact_status``, ``exact_log_t_reached`` and
-    ``exact_pairs_at_kink`` (where and why the exact solve stopped) and ``smoothed_error`` (the
+    per member ``smoothed_fallback`` (it fell back), ``exact_status``, ``exact_log_t_reached``,
+    ``exact_pairs_at_kink`` and ``exact_corner_samples`` (where and why the exact solve stopped: the
+    samples at kinks in two layers at its last state, ``corner_samples``) and ``smoothed_error`` (the
     extrapolation's uncertainty in the parameters, ``SmoothedLimit.error``; NaN where exact);
     ``traj.info`` names the fallback members and widths, and ``traj.message`` says so per member.
     """
@@ -189,11 +218,12 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
         return exact
     solve_options = {key: value for key, value in options.items() if key not in _BATCH_OPTIONS}
     solve_options.update(smoothed_options or {})
-    return smoothed_fallback(problem, exact, widths, logarithmic=logarithmic, **solve_options)
+    return smoothed_fallback(problem, exact, widths, logarithmic=logarithmic, corners_only=corners_only,
+                             **solve_options)
 
 
 def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS, *, logarithmic: bool = True,
-                      **options) -> Trajectory:
+                      corners_only: bool = True, **options) -> Trajectory:
     """``traj`` (the exact solve of ``problem``, batched or not) with every member whose solve stalled at
     a kink (``FALLBACK_STATUSES``) replaced by ``fs.smoothed_limit(member, widths, **options)``: what
     ``simulate_or_smoothed`` returns. ``options`` must give the exact solve's save grid (``n_save`` or
@@ -205,7 +235,12 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
     status = np.atleast_1d(np.asarray(traj.status))
     from . import _cache  # fs.smoothed_limit: cached inside fs.cache
 
-    members = [int(k) for k in np.flatnonzero(np.isin(status, [int(s) for s in FALLBACK_STATUSES]))]
+    layers = kink_layers(problem.model)
+    # One layer of kinks (a two-layer net) has no corners: the exact field is exact there, and a solve
+    # that stalls needs more steps or looser tolerances, which smoothing would not give it.
+    corners = layers is None or len(layers) > 1 or not corners_only
+    stalled = np.isin(status, [int(s) for s in FALLBACK_STATUSES]) & corners
+    members = [int(k) for k in np.flatnonzero(stalled)]
     arrays, static = eqx.partition(traj, eqx.is_array)
     arrays = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), arrays)
     one = (lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[None], tree)) if not batched else (lambda tree: tree)
@@ -215,10 +250,12 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
     new = {"smoothed_fallback": np.zeros(size, bool), "exact_status": status.astype(np.int64),
            "exact_log_t_reached": np.asarray(arrays.log_t_reached, dtype=float).copy(),
            "exact_pairs_at_kink": np.asarray(stats.get("pairs_at_kink", np.zeros(size)), dtype=np.int64).copy(),
-           "smoothed_error": np.full(size, np.nan)}
+           "exact_corner_samples": np.zeros(size, np.int64), "smoothed_error": np.full(size, np.nan)}
     rtol, atol = options.get("rtol"), options.get("atol")
     for k in members:
         member = _member(problem, k) if batched else problem
+        last = _member(traj.final, k) if batched else traj.final
+        new["exact_corner_samples"][k] = int(corner_samples(_as_model(problem.model, last), member.X, rtol, atol))
         limit = _cache.smoothed_limit(member, widths, logarithmic=logarithmic, **options)
         failed = [t for t in limit.trajectories if not bool(t.ok)]
         _put_tree(arrays.params, limit.params, k)
@@ -247,8 +284,16 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
                                metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
 
 
-def _member(problems: Problem, index: int) -> Problem:
-    """Member ``index`` of a stacked Problem (every array leaf's leading axis)."""
+def _as_model(model: AbstractNonsmoothModel, values) -> AbstractNonsmoothModel:
+    """``model`` with the array leaves of ``values`` (a trajectory hands back the user's model, whose
+    leaves are the problem's model's)."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(values, eqx.is_array))
+    arrays, static = eqx.partition(model, eqx.is_array)
+    return eqx.combine(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(arrays), leaves), static)
+
+
+def _member(problems, index: int):
+    """Member ``index`` of a stacked pytree (every array leaf's leading axis)."""
     batch_size(problems)  # checks the leaves share one leading axis
     arrays, static = eqx.partition(problems, eqx.is_array)
     return eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[index], arrays), static)

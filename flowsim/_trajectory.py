@@ -140,7 +140,8 @@ def _fallback_note(stats: dict, index: int, info: dict) -> str:
     widths = ", ".join(f"{w:g}" for w in info.get("smoothed_fallback_widths", ()))
     return (f"smoothed-width fallback: the exact minimum-norm solve stopped ({Status(int(pick('exact_status'))).name} "
             f"at log t = {float(pick('exact_log_t_reached')):.6g}, {int(pick('exact_pairs_at_kink'))} (neuron, sample) "
-            "pairs at kinks: a sample at kinks in several layers, where that field chatters), so this member is "
+            f"pairs at kinks, {int(pick('exact_corner_samples'))} samples at kinks in two layers at once, where that "
+            "field is only linearised and chatters), so this member is "
             f"fs.smoothed_limit's extrapolation to width 0 of widths {widths} (uncertainty "
             f"{float(pick('smoothed_error')):.1e} in the parameters)")
 
