@@ -19,8 +19,14 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
 4. The 2-D MLP where the min-norm field chatters: ``fs.smoothed_limit`` against the min-norm solve
    at log t = 4.4 (where that solve still works), then alone to log t = 10.
 
+5. (``--table``) issue 20's table: steps, rejected steps, kink crossings, wall for the noisy two-layer net to
+   log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100), ``eqx.nn.MLP`` depth 1 and 2 to
+   log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1 ``fs.networks.MLP`` to log t = 10; each
+   through ``fs.simulate_or_smoothed`` (the exact min-norm field, the smoothed limit where it stalls).
+
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
+    python benchmarks/relu.py --table    # issue 20's table only (docs/benchmarks/relu-table.md)
 """
 
 import argparse
@@ -254,10 +260,82 @@ def mlp_table(quick: bool):
           f"{float(limit.error):.1e}, {wall:.1f} s for all three widths", flush=True)
 
 
+# ---------------------------------------------------------------- issue 20's table (--table)
+
+
+def separable_data(n=16, d=5, seed=0):
+    """n Gaussian points in R^d labelled by a random teacher direction (linearly separable)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, np.sign(X @ rng.standard_normal(d))
+
+
+def table_cases(quick: bool):
+    """(name, problem, options) for each row of issue 20's benchmark table."""
+    cap = 2_000 if quick else 50_000
+    scale = 0.1 if quick else 1.0
+    X, y = frei_data()
+    net = nets.TwoLayer.init(jax.random.key(0), X.shape[1], 20, scale=1 / np.sqrt(X.shape[1]), leak=0.1)
+    frei = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+    yield "noisy two-layer n=30 d=300 m=20, log t=100", frei, dict(log_t1=100.0 * scale, max_steps=cap)
+    big_n, big_d, big_m = (30, 100, 20) if quick else (100, 1000, 100)
+    X, y = frei_data(n=big_n, d=big_d)
+    net = nets.TwoLayer.init(jax.random.key(1), big_d, big_m, scale=1 / np.sqrt(big_d), leak=0.1)
+    big = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+    yield f"noisy two-layer n={big_n} d={big_d} m={big_m}, log t=100", big, dict(log_t1=100.0 * scale, max_steps=cap)
+    X, y = separable_data()
+    mlp = eqx.nn.MLP(5, "scalar", 8, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(2))
+    yield "eqx.nn.MLP depth 1 (5-8-1), 16 points, exp, log t=30", fs.Problem(mlp, X, y, "exponential"), \
+        dict(log_t1=30.0 * scale, max_steps=cap)
+    X2, y2, _ = xor_mlp()
+    mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.key(0))
+    yield "eqx.nn.MLP depth 2 (2-16-16-1), XOR, logistic, log t=30", fs.Problem(mlp, X2, y2, "logistic"), \
+        dict(log_t1=30.0 * scale, max_steps=cap)
+    X2, y2, layers = xor_mlp()
+    yield "fs.networks.MLP 2-16-16-1, XOR, logistic, log t=10", fs.Problem(nets.MLP(layers), X2, y2, "logistic"), \
+        dict(log_t1=10.0 * scale, max_steps=cap)
+
+
+def issue_table(quick: bool):
+    """Steps, rejected steps, kink crossings (sign changes of z between saves, a lower bound on the events),
+    pairs at kinks at the end, where the solve stopped, and wall (compilation included), for the exact
+    min-norm field and, where it stalls, fs.simulate_or_smoothed's per-member fallback to the smoothed limit."""
+    print("| case | field | steps | rejected | kink crossings | pairs at kink (end) | log t reached | ok | wall s |")
+    print("|---|---|---:|---:|---:|---:|---:|:-:|---:|")
+    for name, problem, options in table_cases(quick):
+        options = dict(options, solver="tsit5", n_save=20)
+        start = time.perf_counter()
+        traj = fs.simulate_or_smoothed(problem, smoothed_options=dict(max_steps=4 * options["max_steps"]), **options)
+        jax.block_until_ready(traj.final)
+        wall = time.perf_counter() - start
+        fell = bool(traj.stats.get("smoothed_fallback", False))
+        stat = lambda key: int(traj.stats[key]) if key in traj.stats else "—"  # noqa: E731
+        if fell:
+            exact = (f"exact: stalled at log t = {float(traj.stats['exact_log_t_reached']):.3g} "
+                     f"({fs.Status(int(traj.stats['exact_status'])).name}); then smoothed limit ε → 0, "
+                     f"uncertainty {float(traj.stats['smoothed_error']):.1e}")
+        else:
+            exact = "exact min-norm"
+        print(f"| {name} | {exact} | {stat('num_steps')} | {stat('num_rejected_steps')} | {stat('kink_crossings')} | "
+              f"{stat('pairs_at_kink')} | {float(traj.log_t_reached):.4g} | {'yes' if bool(traj.ok) else 'no'} | "
+              f"{wall:.1f} |", flush=True)
+    print("\nSteps and rejected steps of a fallback row add the exact attempt and the three smoothed solves.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", action="store_true",
+                        help="only issue 20's table (docs/benchmarks/relu-table.md): steps, events, wall per case")
     args = parser.parse_args()
+    if args.table:
+        with markdown_page("relu-table", "ReLU networks: steps, kink events and wall time per case", quick=args.quick):
+            print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64, Tsit5, default tolerances "
+                  f"(rtol 1e-8, atol 1e-10)\n")
+            issue_table(args.quick)
+        return
     with markdown_page("relu", "ReLU networks: the min-norm field, the plain gradient, the smoothed limit",
                        quick=args.quick, preformatted=True):
         print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64\n")
