@@ -185,8 +185,8 @@ def plot(results, config):
         ax.set(title=display(key), xlabel="coordinate $j$")
     axes2[0].set_ylabel(r"$|\rho_j|$ (unit $\ell_2$; $\beta$ for fully connected)")
     axes2[0].legend(fontsize=7)
-    fig2.suptitle("Limit direction estimated from the late trajectory vs the last iterate ($\\log t = {:.3g}$)".format(
-        results[f"{keys[0]}/flow/log_t"][-1]))
+    fig2.suptitle("Limit direction estimated from the late trajectory vs the last iterate ($\\log t =$ "
+                  f"{fs.harness.tex_number(results[f'{keys[0]}/flow/log_t'][-1])})")
     return {"direction_error": fig, "limit_vs_last_iterate": fig2, "saddle_escape": plot_saddle(results, keys)}
 
 
@@ -215,6 +215,7 @@ def plot_saddle(results, keys):
         else:
             ax.set_title(f"{display(key)}: its slowest coordinate", fontsize=10)
         ax.set(xlabel=r"$\log t$", ylabel="share of the largest coordinate")
+        fs.harness.log_ticks(ax)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("The coordinate the flow is missing: escape from a saddle on the log log t scale")
     return fig

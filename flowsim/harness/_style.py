@@ -162,7 +162,8 @@ def _handle_look(handle) -> tuple:
 
 def figure_problems(fig) -> list[str]:
     """What a newcomer would find wrong in `fig`, as sentences (empty when nothing): a legend with two
-    entries of the same label or the same look (colour, line style and marker), and any text — titles, axis
+    entries of the same label or the same look (colour, line style and marker), or with handles too short to
+    show dashes, and any text — titles, axis
     labels, tick labels, legend entries, annotations — with a `^` or `_` outside mathtext."""
     from matplotlib.text import Text
 
@@ -174,6 +175,9 @@ def figure_problems(fig) -> list[str]:
         for label in sorted({x for x in labels if labels.count(x) > 1}):
             problems.append(f"legend has the label {label!r} {labels.count(label)} times")
         looks = [_handle_look(h) for h in legend.legend_handles]
+        if legend.handlelength < 2.5 and any(look[0] == "line" and look[2] not in ("-", "None", "") for look in looks):
+            problems.append(f"legend handles of {legend.handlelength:g} em are too short to show a dashed or dotted "
+                            "line as such (use ≥ 2.5)")
         for i, j in itertools.combinations(range(len(looks)), 2):
             if looks[i] == looks[j] and looks[i][0] != "other":
                 problems.append(f"legend entries {labels[i]!r} and {labels[j]!r} look the same")
