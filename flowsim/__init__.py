@@ -27,6 +27,9 @@ from ._cache import smoothed_limit as smoothed_limit
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
+from ._kinks import Kinked as Kinked
+from ._kinks import NonsmoothWarning as NonsmoothWarning
+from ._kinks import find_kinks as find_kinks
 from ._losses import AbstractLoss as AbstractLoss
 from ._losses import Exponential as Exponential
 from ._losses import Logistic as Logistic
