@@ -11,6 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import flowsim as fs
 
@@ -36,9 +37,14 @@ def arrays(traj):
     return jax.tree_util.tree_leaves((traj.log_t, traj.params, traj.loss, traj.log_loss, stats, traj.status))
 
 
-def test_auto_gives_bitwise_the_same_result_and_path_under_load():
+@pytest.fixture(scope="module")
+def uninterrupted():
+    return fs.simulate(stiff_quadratic(), t1=5.0)  # default options: solver="auto"
+
+
+def test_auto_gives_bitwise_the_same_result_and_path_under_load(uninterrupted):
     problem = stiff_quadratic()
-    first = fs.simulate(problem, t1=5.0)  # default options: solver="auto"
+    first = uninterrupted
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         second = fs.simulate(problem, t1=5.0)
@@ -50,6 +56,21 @@ def test_auto_gives_bitwise_the_same_result_and_path_under_load():
     assert [entry[1] for entry in path][:2] == ["tsit5", "kvaerno5"], path  # auto did switch
     assert second.info["auto"] == path
     for a, b in zip(arrays(first), arrays(second), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_resumed_auto_solve_continues_its_policy_and_ends_bitwise_equal(uninterrupted, tmp_path):
+    # Stopped by max_steps just after auto started its implicit trial, then resumed from the checkpoint: the
+    # policy's state (the trial in progress, the explicit rate) comes back with the carry, so the resumed solve
+    # takes the uninterrupted one's path and bits.
+    path = tmp_path / "solve.npz"
+    stopped = fs.simulate(stiff_quadratic(), t1=5.0, max_steps=512, checkpoint=path)  # one explicit segment
+    assert stopped.status == fs.Status.MAX_STEPS and "kvaerno5" in [e[1] for e in stopped.info["auto"]]
+    resumed = fs.simulate(stiff_quadratic(), t1=5.0, checkpoint=path)
+    assert resumed.info["resumed_from_log_t"] is not None and bool(resumed.ok), resumed.message
+    # The resumed record starts where it resumed, with the solver it resumed with; the switches after agree.
+    assert resumed.info["auto"][1:] == tuple(e for e in uninterrupted.info["auto"] if e[0] > resumed.info["auto"][0][0])
+    for a, b in zip(arrays(uninterrupted), arrays(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
