@@ -235,7 +235,9 @@ class SolveCache:
             self._uncached(name, f"its result holds {why}")
             return
         _atomic_write(path, lambda f: np.savez(f, **arrays))
-        record = {"format": FORMAT, "function": name, "key": key, "sha256": _sha256(path), "structure": structure}
+        version, source, versions = _environment()
+        record = {"format": FORMAT, "function": name, "key": key, "sha256": _sha256(path), "structure": structure,
+                  "environment": {"flowsim": version, "source_sha256": source, "versions": dict(versions)}}
         text = json.dumps(record, allow_nan=False, separators=(",", ":"))
         _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
 
@@ -316,22 +318,30 @@ def call_key(name: str, arguments: Mapping) -> str:
     return digest.hexdigest()
 
 
+def _source_digest() -> str:
+    """SHA-256 of flowsim's source files, taken when flowsim is imported: the code this process runs."""
+    root = pathlib.Path(__file__).parent
+    source = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        source.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return source.hexdigest()
+
+
+_SOURCE_SHA256 = _source_digest()
+
+
 @functools.cache
 def _environment() -> tuple:
     """flowsim's version and a digest of its source files, and the versions of the libraries under it."""
     import flowsim
 
-    root = pathlib.Path(flowsim.__file__).parent
-    source = hashlib.sha256()
-    for file in sorted(root.rglob("*.py")):
-        source.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     versions = []
     for package in ("jax", "jaxlib", "equinox", "diffrax", "numpy"):
         try:
             versions.append((package, importlib.metadata.version(package)))
         except importlib.metadata.PackageNotFoundError:
             versions.append((package, None))
-    return getattr(flowsim, "__version__", None), source.hexdigest(), tuple(versions)
+    return getattr(flowsim, "__version__", None), _SOURCE_SHA256, tuple(versions)
 
 
 def _feed(digest, value, depth: int) -> None:

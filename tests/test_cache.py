@@ -318,6 +318,11 @@ def test_a_plain_scenario_killed_mid_solve_resumes_to_the_uninterrupted_arrays(p
     assert finished >= 1 and halfway <= 1
     assert not (out / "plain" / "summary.json").exists()
 
+    # The rerun here keys calls as the killed process did (its flowsim source digest: on a machine where the
+    # sources are edited meanwhile, a later import would rightly key them afresh).
+    environment = json.loads(next(cache.glob("*.json")).read_text())["environment"]
+    monkeypatch.setattr(_cache, "_environment", lambda: (environment["flowsim"], environment["source_sha256"],
+                                                         tuple(environment["versions"].items())))
     capsys.readouterr()
     assert main(["run", str(plain / "plain.py"), "--out", str(out)]) == 0
     assert f"resuming: {finished} finished solves reused, {halfway} continued" in capsys.readouterr().err
