@@ -193,11 +193,11 @@ def plot(results, config):
     depths = config["depths"]
     fig, axes = plt.subplots(1, len(depths), figsize=(5.6 * len(depths), 4.2), squeeze=False, layout="constrained")
     for ax, D in zip(axes[0], depths):
-        # c runs from 0 (kernel) to 1 (rich): the colour bar spans that, and below 0 only where the data go
-        # (at the loosest ε, β can still be on the far side of the kernel limit).
+        # c runs from 0 (kernel) to 1 (rich): the colour bar spans that; the few cells below 0 (at the loosest
+        # ε, β can still be on the far side of the kernel limit) show as the bar's triangle.
         c = np.asarray(results[f"D{D}/c"])
-        low = min(0.0, np.floor(10 * np.nanmin(c)) / 10) if np.isfinite(c).any() else 0.0
-        mesh = ax.pcolormesh(alphas, lams, c, vmin=low, vmax=1.0, cmap="viridis", shading="nearest")
+        below = bool(np.nanmin(c) < 0) if np.isfinite(c).any() else False
+        mesh = ax.pcolormesh(alphas, lams, c, vmin=0.0, vmax=1.0, cmap="viridis", shading="nearest")
         ax.contour(alphas, lams, results[f"D{D}/c"], levels=[0.5], colors="w")
         cross, slope = transition(results, D, config["transition_min_alpha_D"])
         keep = np.isfinite(cross)
@@ -214,7 +214,8 @@ def plot(results, config):
         ax.set(xlabel=LOG_ALPHA, ylabel=LOG_LAM + r"  ($\varepsilon$: summed loss)", ylim=(lams[0], lams[-1]),
                title=rf"$D = {D}$: $c = 0$ kernel ($\ell_2$) … 1 rich ({rich})")
         ax.legend(fontsize=7, loc="upper left")
-        fig.colorbar(mesh, ax=ax, label=r"$c$ (white: $c = 1/2$)")
+        fig.colorbar(mesh, ax=ax, label=r"$c$ (white: $c = 1/2$)" + (r"; ▼: $c < 0$" if below else ""),
+                     extend="min" if below else "neither")
     fig.suptitle(r"$\beta$ between the kernel and rich limits when the loss reaches $\varepsilon$")
 
     cuts, (ax_a, ax_e, ax_g) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
