@@ -206,7 +206,7 @@ def plot(results, config):
                    label=rf"$\sigma_{k + 1}/\sigma_1$")
     # Linear in log t up to log t = 10 (where the rank falls, t ≪ 1 at small init), logarithmic beyond.
     ax[0].set_xscale("symlog", linthresh=10.0, linscale=2.0)
-    ticks = [v for v in (-8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 20, 50, 100, 200, 500, 1000)
+    ticks = [v for v in (-8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 30, 100, 300, 1000)
              if log_t[keep].min() - 1 <= v <= log_t[keep].max() * 1.05]
     ax[0].set_xticks(ticks, [f"${v}$" for v in ticks])
     ax[0].xaxis.set_minor_locator(plt.NullLocator())
