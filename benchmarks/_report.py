@@ -61,7 +61,7 @@ def markdown_page(page: str, title: str, *, quick: bool = False, preformatted: b
         return
     body = tee.buffer_.getvalue().strip()
     if preformatted:
-        body = "```text\n" + body + "\n```"
+        body = "``text\n" + body + "\n``"
     header = ["---", "hide:", "  - toc", "---",  # the tables need the page's width
               f"<!-- Written by `{command}` (benchmarks/_report.py): rerun it to regenerate; do not edit. -->",
               f"# {title}", "", f"**Command:** `{command}`  ",

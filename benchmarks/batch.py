@@ -3,12 +3,12 @@
     python benchmarks/batch.py            # a few minutes on 2 cores
     python benchmarks/batch.py --quick    # 32 seeds
 
-Rows (one run, same machine): ``fs.simulate_batch`` over all seeds at once; the same in chunks (a vmapped
+Rows (one run, same machine): `fs.simulate_batch` over all seeds at once; the same in chunks (a vmapped
 solve steps in lockstep until its slowest member is done, so chunks let fast members finish early);
-``schedule="refill"`` (slots step in segments, a finished member's slot goes to the next member); a Python
-loop of single ``fs.simulate`` calls (compiled once); scipy's ``solve_ivp`` (RK45) on the same jitted field,
+`schedule="refill"` (slots step in segments, a finished member's slot goes to the next member); a Python
+loop of single `fs.simulate` calls (compiled once); scipy's `solve_ivp` (RK45) on the same jitted field,
 in a loop over a subset of seeds, extrapolated per member; and, in a subprocess with four forced CPU devices,
-the sharded batch (lockstep and refill) against one device. Wall times: the best of ``REPEATS`` calls after the
+the sharded batch (lockstep and refill) against one device. Wall times: the best of `REPEATS` calls after the
 first (compiling) one. Lockstep waste: loop iterations × slots over the members' own steps (1 = none waited).
 """
 

@@ -173,7 +173,7 @@ def run_overhead(quick):
 
     overhead = wall per step / (6 × one bare jitted gradient called from Python) — the issue's
     measure; also against the gradient's cost inside a compiled loop (no dispatch), and fs.simulate
-    against a bare ``diffrax.diffeqsolve`` of the same field (what flowsim itself adds)."""
+    against a bare `diffrax.diffeqsolve` of the same field (what flowsim itself adds)."""
     import diffrax
     import equinox as eqx
     import jax

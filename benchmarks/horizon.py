@@ -7,7 +7,7 @@ max-margin solution (an LP). One run prints a table:
 - flowsim, log time s = log(1 + t), Kvaerno5 (the "auto" choice), to log t = 10^6;
 - flowsim, linear time, Tsit5, to t = e^500 (linear time cannot represent t past e^709, and
   LSODA's arithmetic overflows to NaN near t = 1e304 while still reporting success);
-- scipy ``solve_ivp`` (LSODA, jitted right-hand side), linear time, same horizon, stopped
+- scipy `solve_ivp` (LSODA, jitted right-hand side), linear time, same horizon, stopped
   after the same wall time as flowsim's log-time run;
 - plain gradient descent (a jitted loop, largest stable step) given that same wall time.
 

@@ -4,7 +4,7 @@
     python benchmarks/newton.py --case diagonal_log_time --skip-below 0.1
     python benchmarks/newton.py --slope-rule 1e-2   # the skip before the fix (8d1e690): 1e-2; e4304c3: 1e-4
 
-Runs flowsim's field and Kvaerno5 with flowsim's StageNewton through ``diffrax.diffeqsolve`` directly (no target event,
+Runs flowsim's field and Kvaerno5 with flowsim's StageNewton through `diffrax.diffeqsolve` directly (no target event,
 so the regression runs to t = 1e8), with host callbacks counting each Newton iteration and linear solve, and each
 step's scaled error estimate: a rejected step has either an error estimate > 1 or a failed root find (estimate = inf).
 Cases are those of benchmarks/engine.py. Step counts are deterministic; wall_cold includes compilation and the callbacks (not a timing).
@@ -37,7 +37,7 @@ from engine import _problems  # noqa: E402
 
 
 class SlopeRule(StageNewton):
-    """The skip as it was before the fix: ‖F‖ against ``skip_below`` × Newton's slope test, from the predictor on."""
+    """The skip as it was before the fix: ‖F‖ against `skip_below` × Newton's slope test, from the predictor on."""
 
     def step(self, fn, y, args, options, state, tags):
         residual, aux = fn(y, args)

@@ -1,8 +1,8 @@
-"""``simulate_batch``: many problems as vmapped solves, sharded over every device (and every process).
+"""`simulate_batch`: many problems as vmapped solves, sharded over every device (and every process).
 
-Two schedules. ``"lockstep"``: each chunk is ONE compiled ``eqx.filter_vmap(fs.simulate)``; a vmapped
+Two schedules. `"lockstep"`: each chunk is ONE compiled `eqx.filter_vmap(fs.simulate)`; a vmapped
 while loop runs until its slowest member is done, so every member pays the slowest one's steps.
-``"refill"``: a fixed set of slots steps in short segments (the engine's own exact continuation:
+`"refill"`: a fixed set of slots steps in short segments (the engine's own exact continuation:
 solver, controller state and next step carried over); after each segment the members that finished
 leave their slots and the next members of the batch take them, so no member waits for a slow one for
 longer than a segment. Both give every member exactly the steps and values of its own single solve.
@@ -33,14 +33,14 @@ SCHEDULES = ("lockstep", "refill")
 
 @eqx.filter_jit
 def _solve(problems, values, structure):
-    """One compiled vmapped solve, cached by the problems' structure and ``structure``."""
+    """One compiled vmapped solve, cached by the problems' structure and `structure`."""
     return eqx.filter_vmap(lambda problem: simulate(problem, **values, **structure))(problems)
 
 
 @eqx.filter_jit
 def _refill_segment(problems, carry, is_new, save_times, settings, static, solvers):
-    """One segment for every slot: slots with ``is_new`` start their member's solve afresh (``init_carry``),
-    the others continue theirs; at most ``static.max_steps`` steps each."""
+    """One segment for every slot: slots with `is_new` start their member's solve afresh (`init_carry`),
+    the others continue theirs; at most `static.max_steps` steps each."""
 
     def one(problem, kept, new):
         theta0, field = make_field(problem, static.log_time, settings.rtol, settings.atol)
@@ -73,14 +73,14 @@ def batch_size(problems) -> int:
 
 
 def _to_devices(tree, sharding):
-    """Host arrays (the same on every process) as global arrays split over ``sharding``'s devices: each
+    """Host arrays (the same on every process) as global arrays split over `sharding`'s devices: each
     process supplies the shards of its own devices, so this works across processes too."""
     return jax.tree_util.tree_map(
         lambda leaf: jax.make_array_from_callback(np.shape(leaf), sharding, lambda index: leaf[index]), tree)
 
 
 def _to_host(tree):
-    """Global arrays back as numpy on every process (``process_allgather`` when some shards live on other
+    """Global arrays back as numpy on every process (`process_allgather` when some shards live on other
     processes' devices)."""
     leaves = jax.tree_util.tree_leaves(tree)
     if all(leaf.is_fully_addressable for leaf in leaves if isinstance(leaf, jax.Array)):
@@ -96,35 +96,35 @@ def _take(tree, index):
 
 def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, schedule: str = "lockstep",
                    segment_steps: int = 50, **options) -> Trajectory:
-    """Solve a batch of problems as vmapped ``fs.simulate`` solves, sharded over devices.
+    """Solve a batch of problems as vmapped `fs.simulate` solves, sharded over devices.
 
     **Arguments:**
 
-    - ``problems``: a ``fs.Problem`` whose array leaves carry a leading batch axis (what
-      ``eqx.filter_vmap(lambda seed: fs.Problem(...))(seeds)`` builds).
-    - ``chunk_size``: members solved at once (default: the whole batch for ``"lockstep"``, 96 slots
-      for ``"refill"``); rounded up to a multiple of the device count.
-    - ``devices``: the devices to shard over (default ``jax.devices()``: every GPU, or every CPU
-      device — ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` makes four on one CPU; after
-      ``jax.distributed.initialize()`` the devices of every process, and every process gets the
+    - `problems`: a `fs.Problem` whose array leaves carry a leading batch axis (what
+      `eqx.filter_vmap(lambda seed: fs.Problem(...))(seeds)` builds).
+    - `chunk_size`: members solved at once (default: the whole batch for `"lockstep"`, 96 slots
+      for `"refill"`); rounded up to a multiple of the device count.
+    - `devices`: the devices to shard over (default `jax.devices()`: every GPU, or every CPU
+      device — `XLA_FLAGS=--xla_force_host_platform_device_count=4` makes four on one CPU; after
+      `jax.distributed.initialize()` the devices of every process, and every process gets the
       whole result).
-    - ``schedule``: ``"lockstep"`` (each chunk one vmapped solve: its while loop runs until the
-      chunk's slowest member is done) or ``"refill"`` (``chunk_size`` slots step in segments of
-      ``segment_steps`` steps; a finished member's slot goes to the next member at once).
-    - ``segment_steps``: steps per refill segment, rounded down to a divisor of ``max_steps`` so a
-      member stops at exactly ``max_steps`` as its single solve would.
-    - ``**options``: as ``fs.simulate`` (horizon, solver, tolerances, target, …). Under vmap
-      ``solver="auto"`` cannot measure stiffness, so it is Kvaerno5 in log time and Tsit5 in
+    - `schedule`: `"lockstep"` (each chunk one vmapped solve: its while loop runs until the
+      chunk's slowest member is done) or `"refill"` (`chunk_size` slots step in segments of
+      `segment_steps` steps; a finished member's slot goes to the next member at once).
+    - `segment_steps`: steps per refill segment, rounded down to a divisor of `max_steps` so a
+      member stops at exactly `max_steps` as its single solve would.
+    - `**options`: as `fs.simulate` (horizon, solver, tolerances, target, …). Under vmap
+      `solver="auto"` cannot measure stiffness, so it is Kvaerno5 in log time and Tsit5 in
       linear time; name the solver when you know the problem.
 
-    **Returns:** a batched ``fs.Trajectory``: every leaf with the batch axis first; each member keeps
-    its own steps, status and message (``traj.message`` names the members that failed).
-    ``traj.info["batch_wall_time_s"]`` is the wall time of the whole call, and each member's
-    ``stats["wall_time_s"]`` its share by steps (they add up to the call's).
-    ``traj.info["lockstep_waste"]`` is the work done over the work needed: Σ over the compiled
+    **Returns:** a batched `fs.Trajectory`: every leaf with the batch axis first; each member keeps
+    its own steps, status and message (`traj.message` names the members that failed).
+    `traj.info["batch_wall_time_s"]` is the wall time of the whole call, and each member's
+    `stats["wall_time_s"]` its share by steps (they add up to the call's).
+    `traj.info["lockstep_waste"]` is the work done over the work needed: Σ over the compiled
     calls of slots × loop iterations, over Σ member steps (1 = no member waited).
 
-    Arrays go to a one-axis ``jax.sharding.Mesh`` with ``NamedSharding`` (padded with copies of a
+    Arrays go to a one-axis `jax.sharding.Mesh` with `NamedSharding` (padded with copies of a
     member, dropped afterwards); JAX's partitioner runs each device's members independently, with no
     communication. A member's adaptive steps never depend on its batch neighbours, so both schedules
     return each member's single solve.
@@ -165,7 +165,7 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
 
 
 def _lockstep(arrays, rest, size, chunk, sharding, options):
-    """Each chunk (padded with copies of its last member) as ONE compiled vmapped ``simulate``."""
+    """Each chunk (padded with copies of its last member) as ONE compiled vmapped `simulate`."""
     # Values (tolerances, horizon, target) travel as arrays, so new values reuse the compiled solve;
     # the rest (solver, save count, ...) is structure and part of the cache key.
     values = {key: jnp.asarray(value, dtype=jnp.float64) for key, value in options.items()
@@ -211,7 +211,7 @@ def _refill_plan(problem, options):
 
 
 def _segment_budget(max_steps: int, segment_steps: int) -> int:
-    """The largest divisor of ``max_steps`` not above ``segment_steps``."""
+    """The largest divisor of `max_steps` not above `segment_steps`."""
     budget = min(segment_steps, max_steps)
     while max_steps % budget:
         budget -= 1
@@ -225,7 +225,7 @@ def _segment_budget(max_steps: int, segment_steps: int) -> int:
 
 
 def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
-    """``slots`` members step together in segments; finished members leave, the next ones take their slots."""
+    """`slots` members step together in segments; finished members leave, the next ones take their slots."""
     first = eqx.combine(_take(arrays, 0), rest)
     the_plan, metadata = _refill_plan(first, options)
     save_times, settings, solvers = the_plan.save_times, the_plan.settings, the_plan.solvers

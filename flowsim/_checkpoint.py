@@ -35,9 +35,9 @@ def fingerprint(plan) -> str:
 
 
 class CheckpointStore:
-    """One solve's checkpoint at ``path``: the arrays of its carry plus a fingerprint of its arguments.
+    """One solve's checkpoint at `path`: the arrays of its carry plus a fingerprint of its arguments.
 
-    Written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+    Written to a temporary file in the same folder and moved into place with `os.replace`, so a
     kill at any moment leaves either the previous checkpoint or the new one, never half a file."""
 
     def __init__(self, path, fingerprint: str):
@@ -69,7 +69,7 @@ class CheckpointStore:
             raise
 
     def load(self, template_for):
-        """(carry, solver) from the file, or None when there is none. ``template_for(solver)`` gives
+        """(carry, solver) from the file, or None when there is none. `template_for(solver)` gives
         a carry of the right structure (shapes only) for that solver."""
         if not self.path.exists():
             return None

@@ -13,11 +13,11 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def enable_compilation_cache(path=None) -> "pathlib.Path | None":
-    """Turn on JAX's persistent compilation cache at ``path``.
+    """Turn on JAX's persistent compilation cache at `path`.
 
-    Default: ``$FLOWSIM_JAX_CACHE`` if set (``off`` disables the cache), else
-    ``~/.cache/flowsim/jax``. A cache directory the user already configured in JAX is kept.
-    Compiled solves are then reused across processes: a second ``flowsim run`` or test session
+    Default: `$FLOWSIM_JAX_CACHE` if set (`off` disables the cache), else
+    `~/.cache/flowsim/jax`. A cache directory the user already configured in JAX is kept.
+    Compiled solves are then reused across processes: a second `flowsim run` or test session
     skips most compilation. Returns the directory in use, or None when disabled.
     """
     if path is None:

@@ -117,7 +117,7 @@ def init_carry(field, theta0, save_times, settings: Settings, static: Static, so
 def _strongly_typed(tree):
     """Arrays with no weak types: a carry that comes back from a segment then has exactly the types of
     the one that went in, and chained segments (auto, progress, checkpoints) compile once. (Diffrax's
-    PID controller starts with a Python ``False`` for ``at_dtmin`` and returns an array.)"""
+    PID controller starts with a Python `False` for `at_dtmin` and returns an array.)"""
 
     def strong(leaf):
         if eqx.is_array(leaf):
@@ -172,10 +172,10 @@ def _status_from_result(result) -> jax.Array:
 
 @eqx.filter_jit
 def segment(field, carry: Carry, save_times, settings: Settings, end_time, static: Static, solver) -> Carry:
-    """At most ``static.max_steps`` solver steps from ``carry`` towards ``end_time`` (≤ the horizon).
+    """At most `static.max_steps` solver steps from `carry` towards `end_time` (≤ the horizon).
 
-    Returns the new carry. ``status`` stays −1 when the segment ended at its step budget or at an
-    ``end_time`` short of the horizon (the solve may continue); otherwise it says why it stopped."""
+    Returns the new carry. `status` stays −1 when the segment ended at its step budget or at an
+    `end_time` short of the horizon (the solve may continue); otherwise it says why it stopped."""
     terms = make_terms(solver, field)
     done = carry.status >= 0
     # A member that is finished (or invalid) integrates over an empty interval.

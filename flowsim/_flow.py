@@ -20,10 +20,10 @@ class ModifiedFlow(eqx.Module):
         θ' = −∇(L + (η/4)‖∇L‖²) = −(∇L + (η/2) ∇²L ∇L).
 
     GD with step η follows it to O(η²) over a fixed time span, and gradient flow only to O(η).
-    ``fs.simulate`` integrates it in place of a ``Problem`` (linear time only: in log time the
+    `fs.simulate` integrates it in place of a `Problem` (linear time only: in log time the
     correction would be weighted by e^{2s}). The Hessian–vector product is one JVP of the
-    gradient; no Hessian is formed. ``lr`` is a traced value: a new η does not recompile,
-    and ``eqx.filter_vmap`` over ``lr`` works.
+    gradient; no Hessian is formed. `lr` is a traced value: a new η does not recompile,
+    and `eqx.filter_vmap` over `lr` works.
     """
 
     problem: Problem
@@ -39,15 +39,15 @@ class ModifiedFlow(eqx.Module):
 
 
 def modified_flow(problem: Problem, lr) -> ModifiedFlow:
-    """θ' = −∇(L + (lr/4)‖∇L‖²), the modified flow of GD with step ``lr`` (Barrett & Dherin 2021)."""
+    """θ' = −∇(L + (lr/4)‖∇L‖²), the modified flow of GD with step `lr` (Barrett & Dherin 2021)."""
     return ModifiedFlow(problem, lr)
 
 
 class AbstractGradientField(eqx.Module):
     """A right-hand side θ' = −v(θ) over the flattened trainable parameters θ.
 
-    In log time (``log_time=True``) the independent variable is s = log(1 + t) and
-    dθ/ds = −e^s v(θ): the scale e^s is passed down as ``log_scale`` and folded into the loss
+    In log time (`log_time=True`) the independent variable is s = log(1 + t) and
+    dθ/ds = −e^s v(θ): the scale e^s is passed down as `log_scale` and folded into the loss
     weights in log space, so s = 10^6 works (no e^s is ever formed on its own).
     """
 
@@ -85,7 +85,7 @@ class GradientFlowField(AbstractGradientField):
     s = 10^6 works. The weights stay functions of θ, so the Jacobian that implicit solvers
     take of this field is exact (a weight under stop_gradient made Kvaerno5 take 40× more steps).
 
-    For a non-smooth model (``AbstractNonsmoothModel``: ReLU networks) the field is the
+    For a non-smooth model (`AbstractNonsmoothModel`: ReLU networks) the field is the
     minimum-norm element of the Clarke subdifferential, −∂⁰L(θ), which is what the solution
     of the differential inclusion θ' ∈ −∂L(θ) follows, sliding along kinks included.
     """
@@ -109,7 +109,7 @@ class GradientFlowField(AbstractGradientField):
 
 
 class ModifiedGradientField(AbstractGradientField):
-    """θ' = −(∇L + (η/2) ∇²L ∇L): the modified flow of GD (``ModifiedFlow``)."""
+    """θ' = −(∇L + (η/2) ∇²L ∇L): the modified flow of GD (`ModifiedFlow`)."""
 
     problem: Problem
     unravel: Callable = eqx.field(static=True)
@@ -133,9 +133,9 @@ class ModifiedGradientField(AbstractGradientField):
 
 def flatten_model(model, problem: Problem | None = None) -> tuple[Array, Callable, PyTree]:
     """θ as one float64 vector, the map back to the trainable leaves, and the rest of the model
-    (fixed arrays and non-array leaves; ``eqx.combine`` puts them back together).
+    (fixed arrays and non-array leaves; `eqx.combine` puts them back together).
 
-    With a ``problem``, its ``trainable`` selection decides which leaves are θ; without one,
+    With a `problem`, its `trainable` selection decides which leaves are θ; without one,
     every inexact-array leaf is."""
     if problem is None:
         params, static_model = eqx.partition(model, eqx.is_inexact_array)
@@ -146,12 +146,12 @@ def flatten_model(model, problem: Problem | None = None) -> tuple[Array, Callabl
 
 
 def base_problem(problem) -> Problem:
-    """The ``Problem`` under a ``Problem`` or a ``ModifiedFlow``."""
+    """The `Problem` under a `Problem` or a `ModifiedFlow`."""
     return problem.problem if isinstance(problem, ModifiedFlow) else problem
 
 
 def make_field(problem, log_time: bool, rtol=None, atol=None) -> tuple[Array, AbstractGradientField]:
-    """θ₀ and the vector field for a ``Problem`` or a ``ModifiedFlow``; ``rtol``, ``atol``: the solve's
+    """θ₀ and the vector field for a `Problem` or a `ModifiedFlow`; `rtol`, `atol`: the solve's
     tolerances (they set the kink band of non-smooth models; None: the models' defaults)."""
     inner = base_problem(problem)
     theta0, unravel, rest = flatten_model(inner.model, inner)

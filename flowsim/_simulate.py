@@ -36,40 +36,40 @@ def simulate(
 
     **Arguments:**
 
-    - ``problem``: a ``fs.Problem``, or ``fs.modified_flow(problem, lr)``.
-    - ``t1`` or ``log_t1`` (exactly one): the horizon in physical time (integrated in linear
+    - `problem`: a `fs.Problem`, or `fs.modified_flow(problem, lr)`.
+    - `t1` or `log_t1` (exactly one): the horizon in physical time (integrated in linear
       time) or t1 = e^{log_t1} (integrated in log time s = log(1 + t), where
       dθ/ds = −e^s ∇L(θ), so log_t1 = 1e6 works and t is never formed). ``time="linear" |
       "log"`` overrides the choice.
-    - ``solver``: ``"auto"`` (the default: starts explicit, estimates stiffness along the solve and
+    - `solver`: `"auto"` (the default: starts explicit, estimates stiffness along the solve and
       switches between Tsit5 and Kvaerno5 in segments where the counted cost says so — work
       weighted by a per-shape cost table, never the clock, so the same call gives bitwise the same
-      result (``flowsim._policy``); ``traj.info["auto"]`` records what ran — under ``jit``/``vmap``
-      it is Kvaerno5 in log time, Tsit5 in linear time), ``"tsit5" | "dopri5" | "dopri8"``
-      (explicit) or ``"kvaerno3" | "kvaerno4" | "kvaerno5" | "kencarp4" | "kencarp5"`` (implicit:
+      result (`flowsim._policy`); `traj.info["auto"]` records what ran — under `jit`/`vmap`
+      it is Kvaerno5 in log time, Tsit5 in linear time), `"tsit5" | "dopri5" | "dopri8"`
+      (explicit) or `"kvaerno3" | "kvaerno4" | "kvaerno5" | "kencarp4" | "kencarp5"` (implicit:
       Newton on the exact Jacobian of the field; dense below 512 parameters, inexact GMRES on
-      Hessian–vector products above, or as ``linear_solver="dense" | "krylov"`` says), or a
-      Diffrax solver object (``diffrax.Tsit5()``, ``diffrax.Kvaerno5()``: used as given, with its
+      Hessian–vector products above, or as `linear_solver="dense" | "krylov"` says), or a
+      Diffrax solver object (`diffrax.Tsit5()`, `diffrax.Kvaerno5()`: used as given, with its
       own root finder).
-    - ``rtol``, ``atol``: step-size controller tolerances (Newton uses 100× these).
-    - ``n_save``: number of saved states: t = 0, interior times, and the final state.
-      ``save_log_t`` gives the save times (log t, increasing) explicitly instead.
-    - ``max_steps``: solver steps allowed before giving up (``traj.ok`` is then False).
-    - ``target_log_loss``: stop as soon as log L(θ) falls to this value (training to accuracy
-      ε is ``target_log_loss=log ε``). A target at or above the starting log loss is refused.
-    - ``progress``: show a progress bar in log t.
-    - ``checkpoint``: a file path (outside ``jit``/``vmap`` only). The solve runs in segments and
-      writes its state (and ``auto``'s) there atomically at most every ``checkpoint_every_s``
+    - `rtol`, `atol`: step-size controller tolerances (Newton uses 100× these).
+    - `n_save`: number of saved states: t = 0, interior times, and the final state.
+      `save_log_t` gives the save times (log t, increasing) explicitly instead.
+    - `max_steps`: solver steps allowed before giving up (`traj.ok` is then False).
+    - `target_log_loss`: stop as soon as log L(θ) falls to this value (training to accuracy
+      ε is `target_log_loss=log ε`). A target at or above the starting log loss is refused.
+    - `progress`: show a progress bar in log t.
+    - `checkpoint`: a file path (outside `jit`/`vmap` only). The solve runs in segments and
+      writes its state (and `auto`'s) there atomically at most every `checkpoint_every_s`
       seconds (a finite number ≥ 0; 0: after every segment); calling
-      ``simulate`` again with the same arguments resumes from it
-      (``traj.info["resumed_from_log_t"]``).
+      `simulate` again with the same arguments resumes from it
+      (`traj.info["resumed_from_log_t"]`).
 
-    Tolerances, horizons and ``target_log_loss`` are values, not compile-time constants: new
-    values do not recompile, and ``eqx.filter_vmap`` over any of them works. Pure: works under
-    ``jax.jit`` and ``eqx.filter_vmap`` (one compiled solve for a batch; each member keeps its own
+    Tolerances, horizons and `target_log_loss` are values, not compile-time constants: new
+    values do not recompile, and `eqx.filter_vmap` over any of them works. Pure: works under
+    `jax.jit` and `eqx.filter_vmap` (one compiled solve for a batch; each member keeps its own
     step sizes, status and message).
 
-    **Returns:** a ``fs.Trajectory``.
+    **Returns:** a `fs.Trajectory`.
     """
     the_plan = plan(problem, t1, log_t1=log_t1, solver=solver, rtol=rtol, atol=atol, n_save=n_save,
                     save_log_t=save_log_t, max_steps=max_steps, progress=progress, target_log_loss=target_log_loss,

@@ -1,7 +1,7 @@
 """Solver choice: explicit Runge–Kutta, or implicit (ESDIRK) with a Newton root finder of our own.
 
-The root finders here subclass Optimistix's public ``AbstractRootFinder`` (not its ``Newton`` or
-``Bisection``), so flowsim relies on no private field or helper of Optimistix.
+The root finders here subclass Optimistix's public `AbstractRootFinder` (not its `Newton` or
+`Bisection`), so flowsim relies on no private field or helper of Optimistix.
 """
 
 from collections.abc import Callable
@@ -67,19 +67,19 @@ class StageNewton(optx.AbstractRootFinder):
     """Newton's method for the ESDIRK stage equations, with a relative residual test.
 
     Diffrax's ESDIRK stages solve F(f_i) = f_i − v(t_i, y_i + h a_ii f_i) = 0 for the stage
-    slope f_i. Each iteration linearises F at the current iterate (``jax.linearize``: the exact
+    slope f_i. Each iteration linearises F at the current iterate (`jax.linearize`: the exact
     Jacobian, i.e. Hessian–vector products of L) and solves the Newton system densely or with
-    GMRES to a relative residual ``forcing`` (inexact Newton). The iteration stops when both the
+    GMRES to a relative residual `forcing` (inexact Newton). The iteration stops when both the
     update and the residual are below atol + rtol·|y|: an absolute residual test (Optimistix's
     Cauchy test) never passes on long classification horizons, where slopes and parameters grow
     and the round-off in F grows with them (seen on linear logistic regression at log t ≈ 2·10^5).
     After the first update of a stage, the linear solve is skipped when h‖F‖ is below
-    ``skip_below`` times the step tolerance ``step_atol + step_rtol·|y_i|`` (state units).
+    `skip_below` times the step tolerance `step_atol + step_rtol·|y_i|` (state units).
 
-    **Arguments:** ``rtol``, ``atol``: Newton's test (on the stage slope); ``step_rtol``,
-    ``step_atol``: the step-size controller's tolerances (on the state), for the skip;
-    ``skip_below``: the skip's fraction of them (0: never skip);
-    ``krylov``: GMRES on Jacobian–vector products instead of a dense solve; ``forcing``: GMRES's
+    **Arguments:** `rtol`, `atol`: Newton's test (on the stage slope); `step_rtol`,
+    `step_atol`: the step-size controller's tolerances (on the state), for the skip;
+    `skip_below`: the skip's fraction of them (0: never skip);
+    `krylov`: GMRES on Jacobian–vector products instead of a dense solve; `forcing`: GMRES's
     relative residual.
     """
 
@@ -185,10 +185,10 @@ def gmres(matvec: Callable[[Array], Array], b: Array, *, rtol, restart: int, max
 
     **Arguments:**
 
-    - ``matvec``: x ↦ A x on vectors of b's shape (p,).
-    - ``b``: the right-hand side.
-    - ``rtol``: relative residual to reach (the forcing term of inexact Newton).
-    - ``restart``: Krylov dimension per cycle; ``max_iterations``: products with A in all.
+    - `matvec`: x ↦ A x on vectors of b's shape (p,).
+    - `b`: the right-hand side.
+    - `rtol`: relative residual to reach (the forcing term of inexact Newton).
+    - `restart`: Krylov dimension per cycle; `max_iterations`: products with A in all.
 
     **Returns:** (x, number of products with A).
     """
@@ -315,7 +315,7 @@ def resolve_linear_solver(linear_solver: str, num_params: int) -> str:
 
 
 def make_solver(name: str, rtol, atol, linear_solver: str):
-    """The Diffrax solver ``name``; implicit ones get ``StageNewton`` (tolerances may be traced)."""
+    """The Diffrax solver `name`; implicit ones get `StageNewton` (tolerances may be traced)."""
     if name in EXPLICIT_SOLVERS:
         return EXPLICIT_SOLVERS[name]()
     # Full Newton (the Jacobian re-linearised at every iterate): the default VeryChord needs
@@ -334,12 +334,12 @@ def make_solver(name: str, rtol, atol, linear_solver: str):
 
 
 class ScaledErrorEstimate(diffrax.AbstractAdaptiveSolver):
-    """A Diffrax solver whose embedded error estimate is multiplied by a constant ``scale``.
+    """A Diffrax solver whose embedded error estimate is multiplied by a constant `scale`.
 
     Everything else (steps, stages, dense output, solver state) is the wrapped solver's. Used
     where a method's embedded estimate is known to underestimate its own local error
-    (``ERROR_ESTIMATE_SCALE``): the step-size controller then holds the error it is meant to.
-    A short wrapper over Diffrax's public solver interface (as Diffrax's ``HalfSolver`` is),
+    (`ERROR_ESTIMATE_SCALE`): the step-size controller then holds the error it is meant to.
+    A short wrapper over Diffrax's public solver interface (as Diffrax's `HalfSolver` is),
     not a subclass of a concrete solver.
     """
 
@@ -410,7 +410,7 @@ class RecordingController(diffrax.AbstractAdaptiveStepSizeController):
     """Diffrax's PID controller, with the proposed next step size kept in the controller state.
 
     A solve continued from a saved state (segments, checkpoints, a solver switch) then starts
-    with exactly the step the uninterrupted solve would have taken next: Diffrax's ``Solution``
+    with exactly the step the uninterrupted solve would have taken next: Diffrax's `Solution`
     returns the controller state but not the next step size.
     """
 

@@ -38,7 +38,7 @@ def wilson(k, n, level=0.95):
 
 def outcome(W1, W2, log_loss, X, target, dead_below):
     """Per run: converged, and for the others why: units dead on both inputs, inputs no unit sees. Unit u
-    counts as active on x_i when it adds more than ``dead_below`` to the output, ‖W₂[:, u]‖·relu(⟨w_u, x_i⟩)
+    counts as active on x_i when it adds more than `dead_below` to the output, ‖W₂[:, u]‖·relu(⟨w_u, x_i⟩)
     (a unit sliding along its kink, or shrunk to ~1e-6, is dead in effect)."""
     z = np.einsum("bud,nd->bun", W1, X)
     active = np.linalg.norm(W2, axis=1)[:, :, None] * np.maximum(z, 0.0) > dead_below

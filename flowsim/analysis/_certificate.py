@@ -20,7 +20,7 @@ from ._structure import Tail, slopes
 
 
 class Approach(NamedTuple):
-    """1 − cos of every save to a direction (``distance``), its log-log slope over the tail, and whether the
+    """1 − cos of every save to a direction (`distance`), its log-log slope over the tail, and whether the
     tail approaches the direction."""
 
     distance: Float[np.ndarray, " n_save"]
@@ -29,7 +29,7 @@ class Approach(NamedTuple):
 
 
 def approach(coords: np.ndarray, direction: np.ndarray, tail: Tail) -> Approach:
-    """How the saves ``coords`` (n_save, m) move relative to ``direction`` over the tail."""
+    """How the saves `coords` (n_save, m) move relative to `direction` over the tail."""
     distance = cosine_distance(coords, direction) if np.any(direction != 0) else np.full(coords.shape[0], np.nan)
     d_tail = distance[tail.index]
     slope = float(slopes(tail.tau, np.maximum(np.nan_to_num(d_tail, nan=1.0), 1e-300)[:, None])[0])

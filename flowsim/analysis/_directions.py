@@ -13,10 +13,10 @@ from ..networks import AbstractLinearTensorNetwork
 
 
 def coordinates(source) -> Shaped[np.ndarray, "*save m"]:
-    """The coordinates ρ of a linear tensor network's max-margin geometry (``margin_geometry().rho``: ρ for
+    """The coordinates ρ of a linear tensor network's max-margin geometry (`margin_geometry().rho`: ρ for
     orthogonally decomposable networks, complex for full-length convolutions; β otherwise).
 
-    **Arguments:** ``source``, a network from ``fs.networks`` or a `Trajectory` of one (one run).
+    **Arguments:** `source`, a network from `fs.networks` or a `Trajectory` of one (one run).
 
     **Returns:** ρ, shape (m,) for a network, (n_save, m) for a trajectory.
     """
@@ -39,13 +39,13 @@ def unit(v: Shaped[np.ndarray, "*batch m"]) -> Shaped[np.ndarray, "*batch m"]:
 
 
 def log_log_grid(first_log_t: float, log_t1: float, n: int) -> Float[np.ndarray, " n"]:
-    """n save times (log t) from ``first_log_t`` to ``log_t1``, evenly spaced in log(log t).
+    """n save times (log t) from `first_log_t` to `log_t1`, evenly spaced in log(log t).
 
     Directional convergence on separable data is logarithmic in t (1/log t for linear models, Soudry et al.
     2018), so its trends are straight lines against log(log t); pass the result as ``fs.simulate(...,
     save_log_t=...)``.
 
-    **Arguments:** ``first_log_t`` > 0, ``log_t1`` > ``first_log_t``, ``n`` ≥ 2.
+    **Arguments:** `first_log_t` > 0, `log_t1` > `first_log_t`, `n` ≥ 2.
     """
     first = as_positive_float("first_log_t", first_log_t)
     last = as_positive_float("log_t1", log_t1)

@@ -1,6 +1,6 @@
 """Richardson extrapolation of a quantity computed at several values of a small parameter h → 0.
 
-Used for the width ε of a smoothed ReLU (``fs.smoothed_limit``) and usable for GD's step size
+Used for the width ε of a smoothed ReLU (`fs.smoothed_limit`) and usable for GD's step size
 (Elkabetz & Cohen 2021: GD → gradient flow with error O(η)).
 """
 
@@ -12,12 +12,12 @@ from jaxtyping import Array, Float, PyTree
 
 
 class Extrapolation(eqx.Module):
-    """The limit h → 0 of values computed at steps h_1 > h_2 > … (``richardson``).
+    """The limit h → 0 of values computed at steps h_1 > h_2 > … (`richardson`).
 
-    - ``value``: the extrapolated value (the values' structure);
-    - ``error``: an estimate of its error, max over entries of |value − the same extrapolation
+    - `value`: the extrapolated value (the values' structure);
+    - `error`: an estimate of its error, max over entries of |value − the same extrapolation
       without the largest step| (for two steps: |value − value at the smallest step|);
-    - ``steps``, ``order``, ``logarithmic``: what was extrapolated from (steps sorted decreasing).
+    - `steps`, `order`, `logarithmic`: what was extrapolated from (steps sorted decreasing).
     """
 
     value: PyTree
@@ -28,8 +28,8 @@ class Extrapolation(eqx.Module):
 
 
 def _terms(steps: np.ndarray, count: int, order: float, logarithmic: bool) -> list[np.ndarray]:
-    """The first ``count`` terms of the error expansion at ``steps``: h^p, h^{2p}, … or, with
-    ``logarithmic``, h^p log h, h^p, h^{2p} log h, h^{2p}, …"""
+    """The first `count` terms of the error expansion at `steps`: h^p, h^{2p}, … or, with
+    `logarithmic`, h^p log h, h^p, h^{2p} log h, h^{2p}, …"""
     terms, power = [], 1
     while len(terms) < count:
         x = steps ** (power * order)
@@ -45,10 +45,10 @@ def _weights(steps: np.ndarray, order: float, logarithmic: bool) -> np.ndarray:
 
 
 def richardson(steps, values, order: float = 1.0, *, logarithmic: bool = False) -> Extrapolation:
-    """Extrapolate ``values`` (one per step, each an array or a pytree of arrays with one
-    structure) to step 0, assuming v(h) = v(0) + c_1 h^p + c_2 h^{2p} + … with p = ``order``
+    """Extrapolate `values` (one per step, each an array or a pytree of arrays with one
+    structure) to step 0, assuming v(h) = v(0) + c_1 h^p + c_2 h^{2p} + … with p = `order`
     (Richardson 1911): the polynomial in h^p through all points, evaluated at 0. With
-    ``logarithmic`` the expansion is v(0) + c_1 h^p log h + c_2 h^p + c_3 h^{2p} log h + …, the
+    `logarithmic` the expansion is v(0) + c_1 h^p log h + c_2 h^p + c_3 h^{2p} log h + …, the
     form a smoothed kink gives (entering a sliding mode through a layer of width ε shifts the
     trajectory by O(ε log ε); benchmarks/relu.py).
 

@@ -23,15 +23,15 @@ class MarginProblem(NamedTuple):
 
     **Fields:**
 
-    - ``X`` (n, d), ``y`` (n,): the data.
-    - ``transform``: S, shape (m, d), real or complex.
-    - ``A``: rows a_i = y_i S x_i, shape (n, m); the margins of ρ are Re(conj(A) ρ).
-    - ``q``: the exponent (2/L for an L-layer orthogonally decomposable network, 2 for the SVM).
-    - ``sign``: +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free), shape (m,), or None.
-    - ``frozen``: boolean mask (m,) of coordinates held at exactly zero.
-    - ``partner``: partner[j] = j' when column a_·j' = conj(a_·j) (the Hermitian pairs of a real signal's
+    - `X` (n, d), `y` (n,): the data.
+    - `transform`: S, shape (m, d), real or complex.
+    - `A`: rows a_i = y_i S x_i, shape (n, m); the margins of ρ are Re(conj(A) ρ).
+    - `q`: the exponent (2/L for an L-layer orthogonally decomposable network, 2 for the SVM).
+    - `sign`: +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free), shape (m,), or None.
+    - `frozen`: boolean mask (m,) of coordinates held at exactly zero.
+    - `partner`: partner[j] = j' when column a_·j' = conj(a_·j) (the Hermitian pairs of a real signal's
       DFT), else j; conjugate coordinates enter and leave the support together.
-    - ``is_complex``: whether S (hence ρ) is complex.
+    - `is_complex`: whether S (hence ρ) is complex.
     """
 
     X: Float[np.ndarray, "n d"]
@@ -61,11 +61,11 @@ class MarginProblem(NamedTuple):
         return self.A.T @ mu
 
     def freeze(self, mask: np.ndarray) -> MarginProblem:
-        """The same problem with the coordinates in ``mask`` also held at zero."""
+        """The same problem with the coordinates in `mask` also held at zero."""
         return self._replace(frozen=self.frozen | mask)
 
     def pairs(self, mask: np.ndarray) -> np.ndarray:
-        """``mask`` closed under conjugate pairs."""
+        """`mask` closed under conjugate pairs."""
         return mask | mask[self.partner]
 
 

@@ -18,20 +18,20 @@ from .._trajectory import Trajectory
 class GDFlowComparison(eqx.Module):
     """GD runs with several steps η_i, lined up with gradient flow (and the modified flow) at the same times.
 
-    Member i is saved at step indices k_ij (``steps[i]``), i.e. at times t_ij = k_ij·η_i
-    (``log_t[i]``); the flows are evaluated at exactly those times.
+    Member i is saved at step indices k_ij (`steps[i]`), i.e. at times t_ij = k_ij·η_i
+    (`log_t[i]`); the flows are evaluated at exactly those times.
 
-    - ``lrs``: (r,) the steps η_i.
-    - ``steps``: (r, m) the saved GD step indices; ``log_t``: (r, m) log t_ij (−inf at t = 0).
-    - ``theta_gd``, ``theta_flow``, ``theta_modified``: (r, m, p) flattened trainable parameters of
+    - `lrs`: (r,) the steps η_i.
+    - `steps`: (r, m) the saved GD step indices; `log_t`: (r, m) log t_ij (−inf at t = 0).
+    - `theta_gd`, `theta_flow`, `theta_modified`: (r, m, p) flattened trainable parameters of
       GD, of gradient flow θ' = −∇L and of the modified flow θ' = −∇(L + (η_i/4)‖∇L‖²) at t_ij
-      (``theta_modified`` is None when not asked for; rows of steps left out by a ``modified``
+      (`theta_modified` is None when not asked for; rows of steps left out by a `modified`
       mask are NaN).
-    - ``distance_to_flow``: (r, m) ‖θ_GD(k_ij) − θ_GF(k_ij η_i)‖₂; ``distance_to_modified`` likewise.
+    - `distance_to_flow`: (r, m) ‖θ_GD(k_ij) − θ_GF(k_ij η_i)‖₂; `distance_to_modified` likewise.
       NaN after a GD run diverged.
-    - ``gd``: the GD trajectories (leading axis r); ``flow``: the gradient-flow trajectory
+    - `gd`: the GD trajectories (leading axis r); `flow`: the gradient-flow trajectory
       (saved at the union of all t_ij, plus its final state).
-    - ``flow_ok``: every flow solve reached its horizon (otherwise the distances are not to be used).
+    - `flow_ok`: every flow solve reached its horizon (otherwise the distances are not to be used).
     """
 
     lrs: Float[Array, " r"]
@@ -47,8 +47,8 @@ class GDFlowComparison(eqx.Module):
     flow_ok: Bool[Array, ""]
 
     def order(self, which: str = "flow", index: int = -1) -> float:
-        """The fitted order q in distance ≈ C·η^q at save index ``index`` (default: the last time),
-        over the members whose GD run did not diverge (``fitted_order``)."""
+        """The fitted order q in distance ≈ C·η^q at save index `index` (default: the last time),
+        over the members whose GD run did not diverge (`fitted_order`)."""
         if which not in ("flow", "modified"):
             raise ValueError(f"which must be 'flow' or 'modified', got {which!r}")
         distances = self.distance_to_flow if which == "flow" else self.distance_to_modified
@@ -104,8 +104,8 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified=Tru
     flow to O(η) while η·λ_max(∇²L) < 2 along the path. Against the modified flow
     θ' = −∇(L + (η/4)‖∇L‖²) of Barrett & Dherin (ICLR 2021) the distance is O(η²) over a fixed time.
 
-    The save points are lined up (``lined_up_steps``): GD with step η_i is saved at its steps
-    k_ij, and each flow is evaluated at exactly t_ij = k_ij·η_i, by ``fs.simulate``'s explicit
+    The save points are lined up (`lined_up_steps`): GD with step η_i is saved at its steps
+    k_ij, and each flow is evaluated at exactly t_ij = k_ij·η_i, by `fs.simulate`'s explicit
     save grid (one gradient-flow solve for all η_i; one modified-flow solve per η_i, same
     compiled program). All GD runs share one compiled loop (lr is traced).
 
@@ -118,19 +118,19 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified=Tru
 
     **Arguments:**
 
-    - ``problem``: a ``fs.Problem``.
-    - ``lrs``: the steps η_i (distinct, positive); choose η_0/η_i integer for identical times.
-    - ``t1``: the time horizon; each run takes about t1/η_i steps.
-    - ``n_save``: at most this many save times (log-spaced in the steps of the largest η).
-    - ``modified``: also solve the modified flow for each η_i (True), for none (False), or for
-      the η_i where a boolean sequence of the length of ``lrs`` is True (one call then serves
+    - `problem`: a `fs.Problem`.
+    - `lrs`: the steps η_i (distinct, positive); choose η_0/η_i integer for identical times.
+    - `t1`: the time horizon; each run takes about t1/η_i steps.
+    - `n_save`: at most this many save times (log-spaced in the steps of the largest η).
+    - `modified`: also solve the modified flow for each η_i (True), for none (False), or for
+      the η_i where a boolean sequence of the length of `lrs` is True (one call then serves
       an order study and a sweep of large steps with a single gradient-flow solve).
-    - ``solver``, ``rtol``, ``atol``, ``max_steps``: for the flow solves (``fs.simulate``);
+    - `solver`, `rtol`, `atol`, `max_steps`: for the flow solves (`fs.simulate`);
       keep the tolerances well below the smallest distance measured.
 
     **Returns:**
 
-    A ``GDFlowComparison``.
+    A `GDFlowComparison`.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
@@ -180,7 +180,7 @@ def gf_vs_gd(problem: Problem, lrs, t1: float, *, n_save: int = 50, modified=Tru
 
 
 def _check_modified(modified, count: int) -> np.ndarray:
-    """``modified`` as a boolean mask over the ``count`` steps (a bool applies to every step)."""
+    """`modified` as a boolean mask over the `count` steps (a bool applies to every step)."""
     if isinstance(modified, (bool, np.bool_)):
         return np.full(count, as_bool("modified", modified))
     mask = np.asarray(modified)
@@ -190,9 +190,9 @@ def _check_modified(modified, count: int) -> np.ndarray:
 
 
 def _merged_times(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct times of ``times`` and, for each entry, its index among them. Times equal to
+    """The distinct times of `times` and, for each entry, its index among them. Times equal to
     round-off (k·η_i and k'·η_j with kη_i = k'η_j mathematically) count as one, so that their
-    logs stay strictly increasing for ``simulate``'s save grid."""
+    logs stay strictly increasing for `simulate`'s save grid."""
     unique, inverse = np.unique(times, return_inverse=True)
     new_group = np.concatenate([[True], np.diff(unique) > 1e-12 * unique[1:]])
     group = np.cumsum(new_group) - 1

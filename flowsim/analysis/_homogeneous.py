@@ -13,8 +13,8 @@ converges in direction to a KKT point of
 Ji & Telgarsky, "Directional convergence and alignment in deep learning", NeurIPS 2020). The functions
 here measure how far a point (or every saved point of a trajectory) is from that.
 
-Every function takes the ``fs.Problem`` (data, labels, which leaves are θ) and ``params``: one model,
-or a stacked model with a leading axis on every array leaf (``traj.params``); the result then carries
+Every function takes the `fs.Problem` (data, labels, which leaves are θ) and `params`: one model,
+or a stacked model with a leading axis on every array leaf (`traj.params`); the result then carries
 that axis.
 """
 
@@ -53,7 +53,7 @@ def _require_classification(problem, what: str):
 
 
 def _batch_axis(problem, params) -> bool:
-    """Whether ``params`` is a stack of models (one more axis than the problem's model)."""
+    """Whether `params` is a stack of models (one more axis than the problem's model)."""
     mine = jax.tree_util.tree_leaves(eqx.filter(problem.model, eqx.is_array))
     theirs = jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_array))
     if len(mine) != len(theirs):
@@ -98,16 +98,16 @@ def _scale(problem, model, c):
 
 
 def homogeneity_degree(problem, model=None, *, scales=(0.5, 2.0, 7.0), rtol: float = 1e-6) -> int:
-    """The degree L with f(x_i; cθ) = c^L f(x_i; θ) for every sample and every c in ``scales``,
+    """The degree L with f(x_i; cθ) = c^L f(x_i; θ) for every sample and every c in `scales`,
     checked numerically (θ the problem's trainable leaves).
 
     **Arguments:**
 
-    - ``problem``: a ``fs.Problem``; ``model``: the point to check at (default the problem's model).
-    - ``scales``: factors c > 0, c ≠ 1; ``rtol``: allowed relative error of c^L f(θ) vs f(cθ).
+    - `problem`: a `fs.Problem`; `model`: the point to check at (default the problem's model).
+    - `scales`: factors c > 0, c ≠ 1; `rtol`: allowed relative error of c^L f(θ) vs f(cθ).
 
-    **Returns:** L as an int. Raises ``ValueError`` naming the worst sample and scale when no integer L
-    fits to ``rtol`` (a bias, a smooth non-homogeneous activation), or when every output is zero.
+    **Returns:** L as an int. Raises `ValueError` naming the worst sample and scale when no integer L
+    fits to `rtol` (a bias, a smooth non-homogeneous activation), or when every output is zero.
     """
     problem = _require_problem(problem)
     model = problem.model if model is None else model
@@ -149,8 +149,8 @@ def homogeneous_margin(problem, params=None, *, degree: int | None = None) -> Fl
     """Normalised margin γ̄(θ) = min_i y_i f(x_i; θ) / ‖θ‖^L of an L-homogeneous classifier.
 
     Scale-invariant; non-decreasing in the late phase of gradient flow, and its limit is the margin of
-    a KKT point of (P) (Lyu & Li, ICLR 2020, Theorem 4.1). ``degree`` defaults to
-    ``homogeneity_degree(problem)``. **Returns:** a scalar, or one value per stacked model.
+    a KKT point of (P) (Lyu & Li, ICLR 2020, Theorem 4.1). `degree` defaults to
+    `homogeneity_degree(problem)`. **Returns:** a scalar, or one value per stacked model.
     """
     problem = _require_problem(problem)
     _require_classification(problem, "homogeneous_margin")
@@ -213,12 +213,12 @@ class HomogeneousKKT(NamedTuple):
     """The parameter-space KKT fit of (P) at one point θ, rescaled to θ̂ = θ / γ_min^{1/L} (smallest
     margin exactly 1).
 
-    - ``residual``: min ‖θ̂ − Σ_{i∈A} λ_i y_i g_i‖ / ‖θ̂‖ over λ ≥ 0 and Clarke subgradients
+    - `residual`: min ‖θ̂ − Σ_{i∈A} λ_i y_i g_i‖ / ‖θ̂‖ over λ ≥ 0 and Clarke subgradients
       g_i ∈ ∂f(x_i; θ̂) (ReLU slopes at kinks free in [γ, 1]); 0 at a KKT point.
-    - ``multipliers``: λ (n,), zero off the active set A.
-    - ``active``: A, the samples with y_i f(x_i; θ̂) ≤ 1 + ``active_rtol``.
-    - ``margins``: y_i f(x_i; θ̂), (n,).
-    - ``num_kinks``: (sample, unit) pairs whose pre-activation lies within the kink band.
+    - `multipliers`: λ (n,), zero off the active set A.
+    - `active`: A, the samples with y_i f(x_i; θ̂) ≤ 1 + `active_rtol`.
+    - `margins`: y_i f(x_i; θ̂), (n,).
+    - `num_kinks`: (sample, unit) pairs whose pre-activation lies within the kink band.
     """
 
     residual: float
@@ -239,16 +239,16 @@ def homogeneous_kkt(problem, model=None, *, degree: int | None = None, active_rt
         θ̂ = Σ_{i∈A} λ_i y_i g_i,   λ ≥ 0,   g_i ∈ ∂°f(x_i; θ̂)  (the Clarke subdifferential)
 
     (Lyu & Li, ICLR 2020, Definition C.1 / Theorem 4.4; Ji & Telgarsky, NeurIPS 2020). For a
-    ``fs.networks`` ReLU model (``AbstractNonsmoothModel``) a unit u of sample i is at a kink when
-    |z_iu| ≤ its kink band ``model.kink_widths(x_i, kink_rtol, 0)``; there the slope s_iu is free in
+    `fs.networks` ReLU model (`AbstractNonsmoothModel`) a unit u of sample i is at a kink when
+    |z_iu| ≤ its kink band `model.kink_widths(x_i, kink_rtol, 0)`; there the slope s_iu is free in
     [γ, 1] (γ the leak). The gradient is affine in each such slope (exact when a sample's kinks lie in
     one layer — always at depth 2), so λ_i g_i(s) = λ_i g_i(γ) + Σ_u ν_iu (g_i(s_u = 1) − g_i(s_u = γ))
     with 0 ≤ ν_iu ≤ λ_i, and the fit is a convex QP in (λ, ν), solved with cvxpy (Clarabel) after a QR
     reduction to the number of columns.
 
-    **Arguments:** ``problem`` (classification), ``model`` (default the problem's; one model),
-    ``degree`` (default measured), ``active_rtol`` (which samples count as support vectors),
-    ``kink_rtol`` (the kink band). **Returns:** a ``HomogeneousKKT``.
+    **Arguments:** `problem` (classification), `model` (default the problem's; one model),
+    `degree` (default measured), `active_rtol` (which samples count as support vectors),
+    `kink_rtol` (the kink band). **Returns:** a `HomogeneousKKT`.
     """
     problem = _require_problem(problem)
     _require_classification(problem, "homogeneous_kkt")
@@ -328,8 +328,8 @@ def homogeneous_kkt(problem, model=None, *, degree: int | None = None, active_rt
 
 
 def homogeneous_kkt_residuals(problem, params, **options) -> np.ndarray:
-    """``homogeneous_kkt(problem, model, **options).residual`` for every model of a stack
-    (``traj.params``); nan where a model misclassifies a sample (no rescaling to margin 1 exists)."""
+    """`homogeneous_kkt(problem, model, **options).residual` for every model of a stack
+    (`traj.params`); nan where a model misclassifies a sample (no rescaling to margin 1 exists)."""
     problem = _require_problem(problem)
     if not _batch_axis(problem, params):
         return np.asarray([homogeneous_kkt(problem, params, **options).residual])
@@ -370,8 +370,8 @@ def effective_direction(model, X: ArrayLike) -> Float[Array, " d"]:
 
 
 class LinearComparison(NamedTuple):
-    """A network's decision boundary against a linear predictor β on points X: ``agreement`` the fraction
-    with sign f(x) = sign ⟨β, x⟩; ``one_minus_cos`` 1 − cos(effective direction, β)."""
+    """A network's decision boundary against a linear predictor β on points X: `agreement` the fraction
+    with sign f(x) = sign ⟨β, x⟩; `one_minus_cos` 1 − cos(effective direction, β)."""
 
     agreement: float
     one_minus_cos: float
@@ -379,7 +379,7 @@ class LinearComparison(NamedTuple):
 
 def compare_with_linear(model, beta: ArrayLike, X: ArrayLike) -> LinearComparison:
     """Agreement of sign f(x) with sign ⟨β, x⟩ on the points X (fresh samples), and 1 − cos of the
-    angle between ``effective_direction(model, X)`` and β (Frei et al., ICLR 2023: the leaky net's
+    angle between `effective_direction(model, X)` and β (Frei et al., ICLR 2023: the leaky net's
     boundary is asymptotically linear, that of the ℓ2 max-margin linear predictor on nearly orthogonal
     data)."""
     X = jnp.asarray(X, dtype=jnp.float64)

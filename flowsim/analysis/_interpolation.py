@@ -127,7 +127,7 @@ def mirror_map(
     Otherwise (or method="ode"): the ODE integrated with DOP853 at `rtol`. Coordinates with two or more zero
     entries in a0 never move: Phi = 0. Entries outside Phi_j's domain (finite-z blow-up for L >= 3) are inf.
 
-    **Arguments:** ``a0`` (L, m) real, L ≥ 2; ``z`` (m,); ``method`` "auto" or "ode"; ``rtol`` > 0.
+    **Arguments:** `a0` (L, m) real, L ≥ 2; `z` (m,); `method` "auto" or "ode"; `rtol` > 0.
 
     **Returns:** (Phi(z), Phi'(z), psi*(z)), each of shape (m,).
     """
@@ -210,8 +210,8 @@ def interpolation_limit(
     `rtol` (~1e-12 in rho). It assumes the flow converges to an interpolator (true when the data can be fitted by
     rho in the range of Phi; balanced same-sign inits keep the sign of rho_j, for example).
 
-    **Arguments:** ``X`` (n, d) with X Sᵀ of full row rank n; ``y`` (n,); ``a0`` (L, m) real, L ≥ 2;
-    ``transform`` S (m, d) real or None; ``method`` "auto" or "ode"; ``rtol`` > 0; ``max_iter`` ≥ 1.
+    **Arguments:** `X` (n, d) with X Sᵀ of full row rank n; `y` (n,); `a0` (L, m) real, L ≥ 2;
+    `transform` S (m, d) real or None; `method` "auto" or "ode"; `rtol` > 0; `max_iter` ≥ 1.
 
     **Returns:** an `InterpolationLimit`.
     """

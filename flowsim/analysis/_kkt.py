@@ -27,9 +27,9 @@ from ._geometry import MarginProblem, margin_problem
 class KKTParts(NamedTuple):
     """Relative violations of the KKT conditions at (ρ, μ), and where they are worst (private).
 
-    ``residual`` is the largest of the parts. Indices are −1 when nothing is violated: ``worst_sample`` the
-    sample with the smallest margin below 1, ``worst_mu`` the most negative multiplier, ``worst_coord`` the
-    off-support coordinate with the largest dual violation, ``wrong_sign`` a support coordinate whose sign
+    `residual` is the largest of the parts. Indices are −1 when nothing is violated: `worst_sample` the
+    sample with the smallest margin below 1, `worst_mu` the most negative multiplier, `worst_coord` the
+    off-support coordinate with the largest dual violation, `wrong_sign` a support coordinate whose sign
     disagrees with the expected pattern.
     """
 
@@ -51,15 +51,15 @@ INFEASIBLE = KKTParts(*([math.inf] * 8), -1, -1, -1, -1)
 
 
 def kkt_parts(problem: MarginProblem, rho, mu, support, signs=None) -> KKTParts:
-    """The KKT residuals of (ρ, μ) for ``problem`` (ρ scaled to smallest margin ≈ 1).
+    """The KKT residuals of (ρ, μ) for `problem` (ρ scaled to smallest margin ≈ 1).
 
     - stationarity: ‖q|ρ_S|^{q−2}ρ_S − (Σ_i μ_i a_i)_S‖₂ / ‖q|ρ_S|^{q−2}ρ_S‖₂ on the support S (a boolean mask);
     - dual: off the support and the frozen coordinates, the largest violation of |v_j| ≤ 1 (q = 1) or v_j = 0
       (q = 2), one-sided under a sign constraint, relative to the largest gradient on the support; 0 for q < 1;
     - mu_negative: max(0, −min μ) / max|μ|;  primal: max(0, 1 − min_i margin_i);
     - complementarity: max |margin_i − 1| over the samples with μ_i ≠ 0;
-    - signs: sign-constraint violation relative to max|ρ|, and (``signs`` given, real ρ) a support coordinate
-      whose sign disagrees with ``signs``;  frozen: max |ρ_j| on the frozen coordinates relative to max|ρ|.
+    - signs: sign-constraint violation relative to max|ρ|, and (`signs` given, real ρ) a support coordinate
+      whose sign disagrees with `signs`;  frozen: max |ρ_j| on the frozen coordinates relative to max|ρ|.
     """
     mag = np.abs(rho)
     if not (np.all(np.isfinite(rho)) and np.all(np.isfinite(mu))) or mag.max() == 0:
@@ -167,9 +167,9 @@ def kkt_certificate(
        violation relative to max |ρ_j| (margins ≥ 1 hold after step 1);
     5. residual = max of the four. A ρ with no positive margin gets residual = primal = inf.
 
-    **Arguments:** ``rho`` (m,), real or complex; ``X`` (n, d); ``y`` (n,) of ±1; ``depth`` L ≥ 2 (L = 2: ℓ1,
-    convex, so residual ≈ 0 certifies the global optimum); ``transform`` S (m, d) (identity when None);
-    ``sign`` None, "nonnegative", "nonpositive" or an array of +1/−1/0; ``active_tol``, ``support_tol``:
+    **Arguments:** `rho` (m,), real or complex; `X` (n, d); `y` (n,) of ±1; `depth` L ≥ 2 (L = 2: ℓ1,
+    convex, so residual ≈ 0 certifies the global optimum); `transform` S (m, d) (identity when None);
+    `sign` None, "nonnegative", "nonpositive" or an array of +1/−1/0; `active_tol`, `support_tol`:
     for a direction read off a trajectory choose them from the gap between active and inactive margins and
     between support and off-support magnitudes.
 
@@ -215,7 +215,7 @@ def kkt_residual(
     active_tol: float = 1e-4,
     support_tol: float = 1e-4,
 ) -> float:
-    """Relative KKT residual of ``rho`` for  min ‖ρ‖_{2/L} s.t. y_i⟨S x_i, ρ⟩ ≥ 1  (0 at a KKT point).
+    """Relative KKT residual of `rho` for  min ‖ρ‖_{2/L} s.t. y_i⟨S x_i, ρ⟩ ≥ 1  (0 at a KKT point).
 
     The maximum of the stationarity, dual-feasibility (L = 2), complementary-slackness and sign-feasibility
     residuals defined in `kkt_certificate`, which returns the pieces and the multipliers.

@@ -8,37 +8,37 @@ converges in direction to a KKT point of
 
 (Yun, Krishnan & Mobahi, ICLR 2021; Lyu & Li 2020 for homogeneous models; Gunasekar et al. 2018), and a fully
 connected linear network's β converges to the ℓ2 max-margin (SVM) direction at any depth (q = 2, S = I;
-Ji & Telgarsky 2020). Each network states its own (q, S, ρ) through ``margin_geometry()``. The convergence is
+Ji & Telgarsky 2020). Each network states its own (q, S, ρ) through `margin_geometry()`. The convergence is
 only logarithmic in t (1 − cos ≈ 1e-3 at log t = 10^4), so the last save is a poor estimate of the limit.
 
 **Algorithm** (one module per step), over the tail of the saves, with τ = log t and u = ρ/‖ρ‖₂:
 
 1. `_structure`: the support (coordinates that keep their share of ‖u‖: log-log slope of |u_j|/max|u| against
-   τ above −``decay_slope``, above the noise floor 1e-9·max|u|, not frozen, conjugate pairs together), the
+   τ above −`decay_slope`, above the noise floor 1e-9·max|u|, not frozen, conjugate pairs together), the
    signs or phases at the last save (or the locked signs), and the active set (relative margin gaps decaying
    like 1/τ: log-log slope below −1/2);
 2. `_restricted`: the KKT system on that structure, linear for real q = 1 and q = 2, Levenberg–Marquardt
    otherwise (on log|ρ_j|, phases and μ; ρ kept Hermitian-symmetric);
-3. `_search`: if the KKT checks fail, the structures within two edits of the one read (the ``search_width``
-   most borderline coordinates and samples), then greedy active-set repairs (at most ``max_repairs``), then,
+3. `_search`: if the KKT checks fail, the structures within two edits of the one read (the `search_width`
+   most borderline coordinates and samples), then greedy active-set repairs (at most `max_repairs`), then,
    for the convex problems (q = 1 or 2, nothing frozen), the structure of the convex solver's minimiser
-   (`max_margin_solution`; said in ``message``);
+   (`max_margin_solution`; said in `message`);
 4. `_kkt`: the one KKT residual (stationarity, dual feasibility off the support, μ ≥ 0, primal feasibility of
-   *every* sample, complementarity, sign constraints, frozen coordinates) ≤ ``kkt_tol``, agreed by
+   *every* sample, complementarity, sign constraints, frozen coordinates) ≤ `kkt_tol`, agreed by
    `kkt_certificate` with its own multipliers (ODNs);
 5. `_certificate`: certified when, in addition, the last save separates the data, the trajectory's distance
    1 − cos to the estimate decreases over the tail, and either the structure was read off the trajectory
-   unchanged (``repairs`` = 0) or the problem is convex with a provably unique minimiser (q = 2; q = 1 real at
+   unchanged (`repairs` = 0) or the problem is convex with a provably unique minimiser (q = 2; q = 1 real at
    a non-degenerate, strictly complementary vertex; complex q = 1 strictly complementary with an injective
    margin map on the support), which by the theorem is then the limit;
 6. `_saddle` (q = 1, unique minimiser): when some support coordinates J are below half their share in the
    estimate at the last save, the KKT point with ρ_J = 0 is solved; if the trajectory approaches it, its duals
    |v_j| exceed 1 on J and ρ_J/max|ρ| grows over the tail at the predicted rate (log t)^(|v_j| − 1) (within
-   ``escape_rtol``), the flow is passing that saddle, which cannot be the limit; that stands in for the
+   `escape_rtol`), the flow is passing that saddle, which cannot be the limit; that stands in for the
    "approaching" check of step 5 (the escape can take until log t ~ 10^45).
 
-**Sign constraints** (``sign``): a balanced same-sign initialisation keeps the sign of ρ_j forever, so its
-limit is a KKT point of the *sign-constrained* problem (which matters for q = 1). ``"auto"`` (default)
+**Sign constraints** (`sign`): a balanced same-sign initialisation keeps the sign of ρ_j forever, so its
+limit is a KKT point of the *sign-constrained* problem (which matters for q = 1). `"auto"` (default)
 detects this from the conservation laws |a_lj|² − |a_kj|² = const at the first save: coordinates with real,
 equal-magnitude layers are sign-locked, coordinates with two zero layers frozen at 0.
 """
@@ -70,27 +70,27 @@ class LimitDirection(NamedTuple):
 
     **Fields:**
 
-    - ``direction``: the limit ρ̂/‖ρ̂‖₂ in the network's coordinates (its ``margin_geometry().rho``: ρ for
+    - `direction`: the limit ρ̂/‖ρ̂‖₂ in the network's coordinates (its `margin_geometry().rho`: ρ for
       orthogonally decomposable networks, complex for `Convolutional`; β for `FullyConnected`), shape (m,).
-    - ``beta``: the same predictor in input space, Re(Sᴴ ρ̂) / ‖·‖₂, shape (d,).
-    - ``rho``: the KKT point itself, scaled so that the smallest margin is exactly 1, shape (m,).
-    - ``margin``: its normalised ℓ_q margin min_i y_i⟨S x_i, ρ̂⟩ / ‖ρ̂‖_q = 1/‖ρ̂‖_q.
-    - ``q``: the exponent of the max-margin problem, 2/L for ODNs, 2 for fully connected networks.
-    - ``support``: indices j of the non-zero coordinates of ρ̂.
-    - ``signs``: ρ̂_j/|ρ̂_j| on the support (±1, or unit-modulus phases for complex ρ), 0 elsewhere, shape (m,).
-    - ``active_set``: indices i of the support vectors (margin exactly 1).
-    - ``multipliers``: μ, shape (n,), μ_i ≥ 0 on the active set and 0 elsewhere.
-    - ``kkt_residual``: the largest violation of the KKT conditions (relative; see `kkt_certificate`).
-    - ``last_iterate_error``: 1 − cos between the tail's last save and ``direction``.
-    - ``log_t``: log t of every save, shape (n_save,).
-    - ``distance``: 1 − cos of each saved iterate to ``direction``, shape (n_save,) (nan where it is 0).
-    - ``distance_slope``: d log(distance) / d log(log t) over the tail (negative: the trajectory approaches).
-    - ``sign_constraint``: +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free), shape (m,), or None.
-    - ``frozen``: boolean mask (m,) of coordinates the dynamics keep at exactly zero.
-    - ``repairs``: corrections to the structure read off the trajectory (0 when it identified it).
-    - ``certified``: True when every check passed.
-    - ``message``: what was checked, and in words what failed.
-    - ``saddle``: a `SaddleEscape` when the certificate rests on a saddle escape (step 6), else None.
+    - `beta`: the same predictor in input space, Re(Sᴴ ρ̂) / ‖·‖₂, shape (d,).
+    - `rho`: the KKT point itself, scaled so that the smallest margin is exactly 1, shape (m,).
+    - `margin`: its normalised ℓ_q margin min_i y_i⟨S x_i, ρ̂⟩ / ‖ρ̂‖_q = 1/‖ρ̂‖_q.
+    - `q`: the exponent of the max-margin problem, 2/L for ODNs, 2 for fully connected networks.
+    - `support`: indices j of the non-zero coordinates of ρ̂.
+    - `signs`: ρ̂_j/|ρ̂_j| on the support (±1, or unit-modulus phases for complex ρ), 0 elsewhere, shape (m,).
+    - `active_set`: indices i of the support vectors (margin exactly 1).
+    - `multipliers`: μ, shape (n,), μ_i ≥ 0 on the active set and 0 elsewhere.
+    - `kkt_residual`: the largest violation of the KKT conditions (relative; see `kkt_certificate`).
+    - `last_iterate_error`: 1 − cos between the tail's last save and `direction`.
+    - `log_t`: log t of every save, shape (n_save,).
+    - `distance`: 1 − cos of each saved iterate to `direction`, shape (n_save,) (nan where it is 0).
+    - `distance_slope`: d log(distance) / d log(log t) over the tail (negative: the trajectory approaches).
+    - `sign_constraint`: +1 (ρ_j ≥ 0), −1 (ρ_j ≤ 0), 0 (free), shape (m,), or None.
+    - `frozen`: boolean mask (m,) of coordinates the dynamics keep at exactly zero.
+    - `repairs`: corrections to the structure read off the trajectory (0 when it identified it).
+    - `certified`: True when every check passed.
+    - `message`: what was checked, and in words what failed.
+    - `saddle`: a `SaddleEscape` when the certificate rests on a saddle escape (step 6), else None.
     """
 
     direction: Shaped[np.ndarray, " m"]
@@ -147,24 +147,24 @@ def limit_direction(
 
     **Arguments:**
 
-    - ``traj``: one run from `fs.simulate` or `fs.gradient_descent` with ``traj.ok``, of a linear tensor network
-      (``fs.networks``; the network gives q, S and ρ through ``margin_geometry()``).
-    - ``X`` (n, d), ``y`` (n,) of ±1: the training data.
-    - ``q`` or ``depth`` (q = 2/depth): override the exponent (needed for networks without a built-in theory,
+    - `traj`: one run from `fs.simulate` or `fs.gradient_descent` with `traj.ok`, of a linear tensor network
+      (`fs.networks`; the network gives q, S and ρ through `margin_geometry()`).
+    - `X` (n, d), `y` (n,) of ±1: the training data.
+    - `q` or `depth` (q = 2/depth): override the exponent (needed for networks without a built-in theory,
       e.g. short convolutions); q in (0, 1] or q = 2.
-    - ``transform``: override S, shape (m, d).
-    - ``sign``: ``"auto"`` (from the conservation laws), None (free), ``"nonnegative"``, ``"nonpositive"`` or
+    - `transform`: override S, shape (m, d).
+    - `sign`: `"auto"` (from the conservation laws), None (free), `"nonnegative"`, `"nonpositive"` or
       an array of +1/−1/0.
-    - ``tail``: a fraction in (0, 1] of the finite saves (at least 3 saves) or a (lo, hi) window of log t. The
+    - `tail`: a fraction in (0, 1] of the finite saves (at least 3 saves) or a (lo, hi) window of log t. The
       default log-time save grid is uniform in asinh(log t) (log-spaced for long horizons), so 0.5 is the later
-      half of it in that measure: log t from about 60 to 10^5 for ``log_t1=1e5``. On a grid of your own, pass
+      half of it in that measure: log t from about 60 to 10^5 for `log_t1=1e5`. On a grid of your own, pass
       the window you mean.
-    - ``kkt_tol``: the KKT residual a certified point must reach.
-    - ``max_repairs``: greedy repairs (default 2(n + m)); ``search_width``: borderline coordinates and samples
-      each in the two-edit search; ``decay_slope``: the support threshold; ``escape_rtol``: the relative
+    - `kkt_tol`: the KKT residual a certified point must reach.
+    - `max_repairs`: greedy repairs (default 2(n + m)); `search_width`: borderline coordinates and samples
+      each in the two-edit search; `decay_slope`: the support threshold; `escape_rtol`: the relative
       tolerance on a saddle's escape rate.
 
-    **Returns:** a `LimitDirection`; ``certified`` and ``message`` say whether, and why, it can be trusted.
+    **Returns:** a `LimitDirection`; `certified` and `message` say whether, and why, it can be trusted.
     """
     problem, coords, kind = _trajectory_problem(traj, X, y, q, depth, transform, sign)
     options = _options(problem, kkt_tol, max_repairs, search_width, decay_slope, escape_rtol)

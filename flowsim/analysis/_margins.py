@@ -75,7 +75,7 @@ def _signed_rows(X: np.ndarray, y: np.ndarray, S: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def _quiet_stdout():
     """Silence file descriptor 1 while a solver runs: HiGHS prints its banner from C++ to the process's
-    stdout whatever the options say (``verbose=False``, ``output_flag=False``), which would corrupt the output
+    stdout whatever the options say (`verbose=False`, `output_flag=False`), which would corrupt the output
     of programs that print results."""
     try:
         fd = sys.stdout.fileno()
@@ -95,7 +95,7 @@ def _quiet_stdout():
 def _solve(problem: cp.Problem, p: float, complex_var: bool) -> tuple[str, str]:
     """(status, solver) of the first attempt that is optimal or infeasible, else of the last attempt.
 
-    A status of ``optimal_inaccurate`` is returned as such: the caller polishes the point and accepts it only if
+    A status of `optimal_inaccurate` is returned as such: the caller polishes the point and accepts it only if
     the polished point passes the KKT check to 1e-9 (see `max_margin_solution`).
     """
     if p != 2.0 and not complex_var:
@@ -202,11 +202,11 @@ def max_margin_solution(
     Moroshko et al. 2020 in the small-initialisation regime). The l_1 solution may be non-unique; compare
     `margin` values first, directions only where the solution is unique.
 
-    A solve the solver reports as ``optimal_inaccurate`` is accepted only after the polish, and only when the
+    A solve the solver reports as `optimal_inaccurate` is accepted only after the polish, and only when the
     polished point is a KKT point to 1e-9; HiGHS's banner is kept off stdout.
 
-    **Arguments:** ``X`` (n, d); ``y`` (n,) of ±1; ``p`` ∈ {1, 2, inf}; ``transform`` S (m, d) or None;
-    ``sign`` None, "nonnegative", "nonpositive" or an array of +1/−1/0.
+    **Arguments:** `X` (n, d); `y` (n,) of ±1; `p` ∈ {1, 2, inf}; `transform` S (m, d) or None;
+    `sign` None, "nonnegative", "nonpositive" or an array of +1/−1/0.
 
     **Returns:** a `MaxMarginSolution`. Raises ValueError for bad inputs and for data that are not separable
     (under the sign constraint), and RuntimeError if the solver fails.
@@ -307,7 +307,7 @@ def _polished_candidate(X, y, A, S, rho, p: float, sgn, active_tol: float = 1e-7
 
 
 def _polish_inaccurate(X, y, A, S, rho, p: float, sgn, status: str):
-    """(ρ, status) for a point the solver called ``optimal_inaccurate``: polished on the active sets read at
+    """(ρ, status) for a point the solver called `optimal_inaccurate`: polished on the active sets read at
     tolerances 1e-7, 1e-5 and 1e-3 (of the point rescaled to smallest margin 1), accepting the first polished
     point that is a KKT point to 1e-9 (multipliers by NNLS, `kkt_parts`); RuntimeError when none is."""
     margins = np.real(np.conj(A) @ rho)
@@ -380,9 +380,9 @@ def normalized_margin(
     (sum |beta_j|^p)^(1/p), e.g. p = 2/L for depth-L networks. A zero `beta` gives nan.
     Pure JAX: works under jit/vmap (value checks are skipped for traced inputs).
 
-    **Arguments:** ``beta`` (..., m); ``X`` (n, d); ``y`` (n,) of ±1; ``p`` > 0 or inf; ``transform`` S (m, d).
+    **Arguments:** `beta` (..., m); `X` (n, d); `y` (n,) of ±1; `p` > 0 or inf; `transform` S (m, d).
 
-    **Returns:** the margins, shape ``beta.shape[:-1]``.
+    **Returns:** the margins, shape `beta.shape[:-1]`.
     """
     p = as_norm_order("p", p)
     if not (is_traced(X) or is_traced(y)):

@@ -27,7 +27,7 @@ def stable_rank(W: Shaped[ArrayLike, "*batch m k"]) -> Float[Array, "*batch"]:
     Batched over any leading axes (e.g. the time axis of `traj.params`). A zero matrix gives nan. Used for the
     rank collapse of ReLU first layers (Frei et al., ICLR 2023; Timor, Vardi & Shamir, ALT 2023). Pure JAX.
 
-    **Arguments:** ``W`` (..., m, k). **Returns:** the stable ranks, shape ``W.shape[:-2]``.
+    **Arguments:** `W` (..., m, k). **Returns:** the stable ranks, shape `W.shape[:-2]`.
     """
     W = jnp.asarray(W)
     if W.ndim < 2:

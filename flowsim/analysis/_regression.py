@@ -27,7 +27,7 @@ def min_norm_interpolant(
     (HiGHS); coordinates whose columns of XSᵀ are identical (e.g. DFT frequencies j and −j on even data) then
     share their total equally, which keeps the interpolation and the ℓ1 norm (the symmetric minimiser).
 
-    **Arguments:** ``X`` (n, d), ``y`` (n,), ``p`` ∈ {1, 2}, ``transform`` S (m, d) real.
+    **Arguments:** `X` (n, d), `y` (n,), `p` ∈ {1, 2}, `transform` S (m, d) real.
 
     **Returns:** ρ, shape (m,). Raises ValueError when no ρ interpolates.
     """
@@ -78,7 +78,7 @@ def rank_one_limit(
 ) -> Float[np.ndarray, " d"]:
     """The gradient-flow limit β of a balanced rank-one fully connected linear network on the squared loss.
 
-    The network of ``fs.networks.FullyConnected.init(d, depth, scale=α, direction=u, shape="balanced")``:
+    The network of `fs.networks.FullyConnected.init(d, depth, scale=α, direction=u, shape="balanced")`:
     W_1 = αûe_1ᵀ, W_l = αe_1e_1ᵀ, w_L = αe_1 (û = u/‖u‖). Only the first unit is ever used, so W_1 = u e_1ᵀ and
     the later layers are s_l e_1e_1ᵀ; balancedness (W_lᵀW_l = W_{l+1}W_{l+1}ᵀ, conserved; Arora et al. 2018)
     gives s_l = ‖u‖ and β = ‖u‖^{L−1}u, and u' = −‖u‖^{L−1}Xᵀr keeps (I − P)u = α(I − P)û (P the projector on
@@ -87,8 +87,8 @@ def rank_one_limit(
     (κ⁻¹·RHS decreases from ∞ to 0), found by Brent's method to machine precision. Any loss normalisation or
     time scaling gives the same limit.
 
-    **Arguments:** ``X`` (n, d) of full row rank n < d, ``y`` (n,), ``direction`` u (d,) non-zero, ``scale``
-    α > 0, ``depth`` L ≥ 1.
+    **Arguments:** `X` (n, d) of full row rank n < d, `y` (n,), `direction` u (d,) non-zero, `scale`
+    α > 0, `depth` L ≥ 1.
 
     **Returns:** β = X⁺y + κ(I − P)û, shape (d,).
     """

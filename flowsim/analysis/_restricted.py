@@ -21,8 +21,8 @@ from ._structure import Structure
 
 
 class KKTPoint(NamedTuple):
-    """The solution of a restricted KKT system: ``rho`` (m,), ``mu`` (n,), whether the solve ran (``ok``), and
-    why not (``note``)."""
+    """The solution of a restricted KKT system: `rho` (m,), `mu` (n,), whether the solve ran (`ok`), and
+    why not (`note`)."""
 
     rho: Shaped[np.ndarray, " m"]
     mu: Float[np.ndarray, " n"]
@@ -31,7 +31,7 @@ class KKTPoint(NamedTuple):
 
 
 def solve_structure(problem: MarginProblem, structure: Structure, guess: np.ndarray) -> KKTPoint:
-    """Solve the KKT system on ``structure``; ``guess`` (the last unit iterate) starts the nonlinear solve."""
+    """Solve the KKT system on `structure`; `guess` (the last unit iterate) starts the nonlinear solve."""
     S_idx, A_idx = np.flatnonzero(structure.support), np.flatnonzero(structure.active)
     rho, mu = np.zeros(problem.m, dtype=problem.A.dtype), np.zeros(problem.n)
     if S_idx.size == 0 or A_idx.size == 0:
@@ -50,9 +50,9 @@ def solve_structure(problem: MarginProblem, structure: Structure, guess: np.ndar
 
 
 class _Unknowns(NamedTuple):
-    """The nonlinear system's layout: one representative j per conjugate pair (``reps``; ρ_{j'} = conj ρ_j keeps
-    ρ the DFT of a real vector, as the dynamics do), which of them are complex (``cplx``) and their partners
-    (``pair``), and the fixed signs ``sig`` of the real ones."""
+    """The nonlinear system's layout: one representative j per conjugate pair (`reps`; ρ_{j'} = conj ρ_j keeps
+    ρ the DFT of a real vector, as the dynamics do), which of them are complex (`cplx`) and their partners
+    (`pair`), and the fixed signs `sig` of the real ones."""
 
     reps: np.ndarray
     cplx: np.ndarray

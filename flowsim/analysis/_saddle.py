@@ -25,16 +25,16 @@ class SaddleEscape(NamedTuple):
 
     **Fields:**
 
-    - ``direction``: the saddle ρ_s/‖ρ_s‖₂, the max-margin KKT point with the escaping coordinates held at zero.
-    - ``rho``: the saddle scaled to smallest margin 1.
-    - ``multipliers``: its μ, shape (n,).
-    - ``coordinates``: the escaping coordinates J (with their conjugate partners).
-    - ``dual``: |v_j| = |Σ_i μ_i a_ij| on J (one per conjugate pair), all > 1: the saddle is not a minimiser.
-    - ``predicted_exponent``: |v_j| − 1, the power of log t at which ρ_j/max|ρ| grows near the saddle.
-    - ``measured_exponent``: the trajectory's log-log slope of |ρ_j|/max|ρ| over the tail.
-    - ``distance``: 1 − cos of each saved iterate to the saddle, shape (n_save,).
-    - ``kkt_residual``: the saddle's KKT residual (of the problem with ρ_J = 0).
-    - ``log10_escape_log_t``: log10 of the log t at which ρ_J would reach its share in the limit at this rate.
+    - `direction`: the saddle ρ_s/‖ρ_s‖₂, the max-margin KKT point with the escaping coordinates held at zero.
+    - `rho`: the saddle scaled to smallest margin 1.
+    - `multipliers`: its μ, shape (n,).
+    - `coordinates`: the escaping coordinates J (with their conjugate partners).
+    - `dual`: |v_j| = |Σ_i μ_i a_ij| on J (one per conjugate pair), all > 1: the saddle is not a minimiser.
+    - `predicted_exponent`: |v_j| − 1, the power of log t at which ρ_j/max|ρ| grows near the saddle.
+    - `measured_exponent`: the trajectory's log-log slope of |ρ_j|/max|ρ| over the tail.
+    - `distance`: 1 − cos of each saved iterate to the saddle, shape (n_save,).
+    - `kkt_residual`: the saddle's KKT residual (of the problem with ρ_J = 0).
+    - `log10_escape_log_t`: log10 of the log t at which ρ_J would reach its share in the limit at this rate.
     """
 
     direction: Shaped[np.ndarray, " m"]
@@ -66,7 +66,7 @@ class SaddleSearch(NamedTuple):
 def find_saddle(problem: MarginProblem, search: SaddleSearch) -> SaddleEscape | None:
     """The saddle the trajectory is passing: up to three lagging coordinates J (below half their share in the
     limit), the KKT point with ρ_J = 0, accepted when the tail approaches it (closer than to the limit) and the
-    escape rates measured on J agree with |v_j| − 1 within ``escape_rtol`` (relative)."""
+    escape rates measured on J agree with |v_j| − 1 within `escape_rtol` (relative)."""
     rho = search.limit.point.rho
     share_limit = np.abs(rho) / np.max(np.abs(rho))
     share_last = search.reading.last_share
@@ -84,7 +84,7 @@ def find_saddle(problem: MarginProblem, search: SaddleSearch) -> SaddleEscape | 
 
 
 def _saddle_at(problem: MarginProblem, search: SaddleSearch, J, escaping, share_limit, share_last):
-    """The `SaddleEscape` with ρ_J = 0 (``problem`` has J frozen), or None when the checks fail."""
+    """The `SaddleEscape` with ρ_J = 0 (`problem` has J frozen), or None when the checks fail."""
     read = search.reading.structure
     structure = Structure(search.limit.structure.support & ~J, read.signs, read.active)
     guess = search.tail.unit[-1]

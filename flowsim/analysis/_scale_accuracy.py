@@ -46,10 +46,10 @@ _MAX_LOG_INV_MU = 1e8
 class ReducedScaleFlow(NamedTuple):
     """The gradient flow of β = u₊^D − u₋^D at given accuracies, from the reduced ODE (`reduced_scale_flow`).
 
-    Fields (k = number of accuracies): ``log_inv_eps`` (k,) log(1/ε) with ε the summed loss;
-    ``beta`` (k, d); ``nu`` (k, n) ν = ∫ w; ``margins`` (k, n) X̃β; ``loss_residual`` (k,) |log Σ exp(−X̃β) + log(1/ε)|,
-    a check of the integration (the loss level is the ODE's independent variable); ``num_steps``,
-    ``status`` (scipy's message).
+    Fields (k = number of accuracies): `log_inv_eps` (k,) log(1/ε) with ε the summed loss;
+    `beta` (k, d); `nu` (k, n) ν = ∫ w; `margins` (k, n) X̃β; `loss_residual` (k,) |log Σ exp(−X̃β) + log(1/ε)|,
+    a check of the integration (the loss level is the ODE's independent variable); `num_steps`,
+    `status` (scipy's message).
     """
 
     log_inv_eps: Float[np.ndarray, " k"]
@@ -64,10 +64,10 @@ class ReducedScaleFlow(NamedTuple):
 class QMinimizer(NamedTuple):
     """b = argmin Q_μ(b) s.t. y_i⟨x_i, b⟩ ≥ 1 (`q_minimizer`).
 
-    Fields: ``beta`` (d,) the minimiser (smallest margin 1); ``multipliers`` (n,) λ ≥ 0 with
-    b = 2μ sinh(X̃ᵀλ); ``log_inv_mu`` log(1/μ); ``potential`` Q_μ(b); ``kkt_residual`` the largest of the
+    Fields: `beta` (d,) the minimiser (smallest margin 1); `multipliers` (n,) λ ≥ 0 with
+    b = 2μ sinh(X̃ᵀλ); `log_inv_mu` log(1/μ); `potential` Q_μ(b); `kkt_residual` the largest of the
     primal infeasibility max(0, 1 − X̃b), the dual infeasibility max(0, −λ) and complementarity |λ_i (X̃b − 1)_i|;
-    ``iterations`` (Newton steps, all continuation stages).
+    `iterations` (Newton steps, all continuation stages).
     """
 
     beta: Float[np.ndarray, " d"]
@@ -141,7 +141,7 @@ def summed_log_loss(log_loss: Float[ArrayLike, "..."], n: int) -> Float[np.ndarr
 
 def mean_log_loss(log_eps: Float[ArrayLike, "..."], n: int) -> Float[np.ndarray, "..."]:
     """flowsim's log L = log((1/n) Σ ℓ_i) for the paper's summed loss ε: log L = log ε − log n
-    (``fs.simulate(..., target_log_loss=mean_log_loss(log ε, n))`` trains to the paper's ε)."""
+    (`fs.simulate(..., target_log_loss=mean_log_loss(log ε, n))` trains to the paper's ε)."""
     n = _as_count(n)
     return np.asarray(log_eps, dtype=np.float64) - math.log(n)
 
@@ -194,16 +194,16 @@ def reduced_scale_flow(
 
     in σ = log(1 + λ − λ₀), λ₀ = −log n (β = 0), so that steps grow geometrically with λ. Neither t nor
     exp(−m) is formed: λ = 10^6 (ε = e^(−10^6)) costs about as much as λ = 10^3 (~3 s). Margins are ~λ, so
-    the softmax resolves their differences only to λ·10^-16: the loss-level residual (``loss_residual``) grows
+    the softmax resolves their differences only to λ·10^-16: the loss-level residual (`loss_residual`) grows
     from ~10^-8 at λ = 10^8 to ~10^-4 at λ = 10^9 (measured, D = 2, n = 6), where Radau also slows down; use
     λ ≲ 10^8. For D > 2 the closed form needs 1 − s, which loses digits sooner (loss residual ~10^-4 at
     λ = 10^6 for α = 10^-2, D = 3).
 
-    **Arguments:** ``X`` (n, d), ``y`` (n,) labels ±1 (separable), ``alpha`` > 0, ``depth`` D ≥ 2,
-    ``log_inv_eps`` the accuracies as log(1/ε) with ε the *summed* loss (each > −log n, i.e. ε < n);
-    ``rtol``, ``atol`` for the integrator.
+    **Arguments:** `X` (n, d), `y` (n,) labels ±1 (separable), `alpha` > 0, `depth` D ≥ 2,
+    `log_inv_eps` the accuracies as log(1/ε) with ε the *summed* loss (each > −log n, i.e. ε < n);
+    `rtol`, `atol` for the integrator.
 
-    **Returns:** a `ReducedScaleFlow` (states in the order of ``log_inv_eps``).
+    **Returns:** a `ReducedScaleFlow` (states in the order of `log_inv_eps`).
     """
     A = _signed_rows(X, y)
     n, _ = A.shape
@@ -315,7 +315,7 @@ def q_minimizer(
     with 2μ cosh v = e^{v − log(1/μ)} + e^{−v − log(1/μ)} so that μ far below float64's range works. The exponent
     v − log(1/μ) loses about log(1/μ)·10^-16 to round-off, so log(1/μ) ≤ 10^8 is accepted (relative accuracy
     of b about 10^-16·log(1/μ)).
-    Give ``mu`` or ``log_inv_mu`` = log(1/μ) (for μ below float64's range). μ → ∞ gives the ℓ2 max-margin
+    Give `mu` or `log_inv_mu` = log(1/μ) (for μ below float64's range). μ → ∞ gives the ℓ2 max-margin
     solution scaled to margin 1, μ → 0 the ℓ1 one (Woodworth et al. 2020; Moroshko et al. 2020).
     """
     A = _signed_rows(X, y)
@@ -429,10 +429,10 @@ def _q_dual_newton(A: np.ndarray, tau: float, lam: np.ndarray, tol: float, budge
 class ScaleAccuracySweep(NamedTuple):
     """The flow of β = u₊^D − u₋^D over a grid of (ε, α) (`scale_accuracy_sweep`).
 
-    Fields (k accuracies × a scales): ``alphas`` (a,); ``log_inv_eps`` (k,) the paper's log(1/ε) (summed loss);
-    ``beta`` (k, a, d) β when the summed loss first reaches ε; ``log_inv_eps_reached`` (k, a) the summed log
-    loss there, negated; ``ok`` (k, a) whether the target was reached; ``num_steps`` (k, a);
-    ``wall_time_s`` (k,) per row (the first row includes compilation).
+    Fields (k accuracies × a scales): `alphas` (a,); `log_inv_eps` (k,) the paper's log(1/ε) (summed loss);
+    `beta` (k, a, d) β when the summed loss first reaches ε; `log_inv_eps_reached` (k, a) the summed log
+    loss there, negated; `ok` (k, a) whether the target was reached; `num_steps` (k, a);
+    `wall_time_s` (k,) per row (the first row includes compilation).
     """
 
     alphas: Float[np.ndarray, " a"]
@@ -456,18 +456,18 @@ def scale_accuracy_sweep(
     max_steps: int = 100_000,
     progress=None,
 ) -> ScaleAccuracySweep:
-    """Train β = u₊^D − u₋^D from u±(0) = α·1 by gradient flow (``fs.simulate``, exponential loss) to each
+    """Train β = u₊^D − u₋^D from u±(0) = α·1 by gradient flow (`fs.simulate`, exponential loss) to each
     accuracy ε, for every α: the experiment of Moroshko et al. (NeurIPS 2020), exactly.
 
-    Each row (one ε) is ONE batched solve, ``eqx.filter_vmap`` over α and over ``target_log_loss``
+    Each row (one ε) is ONE batched solve, `eqx.filter_vmap` over α and over `target_log_loss`
     (traced, like the horizon), all rows through the same compiled function. flowsim's loss is the mean, so the
     target is log L = −log(1/ε) − log n (`mean_log_loss`); the horizon is log t = 2 log(1/ε) + 100, beyond the
     crossing (the loss falls like 1/t once the data are fitted), and a member that does not reach its target
-    comes back with ``ok`` False.
+    comes back with `ok` False.
 
-    **Arguments:** ``X`` (n, d), ``y`` (n,) labels ±1; ``depth`` D ≥ 2; ``alphas`` (a,) > 0; ``log_inv_eps``
-    (k,) > 0; ``rtol``, ``atol``, ``max_steps`` for ``fs.simulate``; ``progress``: None, or a function that
-    wraps the iterable of rows (e.g. ``lambda rows: fs.sweep(rows, desc="ε")``) to show progress.
+    **Arguments:** `X` (n, d), `y` (n,) labels ±1; `depth` D ≥ 2; `alphas` (a,) > 0; `log_inv_eps`
+    (k,) > 0; `rtol`, `atol`, `max_steps` for `fs.simulate`; `progress`: None, or a function that
+    wraps the iterable of rows (e.g. `lambda rows: fs.sweep(rows, desc="ε")`) to show progress.
     """
     A = _signed_rows(X, y)
     n, d = A.shape
@@ -521,7 +521,7 @@ def phase_coordinate(
         c(β) = (γ_q(β) − γ_q(β_ℓ2)) / (γ_q(β_rich) − γ_q(β_ℓ2)),
 
     with β_ℓ2 the ℓ2 max-margin direction (the kernel regime of Woodworth et al. 2020 / Moroshko et al. 2020)
-    and ``rich`` the rich limit (D = 2: the ℓ1 max-margin solution; D > 2: an ℓ_{2/D} KKT point). c = 0 at the
+    and `rich` the rich limit (D = 2: the ℓ1 max-margin solution; D > 2: an ℓ_{2/D} KKT point). c = 0 at the
     kernel limit, 1 at the rich one; early in training c can be negative (β is neither yet).
     """
     from ._margins import max_margin, normalized_margin
@@ -540,8 +540,8 @@ def phase_coordinate(
 
 class VertexKKTPoint(NamedTuple):
     """A vertex of {b : X̃b ≥ 1} read off a flow state and certified as a KKT point of min ‖b‖_{2/D}
-    (`vertex_kkt_point`). Fields: ``beta`` (d,) with smallest margin 1; ``support`` (d,), ``active`` (n,)
-    boolean masks; ``kkt_residual`` from ``fs.analysis.kkt_certificate``."""
+    (`vertex_kkt_point`). Fields: `beta` (d,) with smallest margin 1; `support` (d,), `active` (n,)
+    boolean masks; `kkt_residual` from `fs.analysis.kkt_certificate`."""
 
     beta: Float[np.ndarray, " d"]
     support: np.ndarray
@@ -563,7 +563,7 @@ def vertex_kkt_point(
     are vertices (Moroshko et al. 2020; Lyu & Li 2020 for the KKT characterisation of the limit). Read the
     support J = {|β_j| > tol·max|β|} and the active set I = {margins ≤ (1 + tol)·min margin} off β, solve
     X̃_{IJ} b_J = 1 (least squares; exact at a vertex, |I| = |J|) and certify b with
-    ``fs.analysis.kkt_certificate(b, X, y, depth)``.
+    `fs.analysis.kkt_certificate(b, X, y, depth)`.
     """
     from ._kkt import kkt_certificate
 

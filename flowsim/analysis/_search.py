@@ -34,7 +34,7 @@ class Candidate(NamedTuple):
 
 
 def evaluate(problem: MarginProblem, structure: Structure, guess: np.ndarray) -> Candidate:
-    """Solve the KKT system on ``structure`` and check the point against every KKT condition."""
+    """Solve the KKT system on `structure` and check the point against every KKT condition."""
     point = solve_structure(problem, structure, guess)
     if point.ok and np.all(np.isfinite(point.rho)) and np.min(problem.margins(point.rho)) > 0:
         return Candidate(structure, point, kkt_parts(problem, point.rho, point.mu, structure.support,
@@ -43,7 +43,7 @@ def evaluate(problem: MarginProblem, structure: Structure, guess: np.ndarray) ->
 
 
 def two_edit_search(problem: MarginProblem, reading: Reading, guess, kkt_tol: float, width: int) -> Candidate:
-    """The read structure, or the best of the structures within two edits of it (the ``width`` most borderline
+    """The read structure, or the best of the structures within two edits of it (the `width` most borderline
     coordinates and samples each, ranked by how close their trend is to the threshold)."""
     read = reading.structure
     best = evaluate(problem, read, guess)
@@ -72,7 +72,7 @@ def two_edit_search(problem: MarginProblem, reading: Reading, guess, kkt_tol: fl
 
 
 def _repaired(problem: MarginProblem, candidate: Candidate, kkt_tol: float) -> Structure | None:
-    """The structure one greedy repair away from ``candidate``, or None when no repair applies."""
+    """The structure one greedy repair away from `candidate`, or None when no repair applies."""
     check, structure = candidate.check, candidate.structure
     support, active, signs = structure.support.copy(), structure.active.copy(), structure.signs.copy()
     if check.worst_sample >= 0 and check.primal > kkt_tol:
@@ -92,7 +92,7 @@ def _repaired(problem: MarginProblem, candidate: Candidate, kkt_tol: float) -> S
 
 
 def repair(problem: MarginProblem, start: Candidate, guess, kkt_tol: float, max_repairs: int) -> Candidate:
-    """Greedy active-set repairs from ``start`` (at most ``max_repairs``); the best candidate met."""
+    """Greedy active-set repairs from `start` (at most `max_repairs`); the best candidate met."""
     best = current = start
     visited = set()
     for _ in range(max_repairs):

@@ -29,23 +29,23 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
     When the Krylov space closes early (an invariant subspace), the iteration restarts from a
     fresh random vector orthogonal to the basis, so every eigenvalue stays reachable.
 
-    For a ReLU network (``AbstractNonsmoothModel``) the Hessian–vector product is that of the
+    For a ReLU network (`AbstractNonsmoothModel`) the Hessian–vector product is that of the
     current linear piece (activation pattern held fixed: the Hessian away from kinks), so
     λ_max is the sharpness of that piece; kinks add no curvature to it.
 
     **Arguments:**
 
-    - ``problem``: the ``fs.Problem`` whose loss L is differentiated.
-    - ``model``: the model at which to evaluate (default: ``problem.model``). A model whose
-      array leaves carry one extra leading axis — e.g. ``traj.params`` — is evaluated at every
+    - `problem`: the `fs.Problem` whose loss L is differentiated.
+    - `model`: the model at which to evaluate (default: `problem.model`). A model whose
+      array leaves carry one extra leading axis — e.g. `traj.params` — is evaluated at every
       index of that axis (vmapped).
-    - ``num_iters``: Lanczos steps m (capped at p).
-    - ``seed``: seed of the random start vector (the answer does not depend on it beyond the
+    - `num_iters`: Lanczos steps m (capped at p).
+    - `seed`: seed of the random start vector (the answer does not depend on it beyond the
       iteration's accuracy).
 
     **Returns:**
 
-    λ_max, a scalar, or one value per index of the leading axis of a batched ``model``.
+    λ_max, a scalar, or one value per index of the leading axis of a batched `model`.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
@@ -67,8 +67,8 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
 
 
 def _leading_shape(problem: Problem, model) -> tuple[int, ...]:
-    """() when ``model`` is shaped like ``problem.model``; the shared leading (batch) shape when every θ
-    leaf has the same extra leading axes (e.g. (time,) for ``traj.params``)."""
+    """() when `model` is shaped like `problem.model`; the shared leading (batch) shape when every θ
+    leaf has the same extra leading axes (e.g. (time,) for `traj.params`)."""
     reference = problem.partition(problem.model)[0]
     try:
         given = problem.partition(model)[0]

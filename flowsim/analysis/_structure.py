@@ -23,8 +23,8 @@ NOISE = 1e-9
 
 
 class Structure(NamedTuple):
-    """A candidate structure of the limit: ``support`` (m,) and ``active`` (n,) boolean masks, and the
-    ``signs`` (±1, or unit phases for complex ρ) of the support coordinates, shape (m,)."""
+    """A candidate structure of the limit: `support` (m,) and `active` (n,) boolean masks, and the
+    `signs` (±1, or unit phases for complex ρ) of the support coordinates, shape (m,)."""
 
     support: Bool[np.ndarray, " m"]
     signs: Shaped[np.ndarray, " m"]
@@ -33,7 +33,7 @@ class Structure(NamedTuple):
 
 class Tail(NamedTuple):
     """The saves the structure is read from: their indices, τ = log t, the unit coordinates u (T, m) and
-    their margins (T, n); ``separated`` when the last one separates the data."""
+    their margins (T, n); `separated` when the last one separates the data."""
 
     index: Int[np.ndarray, " T"]
     tau: Float[np.ndarray, " T"]
@@ -43,9 +43,9 @@ class Tail(NamedTuple):
 
 
 class Reading(NamedTuple):
-    """What the tail says: the ``structure`` read, how borderline each coordinate (``coord_edit``) and sample
-    (``sample_edit``) is (inf: not a candidate for an edit), the log-log slopes of the coordinates' shares
-    (``coord_slope``, their escape rates near a saddle) and their shares |u_j|/max|u| at the last save."""
+    """What the tail says: the `structure` read, how borderline each coordinate (`coord_edit`) and sample
+    (`sample_edit`) is (inf: not a candidate for an edit), the log-log slopes of the coordinates' shares
+    (`coord_slope`, their escape rates near a saddle) and their shares |u_j|/max|u| at the last save."""
 
     structure: Structure
     coord_edit: Float[np.ndarray, " m"]
@@ -55,7 +55,7 @@ class Reading(NamedTuple):
 
 
 def tail_indices(tail, log_t: np.ndarray) -> np.ndarray:
-    """Indices of the saves used: the last fraction ``tail`` of the finite saves (at least 3), or the saves with
+    """Indices of the saves used: the last fraction `tail` of the finite saves (at least 3), or the saves with
     log t in the window (lo, hi)."""
     finite = np.flatnonzero(np.isfinite(log_t))
     what = f"tail must be a fraction in (0, 1] or a window (lo, hi) of log t; got {tail!r}"
@@ -80,7 +80,7 @@ def tail_indices(tail, log_t: np.ndarray) -> np.ndarray:
 
 
 def read_tail(problem: MarginProblem, coords: np.ndarray, log_t: np.ndarray, index: np.ndarray) -> Tail:
-    """The `Tail` of the coordinates ``coords`` (n_save, m) over the saves ``index``."""
+    """The `Tail` of the coordinates `coords` (n_save, m) over the saves `index`."""
     C = coords[index]
     if not np.all(np.isfinite(C)):
         raise ValueError("the trajectory's tail contains non-finite parameters")
@@ -107,13 +107,13 @@ def slopes(tau: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def sign_constraint(sign, layer_coordinates, S: np.ndarray):
-    """(sign constraints or None, frozen mask) from the ``sign`` argument and the flow's conservation laws.
+    """(sign constraints or None, frozen mask) from the `sign` argument and the flow's conservation laws.
 
-    ``"auto"``: per coordinate j, the flow of an orthogonally decomposable network conserves |a_lj|² − |a_kj|²
+    `"auto"`: per coordinate j, the flow of an orthogonally decomposable network conserves |a_lj|² − |a_kj|²
     (Yun, Krishnan & Mobahi, ICLR 2021). If two or more a_lj vanish, ρ_j ≡ 0 (frozen). If all a_lj are real
     with equal magnitudes and ρ_j ≠ 0 (a balanced initialisation) and row j of S is real (so the flow of a_·j
     stays real: frequencies 0 and d/2 of the DFT), no a_lj can cross zero, so the sign of ρ_j is locked. Read
-    from the first save (``layer_coordinates``, (L, m), or None); the laws make any save equivalent.
+    from the first save (`layer_coordinates`, (L, m), or None); the laws make any save equivalent.
     """
     m = S.shape[0]
     frozen = np.zeros(m, dtype=bool)

@@ -1,8 +1,8 @@
 """The scenario harness: scenario files, the `flowsim` command, the results store and figures.
 
-It sits on top of the engine (``fs.simulate``, ``fs.networks``, ``fs.analysis``) and the engine never
-imports it. ``fs.Scenario``, ``fs.Claim``, ``fs.sweep`` and ``fs.show_progress`` are re-exported at the
-top level of ``flowsim``; ``Resume`` is what ``flowsim run`` hands a scenario's ``run(config, resume)``.
+It sits on top of the engine (`fs.simulate`, `fs.networks`, `fs.analysis`) and the engine never
+imports it. `fs.Scenario`, `fs.Claim`, `fs.sweep` and `fs.show_progress` are re-exported at the
+top level of `flowsim`; `Resume` is what `flowsim run` hands a scenario's `run(config, resume)`.
 """
 
 from ._cli import main as main

@@ -21,11 +21,11 @@ class MarginGeometry(eqx.Module):
 
     **Fields:**
 
-    - ``q``: the exponent, or None when no theory is built in (general tensor networks, short
-      convolutions): ``fs.analysis.limit_direction`` then needs ``q`` from the caller.
-    - ``transform``: S, shape (m, d) (the identity when ρ = β), real or complex.
-    - ``rho``: the coordinates ρ, shape (m,), with f(x) = Re⟨S x, ρ⟩.
-    - ``layer_coordinates``: a, shape (L, m) with ρ_j = Π_l a_lj, for orthogonally decomposable
+    - `q`: the exponent, or None when no theory is built in (general tensor networks, short
+      convolutions): `fs.analysis.limit_direction` then needs `q` from the caller.
+    - `transform`: S, shape (m, d) (the identity when ρ = β), real or complex.
+    - `rho`: the coordinates ρ, shape (m,), with f(x) = Re⟨S x, ρ⟩.
+    - `layer_coordinates`: a, shape (L, m) with ρ_j = Π_l a_lj, for orthogonally decomposable
       networks (their conservation laws |a_lj|² − |a_kj|² = const lock signs and freeze
       coordinates); None otherwise.
     """
@@ -41,12 +41,12 @@ class AbstractLinearTensorNetwork(eqx.Module):
 
     Yun, Krishnan & Mobahi, "A unifying view on implicit bias in training linear neural
     networks", ICLR 2021. Because M(x) is linear in x, f(x) = ⟨x, β⟩ with the end-to-end
-    predictor β = ``beta()``. ``__call__`` evaluates the network through its layers (the tensor
-    contraction), so the gradient flow of a ``fs.Problem`` built on it is the flow over the
+    predictor β = `beta()`. `__call__` evaluates the network through its layers (the tensor
+    contraction), so the gradient flow of a `fs.Problem` built on it is the flow over the
     layers, not over β. The layers are the inexact-array leaves, i.e. the trained θ.
 
     Concrete subclasses are final (Equinox's abstract/final pattern): they implement
-    ``__call__``, ``beta``, ``input_dim`` and ``margin_geometry`` and are not subclassed again.
+    `__call__`, `beta`, `input_dim` and `margin_geometry` and are not subclassed again.
     """
 
     layers: eqx.AbstractVar[tuple[Float[Array, "..."], ...]]
@@ -104,7 +104,7 @@ class AbstractOrthogonallyDecomposableNetwork(AbstractLinearTensorNetwork):
         return jnp.prod(self.odn_coordinates(), axis=0)
 
     def margin_geometry(self) -> MarginGeometry:
-        """q = 2/L, S = ``transform``, ρ = ``rho()``, a = ``odn_coordinates()``."""
+        """q = 2/L, S = `transform`, ρ = `rho()`, a = `odn_coordinates()`."""
         a = self.odn_coordinates()
         return MarginGeometry(q=2.0 / self.depth, transform=self.transform, rho=jnp.prod(a, axis=0),
                               layer_coordinates=a)

@@ -94,7 +94,7 @@ class FullLengthConvolutional(AbstractOrthogonallyDecomposableNetwork):
     M(x)[i_1, …, i_L] = x_j for j ≡ i_L − i_1 − … − i_{L−1} (mod d). β = C(v_1)ᵀ⋯C(v_{L−1})ᵀ v_L,
     i.e. β_j = Σ_i c_{i−j} v_L[i] with c = v_1 ∗ … ∗ v_{L−1} (a circular correlation).
 
-    **ODN view.** With the unitary DFT F_u (``numpy.fft.fft(·, norm="ortho")``): a_l = conj(F_u v_l)
+    **ODN view.** With the unitary DFT F_u (`numpy.fft.fft(·, norm="ortho")`): a_l = conj(F_u v_l)
     for l < L, a_L = F_u v_L (U_l = F_u, U_L = F_uᴴ), and
 
         S = d^{(L−1)/2} F_u,   ρ = Π_l a_l = F_u β / d^{(L−1)/2},
@@ -106,8 +106,8 @@ class FullLengthConvolutional(AbstractOrthogonallyDecomposableNetwork):
     conserves |a_{lj}|² − |a_{kj}|² but, unlike the real case, is not a function of
     z_j = −∫ g_j alone (ρ_j's phase moves). Only frequencies j = 0 and j = d/2 are real.
 
-    Build it with ``fs.networks.Convolutional`` (which picks this class when k = d).
-    **Arguments:** ``layers`` = [v_1, …, v_L], L >= 2, every layer of length d. Final (not meant
+    Build it with `fs.networks.Convolutional` (which picks this class when k = d).
+    **Arguments:** `layers` = [v_1, …, v_L], L >= 2, every layer of length d. Final (not meant
     to be subclassed).
     """
 
@@ -170,12 +170,12 @@ class ShortKernelConvolutional(AbstractLinearTensorNetwork):
 
     the filters zero-padded to length d at taps k, …, d−1 (conventions as in
     `FullLengthConvolutional`). A short kernel breaks orthogonal decomposability (Yun, Krishnan &
-    Mobahi, ICLR 2021), so this class is not an ODN: it has no ``rho``/``transform``, and its
-    ``margin_geometry`` carries no built-in exponent (q = None).
+    Mobahi, ICLR 2021), so this class is not an ODN: it has no `rho`/`transform`, and its
+    `margin_geometry` carries no built-in exponent (q = None).
 
-    Build it with ``fs.networks.Convolutional(layers, kernel_size=k)``.
-    **Arguments:** ``layers`` = [v_1, …, v_{L−1}, v_L], L >= 2: L−1 filters of one length k < d and
-    the last layer of length d; ``kernel_size`` = k (default: the filters' length). Final (not
+    Build it with `fs.networks.Convolutional(layers, kernel_size=k)`.
+    **Arguments:** `layers` = [v_1, …, v_{L−1}, v_L], L >= 2: L−1 filters of one length k < d and
+    the last layer of length d; `kernel_size` = k (default: the filters' length). Final (not
     meant to be subclassed).
     """
 
@@ -210,19 +210,19 @@ class ShortKernelConvolutional(AbstractLinearTensorNetwork):
         return _beta(self.layers)
 
     def margin_geometry(self) -> MarginGeometry:
-        """ρ = β, S = I, q = None (no built-in theory: pass q to ``fs.analysis.limit_direction``)."""
+        """ρ = β, S = I, q = None (no built-in theory: pass q to `fs.analysis.limit_direction`)."""
         return MarginGeometry(q=None, transform=jnp.eye(self.input_dim), rho=self.beta(), layer_coordinates=None)
 
 
 class Convolutional(abc.ABC):  # noqa: B024 - a constructor with two registered virtual subclasses, not an interface
     """Linear circular convolutional network f(x) = ⟨x ∗ v_1 ∗ … ∗ v_{L−1}, v_L⟩ (Yun, Krishnan &
-    Mobahi, ICLR 2021): ``Convolutional(layers, kernel_size=None)`` builds a
+    Mobahi, ICLR 2021): `Convolutional(layers, kernel_size=None)` builds a
     `FullLengthConvolutional` (filters of length k = d: an orthogonally decomposable network with
-    ``rho``/``transform``) or a `ShortKernelConvolutional` (k < d: not orthogonally decomposable).
-    Both are instances of ``Convolutional`` (``isinstance`` holds); neither subclasses the other.
+    `rho`/`transform`) or a `ShortKernelConvolutional` (k < d: not orthogonally decomposable).
+    Both are instances of `Convolutional` (`isinstance` holds); neither subclasses the other.
 
-    **Arguments:** ``layers`` = [v_1, …, v_{L−1}, v_L], L >= 2: L−1 filters of one length k and
-    the last layer of length d; ``kernel_size`` = k (default: the filters' length).
+    **Arguments:** `layers` = [v_1, …, v_{L−1}, v_L], L >= 2: L−1 filters of one length k and
+    the last layer of length d; `kernel_size` = k (default: the filters' length).
     """
 
     def __new__(cls, layers, kernel_size: int | None = None):
@@ -241,14 +241,14 @@ class Convolutional(abc.ABC):  # noqa: B024 - a constructor with two registered 
         direction: Float[Array, " k"] | None = None,
         kernel_size: int | None = None,
     ) -> "FullLengthConvolutional | ShortKernelConvolutional":
-        """Initial convolutional network with filters of length k = ``kernel_size`` (default d),
-        α = ``scale`` and u = ``direction`` of length k (default e_0, the identity filter, whose
+        """Initial convolutional network with filters of length k = `kernel_size` (default d),
+        α = `scale` and u = `direction` of length k (default e_0, the identity filter, whose
         unitary DFT is flat: a_{lj} = α/√d for every l, j at full length):
 
-        - ``"balanced"``: v_l = α·u for l < L and v_L = α·u zero-padded to length d
+        - `"balanced"`: v_l = α·u for l < L and v_L = α·u zero-padded to length d
           (|a_{lj}| equal across layers at full length).
-        - ``"last_zero"``: as balanced but v_L = 0 (sign-free).
-        - ``"random"``: v_l = α·ξ_l with ξ_l ~ N(0, I) independent (length k, last d).
+        - `"last_zero"`: as balanced but v_L = 0 (sign-free).
+        - `"random"`: v_l = α·ξ_l with ξ_l ~ N(0, I) independent (length k, last d).
         """
         d = check_positive_int(d, "input dimension d")
         depth = check_depth(depth, "Convolutional", minimum=2)

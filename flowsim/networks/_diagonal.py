@@ -25,7 +25,7 @@ class Diagonal(AbstractOrthogonallyDecomposableNetwork):
     The linear tensor network with M(x)[j, …, j] = x_j and zero elsewhere (Yun, Krishnan &
     Mobahi, ICLR 2021). It is its own ODN view: S = I, U_l = I, a_l = v_l, ρ = β.
 
-    **Arguments:** ``layers``, a list [v_1, …, v_L] of vectors of one shape (d,), L >= 1.
+    **Arguments:** `layers`, a list [v_1, …, v_L] of vectors of one shape (d,), L >= 1.
 
     Final (not meant to be subclassed).
     """
@@ -80,12 +80,12 @@ class Diagonal(AbstractOrthogonallyDecomposableNetwork):
         key: PRNGKeyArray | None = None,
         direction: Float[Array, " d"] | None = None,
     ) -> "Diagonal":
-        """Initial diagonal network, with α = ``scale`` and u = ``direction`` (default all ones):
+        """Initial diagonal network, with α = `scale` and u = `direction` (default all ones):
 
-        - ``"balanced"``: v_l = α·u for every l, so β = α^L u^L (elementwise power); same-sign
+        - `"balanced"`: v_l = α·u for every l, so β = α^L u^L (elementwise power); same-sign
           balanced layers keep a_1 = … = a_L, so ρ keeps the sign of u^L forever.
-        - ``"last_zero"``: v_l = α·u for l < L, v_L = 0 (β = 0, sign-free).
-        - ``"random"``: v_l = α·ξ_l, ξ_l ~ N(0, I_d) independent (``key`` split into L keys).
+        - `"last_zero"`: v_l = α·u for l < L, v_L = 0 (β = 0, sign-free).
+        - `"random"`: v_l = α·ξ_l, ξ_l ~ N(0, I_d) independent (`key` split into L keys).
         """
         d = check_positive_int(d, "input dimension d")
         depth = check_depth(depth, "Diagonal")

@@ -16,7 +16,7 @@ class Linear(AbstractOrthogonallyDecomposableNetwork):
 
     The depth-1 linear tensor network (M(x) = x). As an ODN: S = I, ρ = w, a = w[None].
 
-    **Arguments:** ``w``, the weight vector, shape (d,).
+    **Arguments:** `w`, the weight vector, shape (d,).
 
     Final (not meant to be subclassed).
     """
@@ -59,9 +59,9 @@ class Linear(AbstractOrthogonallyDecomposableNetwork):
     ) -> "Linear":
         """Initial linear model.
 
-        - ``"balanced"``: w = α·u (u = ``direction``, default the all-ones vector).
-        - ``"last_zero"``: w = 0 (the only layer is the last one).
-        - ``"random"``: w = α·ξ, ξ ~ N(0, I_d) from ``key``.
+        - `"balanced"`: w = α·u (u = `direction`, default the all-ones vector).
+        - `"last_zero"`: w = 0 (the only layer is the last one).
+        - `"random"`: w = α·ξ, ξ ~ N(0, I_d) from `key`.
         """
         d = check_positive_int(d, "input dimension d")
         scale = check_init_args(shape, scale, key, direction, "Linear")

@@ -29,12 +29,12 @@ class SignedDiagonal(AbstractLinearTensorNetwork):
     - D > 2: u±^{2−D} = α^{2−D} ∓ D(D−2) z, so β = α^D h_D(D(D−2) α^{D−2} z) with
       h_D(s) = (1−s)^{−D/(D−2)} − (1+s)^{−D/(D−2)}
 
-    (``fs.analysis.reduced_scale_flow`` integrates the n-dimensional ODE for ν).
+    (`fs.analysis.reduced_scale_flow` integrates the n-dimensional ODE for ν).
 
     **Arguments:**
 
-    - ``layers``: ``[u_plus, u_minus]``, two vectors of one shape (d,).
-    - ``depth``: D ≥ 2, the power (the depth of each branch).
+    - `layers`: `[u_plus, u_minus]`, two vectors of one shape (d,).
+    - `depth`: D ≥ 2, the power (the depth of each branch).
     """
 
     layers: tuple[Float[Array, " d"], Float[Array, " d"]]
@@ -91,9 +91,9 @@ class SignedDiagonal(AbstractLinearTensorNetwork):
 
     @classmethod
     def init(cls, d: int, depth: int, scale=1.0) -> "SignedDiagonal":
-        """u₊(0) = u₋(0) = α·1 with α = ``scale`` > 0, so β(0) = 0.
+        """u₊(0) = u₋(0) = α·1 with α = `scale` > 0, so β(0) = 0.
 
-        ``scale`` may be a traced value (e.g. under ``eqx.filter_vmap`` over α); a concrete one
+        `scale` may be a traced value (e.g. under `eqx.filter_vmap` over α); a concrete one
         must be positive and finite.
         """
         d = check_positive_int(d, "input dimension d")

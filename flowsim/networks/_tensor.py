@@ -16,7 +16,7 @@ class _FixedTensor:
     """A read-only numpy array held as static data: part of the model, never trained.
 
     Equality is by value and the hash is computed once, so two networks on the same tensor
-    share a compiled solve and can be stacked for ``vmap``.
+    share a compiled solve and can be stacked for `vmap`.
     """
 
     __slots__ = ("_hash", "array")
@@ -52,11 +52,11 @@ class TensorNetwork(AbstractLinearTensorNetwork):
     as static data, not a trained leaf); the vector layers v_l are θ.
 
     Special cases (same f, β and loss gradients, hence the same gradient flow):
-    ``Diagonal`` — T[j, j, …, j] = 1; ``Convolutional`` — T[j, i_1, …, i_L] = 1 iff
-    j + i_1 + … + i_{L−1} ≡ i_L (mod d); ``FullyConnected`` — layers vec(W_l) (row-major),
+    `Diagonal` — T[j, j, …, j] = 1; `Convolutional` — T[j, i_1, …, i_L] = 1 iff
+    j + i_1 + … + i_{L−1} ≡ i_L (mod d); `FullyConnected` — layers vec(W_l) (row-major),
     T[a_0, (a_0', a_1), (b_1, a_2), …, b_{L−1}] = δ_{a_0 a_0'} δ_{a_1 b_1} δ_{a_2 b_2} ⋯.
 
-    **Arguments:** ``tensor`` T, a concrete real array of shape (d, k_1, …, k_L); ``layers``,
+    **Arguments:** `tensor` T, a concrete real array of shape (d, k_1, …, k_L); `layers`,
     a list [v_1, …, v_L] with v_l of shape (k_l,).
 
     Final (not meant to be subclassed).
@@ -124,5 +124,5 @@ class TensorNetwork(AbstractLinearTensorNetwork):
 
     def margin_geometry(self) -> MarginGeometry:
         """ρ = β, S = I, and no built-in exponent (q = None): the implicit bias of a general tensor is not
-        known in closed form, so ``fs.analysis.limit_direction`` needs ``q`` from the caller."""
+        known in closed form, so `fs.analysis.limit_direction` needs `q` from the caller."""
         return MarginGeometry(q=None, transform=jnp.eye(self.input_dim), rho=self.beta(), layer_coordinates=None)

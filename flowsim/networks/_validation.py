@@ -1,6 +1,6 @@
 """Argument checks specific to the network families (layer lists, init arguments).
 
-Numbers go through ``flowsim._checks``, the one validation layer (wrong kind → TypeError, out of
+Numbers go through `flowsim._checks`, the one validation layer (wrong kind → TypeError, out of
 range → ValueError, booleans refused, traced values passed on as arrays).
 """
 
@@ -17,7 +17,7 @@ INIT_SHAPES = ("balanced", "last_zero", "random")
 
 
 def is_concrete(value) -> bool:
-    """True when ``value`` holds numbers now (not a tracer under ``jit``/``vmap``)."""
+    """True when `value` holds numbers now (not a tracer under `jit`/`vmap`)."""
     return not is_traced(value)
 
 
@@ -34,7 +34,7 @@ def as_layer_list(layers, family: str) -> list:
 
 
 def as_real_array(value, name: str, ndim: int) -> Array:
-    """``value`` as a float64 array with ``ndim`` dimensions, finite when concrete."""
+    """`value` as a float64 array with `ndim` dimensions, finite when concrete."""
     if not is_concrete(value):
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise TypeError(f"{name} must be a real floating-point array, got dtype {value.dtype}")
@@ -69,12 +69,12 @@ def check_input(x, d: int, family: str) -> None:
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """An integer ≥ ``minimum`` (``flowsim._checks.as_int``)."""
+    """An integer ≥ `minimum` (`flowsim._checks.as_int`)."""
     return as_int(name, value, minimum)
 
 
 def check_depth(depth, family: str, minimum: int = 1) -> int:
-    """The number of layers L ≥ ``minimum`` of a ``family`` network."""
+    """The number of layers L ≥ `minimum` of a `family` network."""
     return as_int(f"{family} depth (number of layers)", depth, minimum)
 
 
