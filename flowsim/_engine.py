@@ -131,8 +131,8 @@ def _strongly_typed(tree):
 
 # A PI controller for ReLU models (Hairer & Wanner's β = 0.4/k, α = 0.7/k ≈ Diffrax's pcoeff = 0.4,
 # icoeff = 0.3): the field jumps where a pair crosses its kink, and the default I-controller
-# overshoots after each jump. Measured on the Frei et al. net of benchmarks/relu.py (to log t = 3): 6,848 steps
-# with 73% rejected → 4,698 with 45%, the same solution to 7 digits. Smooth models keep the default.
+# overshoots after each jump, so most steps near kinks are rejected (benchmarks/relu.py compares the two).
+# Smooth models keep the default.
 _NONSMOOTH_PCOEFF, _NONSMOOTH_ICOEFF = 0.4, 0.3
 
 
