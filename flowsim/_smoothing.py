@@ -112,20 +112,23 @@ def extrapolate(widths, trajectories, *, logarithmic: bool = True) -> SmoothedLi
     """The ``SmoothedLimit`` of smoothed solves already run (``widths`` decreasing, one trajectory
     each, the same save grid): what ``smoothed_limit`` returns, without solving again."""
     widths, trajectories = tuple(widths), tuple(trajectories)
-    params = richardson(widths, [traj.params.network for traj in trajectories], logarithmic=logarithmic)
-    finals = [traj.final.network for traj in trajectories]
-    final = richardson(widths, finals, logarithmic=logarithmic)
+    # Only the array leaves are extrapolated (a model may hold functions, e.g. eqx.nn.MLP's activation).
+    static = eqx.filter(trajectories[-1].final.network, eqx.is_array, inverse=True)
+    params = _on_arrays(richardson(widths, [eqx.filter(traj.params.network, eqx.is_array) for traj in trajectories],
+                                   logarithmic=logarithmic), static)
+    finals = [eqx.filter(traj.final.network, eqx.is_array) for traj in trajectories]
+    final = _on_arrays(richardson(widths, finals, logarithmic=logarithmic), static)
     # The expansion's form is not known in general (ε, ε², … where a pair slides at an offset;
     # ε log ε where the flow enters a sliding mode); the two extrapolations' disagreement is part of
     # the uncertainty (measured: the Richardson estimate alone was 3–12× too optimistic).
     other = richardson(widths, finals, logarithmic=not logarithmic)
     disagreement = max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in
-                       zip(jax.tree_util.tree_leaves(final.value), jax.tree_util.tree_leaves(other.value)))
+                       zip(jax.tree_util.tree_leaves(eqx.filter(final.value, eqx.is_array)),
+                                           jax.tree_util.tree_leaves(other.value)))
     log_loss = richardson(widths, [traj.log_loss for traj in trajectories], logarithmic=logarithmic)
     log_t_reached = richardson(widths, [traj.log_t_reached for traj in trajectories], logarithmic=logarithmic)
     gaps = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
-        trajectories[-1].final.network, trajectories[-2].final.network))
+        lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))), finals[-1], finals[-2]))
     failed = [(w, traj) for w, traj in zip(widths, trajectories) if not bool(traj.ok)]
     message = "; ".join(f"width {w:g}: {traj.message}" for w, traj in failed) if failed else \
         f"all {len(widths)} widths reached the end; extrapolated to width 0"
@@ -282,6 +285,11 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
                     smoothed_fallback_widths=tuple(float(w) for w in sorted(widths, reverse=True)))
     return dataclasses.replace(out, stats={**out.stats, **jax.tree_util.tree_map(jnp.asarray, undo(new))},
                                metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
+
+
+def _on_arrays(result, static):
+    """A Richardson result over array leaves, its value recombined with the model's other leaves."""
+    return dataclasses.replace(result, value=eqx.combine(result.value, static))
 
 
 def _as_model(model: AbstractNonsmoothModel, values) -> AbstractNonsmoothModel:
