@@ -13,8 +13,9 @@ Each solver runs at each rtol (atol = atol_factor·rtol); flowsim's at the same 
 DOP853, LSODA, BDF, Radau) on the same field as a jitted JAX function, with its exact Jacobian for the implicit
 ones. Measured in one run: the relative error of the final state, the evaluations of the field ∇L (and of its
 Jacobian, each counted once: flowsim's by a callback in the model, SciPy's by counting calls), and the wall time
-(flowsim: the faster of two runs without the counter, after one that compiled it). "auto" decides on timings, so
-its counted run may switch differently from its timed ones.
+(flowsim: the faster of two runs without the counter, after one that compiled it). "auto" decides on counted work
+weighted by the compiled program's cost, and the counting callback changes that program, so its counted run may
+switch differently from its timed ones.
 
 The claims judge accuracy and counted evaluations only; wall times are reported (the figure, the notes of the
 evaluation claims) and never judged: they depend on the machine and its load. Against SciPy the claim is per
@@ -140,7 +141,7 @@ def run_flowsim(model, X, y, loss, horizon, exact, solver, rtols, config):
         traj = fs.simulate(counted, **tol, **options)
         out["evals"].append(tally.count)
         fs.simulate(plain, **tol, **options)  # compiles whatever this run needs ("auto" may switch solvers)
-        # "auto" decides on measured timings, so a repeat may take another path: the faster of two warm runs.
+        # The faster of two warm runs: wall time varies with the machine's load.
         timed = min((fs.simulate(plain, **tol, **options) for _ in range(2)), key=lambda tr: tr.stats["wall_time_s"])
         out["wall_s"].append(float(timed.stats["wall_time_s"]))
         out["error"].append(np.linalg.norm(flat(timed.final) - exact) / np.linalg.norm(exact))
