@@ -6,7 +6,7 @@ into it. A plain gradient (JAX's derivative of max at a tie) makes the field jum
 adaptive solver chatters across the kink with ever smaller steps. One run prints three tables:
 
 1. Before/after on the issue's examples ("plain": a hand-written Equinox module, the old path;
-   "min-norm": ``fs.networks.TwoLayer`` / ``fs.networks.MLP``, whose field is −∂⁰L):
+   "min-norm": `fs.networks.TwoLayer` / `fs.networks.MLP`, whose field is −∂⁰L):
    - Frei et al. (2023) two-layer leaky-ReLU net, outer layer fixed, n = 30, d = 300, m = 20,
      15% label noise, logistic loss, log time to log t = 5;
    - a 2-D bias-free ReLU MLP (two hidden layers of 16, as ``eqx.nn.MLP(2, "scalar", 16, 2,
@@ -15,14 +15,14 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
 2. The band: a hand-solved single-neuron flow with a sliding phase (tests/test_nonsmooth.py),
    final error against the closed form and steps, for bands of 0.01–100 × the solver tolerance.
 3. The alternative the issue allows: a smoothed activation φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε)
-   on the same flow, error and steps as ε → 0, and ``fs.smoothed_limit``'s extrapolation to ε = 0.
-4. The 2-D MLP where the min-norm field chatters: ``fs.smoothed_limit`` against the min-norm solve
+   on the same flow, error and steps as ε → 0, and `fs.smoothed_limit`'s extrapolation to ε = 0.
+4. The 2-D MLP where the min-norm field chatters: `fs.smoothed_limit` against the min-norm solve
    at log t = 4.4 (where that solve still works), then alone to log t = 10.
 
-5. (``--table``) issue 20's table: steps, rejected steps, kink crossings, wall for the noisy two-layer net to
-   log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100), ``eqx.nn.MLP`` depth 1 and 2 to
-   log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1 ``fs.networks.MLP`` to log t = 10; each
-   through ``fs.simulate_or_smoothed`` (the exact min-norm field, the smoothed limit where it stalls).
+5. (`--table`) issue 20's table: steps, rejected steps, kink crossings, wall for the noisy two-layer net to
+   log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100), `eqx.nn.MLP` depth 1 and 2 to
+   log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1 `fs.networks.MLP` to log t = 10; each
+   through `fs.simulate_or_smoothed` (the exact min-norm field, the smoothed limit where it stalls).
 
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
@@ -89,7 +89,7 @@ def row(name, traj, wall, extra=""):
 
 def xor_mlp():
     """(X, y, layers): 20 Gaussian points in 2-D with XOR-like labels sign(x₁x₂), and the layers of
-    ``eqx.nn.MLP(2, "scalar", 16, 2, use_bias=False)`` (key 0), the last as a vector."""
+    `eqx.nn.MLP(2, "scalar", 16, 2, use_bias=False)` (key 0), the last as a vector."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20, 2))
     y = np.sign(X[:, 0] * X[:, 1])

@@ -528,7 +528,7 @@ class Kinked(AbstractNonsmoothModel):
 
 
 def _row_ids(params) -> tuple[np.ndarray, int]:
-    """For the flat θ of ``ravel_pytree(params)``: the row of every entry (vectors along each leaf's
+    """For the flat θ of `ravel_pytree(params)`: the row of every entry (vectors along each leaf's
     last axis; a scalar leaf is one row), and the number of rows."""
     ids, start = [], 0
     for leaf in jax.tree_util.tree_leaves(params):

@@ -23,19 +23,19 @@ transversal crossing clips d to a bound and crosses.
 
 Limitation: where one sample has pairs at kinks in several layers at once (a corner of a deep
 network) g is multilinear in d and the limiting gradients no longer form a box; the field then
-re-linearises (``_RELINEARISATIONS``), which is not the exact minimum-norm element, and a 2-D
-MLP with two hidden layers still chatters at such corners (``benchmarks/relu.py``: a ReLU sample
+re-linearises (`_RELINEARISATIONS`), which is not the exact minimum-norm element, and a 2-D
+MLP with two hidden layers still chatters at such corners (`benchmarks/relu.py`: a ReLU sample
 whose first hidden layer is all at or below its kinks puts every second-layer pair at z = 0). For
-such networks ``fs.smoothed_limit`` solves smoothed activations and extrapolates the width to 0.
+such networks `fs.smoothed_limit` solves smoothed activations and extrapolates the width to 0.
 
 Numerically a pair counts as "at its kink" inside a band: |z_iu| is at most what a change of
 every parameter by kink_atol + kink_rtol·|θ| can move it. For a first-layer unit z = ⟨w_u, x_i⟩
 that is (kink_atol + kink_rtol‖w_u‖)‖x_i‖ (the parameter-space distance of w_u to the kink
 hyperplane is below kink_atol + kink_rtol‖w_u‖); deeper units add the movement of their input
-(``MLP.kink_widths``). An adaptive solver lands within its own error tolerance of a kink, so the
+(`MLP.kink_widths`). An adaptive solver lands within its own error tolerance of a kink, so the
 band should exceed that tolerance (with Diffrax's I-controller a band of 0.01 × the tolerance
 chattered and stalled; with the PI controller ReLU models now get, 0.01–100 × slide on the
-hand-solved flow of ``benchmarks/relu.py``, with an error that grows like the band); the flow then
+hand-solved flow of `benchmarks/relu.py`, with an error that grows like the band); the flow then
 slides at that offset, an O(band) perturbation of the trajectory.
 """
 
@@ -49,7 +49,7 @@ from jaxtyping import Array, Float, Int
 
 # Active-set iterations of the box-constrained least squares (one to three in the usual case).
 _MAX_ACTIVE_SET_ITERATIONS = 50
-# Linearisations of the subgradient map in the slopes for models without a ``kink_system`` (one is
+# Linearisations of the subgradient map in the slopes for models without a `kink_system` (one is
 # exact when the map is affine; more refine it when a sample has free pairs in several layers).
 _RELINEARISATIONS = 3
 # The band is this many times the solver's tolerances (benchmarks/relu.py: a band below the
@@ -60,7 +60,7 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-8, 1e-10
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def leaky_relu_with_slope(z, slope, leak: float):
-    """φ(z) = max(z, γz) in value, with derivative ``slope`` (values of φ are unchanged).
+    """φ(z) = max(z, γz) in value, with derivative `slope` (values of φ are unchanged).
 
     The activation derivative at a kink is a free variable of the Clarke subdifferential; this is
     how a network evaluates its gradient for a chosen D ∈ [γ, 1]."""
@@ -84,16 +84,16 @@ class AbstractNonsmoothModel(eqx.Module):
 
     Subclasses provide:
 
-    - ``leak``: γ ∈ [0, 1), the activation φ(z) = max(z, γz) (0: ReLU);
-    - ``kink_rtol``, ``kink_atol``: the band (module docstring), or None to follow the solver's
-      tolerances (``BAND_FACTOR``·rtol, ``BAND_FACTOR``·atol); ``max_kinks``: K, at most this many
+    - `leak`: γ ∈ [0, 1), the activation φ(z) = max(z, γz) (0: ReLU);
+    - `kink_rtol`, `kink_atol`: the band (module docstring), or None to follow the solver's
+      tolerances (`BAND_FACTOR`·rtol, `BAND_FACTOR`·atol); `max_kinks`: K, at most this many
       (unit, sample) pairs are treated as free at one time (the closest to their kinks);
-    - ``pre_activations(x)``: z_u for every unit u of ONE input, shape (U,);
-    - ``kink_widths(x, kink_rtol, kink_atol)``: the band half-width of every unit's kink for ONE
+    - `pre_activations(x)`: z_u for every unit u of ONE input, shape (U,);
+    - `kink_widths(x, kink_rtol, kink_atol)`: the band half-width of every unit's kink for ONE
       input, in units of z, shape (U,): how far z_u can move when every parameter moves by its
       tolerance atol + rtol·|θ| (module docstring);
-    - ``forward(x, slopes)``: the output for ONE input with the activation derivative of unit u
-      set to ``slopes[u]`` (values unchanged; ``leaky_relu_with_slope``).
+    - `forward(x, slopes)`: the output for ONE input with the activation derivative of unit u
+      set to `slopes[u]` (values unchanged; `leaky_relu_with_slope`).
     """
 
     leak: eqx.AbstractVar[float]
@@ -111,15 +111,15 @@ class AbstractNonsmoothModel(eqx.Module):
 
     @abc.abstractmethod
     def forward(self, x: Float[Array, " d"], slopes: Float[Array, " U"]) -> Array:
-        """The output for ONE input with activation derivatives ``slopes``."""
+        """The output for ONE input with activation derivatives `slopes`."""
 
     def kink_system(self, X, cotangent, gradient, sample, unit, valid):
         """Optional fast path: the K×K system (GᵀG, Gᵀg) of the free slopes, without forming G.
 
-        ``cotangent``: e^s ∂ℓ/∂f / n per sample; ``gradient``: the trainable part of the model
+        `cotangent`: e^s ∂ℓ/∂f / n per sample; `gradient`: the trainable part of the model
         holding the gradient at the current slopes (leaves that are not trained are None);
-        ``sample``, ``unit``: the free pairs; ``valid``: which of them are in band. Return None
-        (the default) to let ``min_norm_scaled_gradient`` build G by forward-mode differentiation."""
+        `sample`, `unit`: the free pairs; `valid`: which of them are in band. Return None
+        (the default) to let `min_norm_scaled_gradient` build G by forward-mode differentiation."""
         del X, cotangent, gradient, sample, unit, valid
 
     def slopes(self, z: Array) -> Array:
@@ -127,16 +127,16 @@ class AbstractNonsmoothModel(eqx.Module):
         return jnp.where(z > 0, 1.0, self.leak)
 
     def apply(self, x: Float[Array, " d"], activation) -> Array:
-        """Optional: the output for ONE input with every φ replaced by ``activation`` (elementwise).
+        """Optional: the output for ONE input with every φ replaced by `activation` (elementwise).
 
-        Needed by ``fs.networks.Smoothed`` (a smoothed activation instead of the kinks)."""
+        Needed by `fs.networks.Smoothed` (a smoothed activation instead of the kinks)."""
         raise NotImplementedError(
             f"{type(self).__name__} does not implement apply(x, activation), which fs.networks.Smoothed needs"
         )
 
     def smoothed(self, width: float):
-        """This network with φ replaced by φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε), ε = ``width``
-        (``fs.networks.Smoothed``): a smooth model, for ``fs.smoothed_limit``."""
+        """This network with φ replaced by φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε), ε = `width`
+        (`fs.networks.Smoothed`): a smooth model, for `fs.smoothed_limit`."""
         from .networks._smoothed import Smoothed
 
         return Smoothed(self, width)
@@ -151,7 +151,7 @@ class _Kinks(eqx.Module):
 
 
 def band_tolerances(model: AbstractNonsmoothModel, rtol=None, atol=None) -> tuple:
-    """(kink_rtol, kink_atol): the model's, or ``BAND_FACTOR`` × the solver's tolerances (defaults
+    """(kink_rtol, kink_atol): the model's, or `BAND_FACTOR` × the solver's tolerances (defaults
     1e-8, 1e-10 where none are given). May be traced values."""
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
@@ -187,7 +187,7 @@ def _slope_matrix(kinks: _Kinks, free: Array) -> Array:
 
 
 def _box_least_squares(Q, b, lower, upper, fixed):
-    """argmin ½dᵀQd + bᵀd over lower ≤ d ≤ upper (coordinates with ``fixed`` stay at ``lower``).
+    """argmin ½dᵀQd + bᵀd over lower ≤ d ≤ upper (coordinates with `fixed` stay at `lower`).
 
     A primal–dual active-set (semismooth Newton) iteration (Hintermüller, Ito & Kunisch 2002):
     with λ = Qd + b, a coordinate is held at its lower (upper) bound where d − λ/Q_kk falls below
@@ -238,10 +238,10 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
     band it costs K more forward-mode passes (the columns of G) and a K×K box least squares.
     Differentiable in θ (implicit solvers) and vmappable.
 
-    **Arguments:** ``field`` (a ``GradientFlowField`` over an ``AbstractNonsmoothModel``),
-    ``theta`` (the flat trainable parameters), ``log_scale`` (the log-time scale s, or 0);
-    ``rtol``, ``atol``: the solver's tolerances, which set the band unless the model fixes it
-    (``band_tolerances``; may be traced).
+    **Arguments:** `field` (a `GradientFlowField` over an `AbstractNonsmoothModel`),
+    `theta` (the flat trainable parameters), `log_scale` (the log-time scale s, or 0);
+    `rtol`, `atol`: the solver's tolerances, which set the band unless the model fixes it
+    (`band_tolerances`; may be traced).
 
     **Returns:** (e^{log_scale} ∂⁰L(θ), predictions f(X; θ)).
     """
@@ -294,7 +294,7 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
 
 def _pair_columns(field, theta, X, weights, slopes, sample, unit, valid):
     """G, shape (p, K): column k = ∂g/∂d_k = w_i ∂/∂s_u ∇_θ f(x_i; θ, s) for the pair (i, u) = k,
-    with ``weights`` w (the loss's cotangent per sample) and every other slope as in ``slopes``."""
+    with `weights` w (the loss's cotangent per sample) and every other slope as in `slopes`."""
 
     def column(i, u, ok):
         def sample_gradient(s):
@@ -313,7 +313,7 @@ def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
     The column of pair k = (i, u) is G_k = β_k e_u x_iᵀ in the first layer's block (β_k the
     backpropagated cotangent at the unit's output), so (GᵀG)_kl = β_k β_l [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩
     and (Gᵀg)_k = β_k ⟨g_{u_k}, x_{i_k}⟩, in O(K² d) instead of K passes over the data.
-    ``weight_gradient``: the gradient's first-layer block (m, d), or None if it is not trained
+    `weight_gradient`: the gradient's first-layer block (m, d), or None if it is not trained
     (then no column reaches θ and G = 0)."""
     K = sample.shape[0]
     if weight_gradient is None:
@@ -329,19 +329,19 @@ def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
 
 
 def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=None, atol=None) -> dict:
-    """Where a model stands against its kinks on the data X (vmappable over states); ``rtol``,
-    ``atol``: the solve's tolerances (they set the band, as in ``min_norm_scaled_gradient``).
+    """Where a model stands against its kinks on the data X (vmappable over states); `rtol`,
+    `atol`: the solve's tolerances (they set the band, as in `min_norm_scaled_gradient`).
 
     **Returns:** a dict of arrays:
 
-    - ``pairs_at_kink``: the number of (unit, sample) pairs within the band of their kink
+    - `pairs_at_kink`: the number of (unit, sample) pairs within the band of their kink
       (treated as free in the minimum-norm subgradient; > 0 while a pair slides along a kink);
-    - ``units_at_kink``: units with at least one sample in their band;
-    - ``band_overflow``: more pairs in band than ``max_kinks`` (the excess get φ'(z) and the
-      field is then not the minimum-norm element; raise ``max_kinks``);
-    - ``min_band_ratio``: min over pairs of |z_iu| / band half-width (< 1: in band; how close the
+    - `units_at_kink`: units with at least one sample in their band;
+    - `band_overflow`: more pairs in band than `max_kinks` (the excess get φ'(z) and the
+      field is then not the minimum-norm element; raise `max_kinks`);
+    - `min_band_ratio`: min over pairs of |z_iu| / band half-width (< 1: in band; how close the
       nearest pair outside the band is);
-    - ``active_pairs``: pairs with z > 0.
+    - `active_pairs`: pairs with z > 0.
     """
     if not isinstance(model, AbstractNonsmoothModel):
         raise TypeError(f"kink_statistics needs an AbstractNonsmoothModel (a ReLU network), got {type(model).__name__}")
@@ -361,8 +361,8 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
 
 def kink_crossings(models, X: Float[Array, "n d"]) -> Int[Array, ""]:
     """The number of activation changes between consecutive saved states: Σ over saves and
-    (unit, sample) pairs of [sign z changed]. ``models``: a model with a leading time axis on its
-    arrays (``traj.params``). A lower bound on the kink crossings of the solve (a pair that crosses
+    (unit, sample) pairs of [sign z changed]. `models`: a model with a leading time axis on its
+    arrays (`traj.params`). A lower bound on the kink crossings of the solve (a pair that crosses
     and comes back between two saves is not seen); a sliding pair counts when it leaves its kink."""
     if not isinstance(models, AbstractNonsmoothModel):
         raise TypeError(f"kink_crossings needs an AbstractNonsmoothModel (a ReLU network), got {type(models).__name__}")

@@ -39,8 +39,8 @@ def simulate(
     - `problem`: a `fs.Problem`, or `fs.modified_flow(problem, lr)`.
     - `t1` or `log_t1` (exactly one): the horizon in physical time (integrated in linear
       time) or t1 = e^{log_t1} (integrated in log time s = log(1 + t), where
-      dθ/ds = −e^s ∇L(θ), so log_t1 = 1e6 works and t is never formed). ``time="linear" |
-      "log"`` overrides the choice.
+      dθ/ds = −e^s ∇L(θ), so log_t1 = 1e6 works and t is never formed). `time="linear" |
+      "log"` overrides the choice.
     - `solver`: `"auto"` (the default: starts explicit, estimates stiffness along the solve and
       switches between Tsit5 and Kvaerno5 in segments where the counted cost says so — work
       weighted by a per-shape cost table, never the clock, so the same call gives bitwise the same

@@ -1,8 +1,8 @@
 """Gradient flow of a ReLU network as the limit of smoothed flows: solve at widths ε, extrapolate ε → 0.
 
-The alternative to the minimum-norm Clarke subgradient (``_nonsmooth``) that works where that field
+The alternative to the minimum-norm Clarke subgradient (`_nonsmooth`) that works where that field
 chatters: deep ReLU networks at corners where one sample sits at kinks in several layers.
-``simulate_or_smoothed`` runs the exact field and falls back to the extrapolation per member, where
+`simulate_or_smoothed` runs the exact field and falls back to the extrapolation per member, where
 the exact solve stalled at a kink.
 """
 
@@ -26,20 +26,20 @@ DEFAULT_WIDTHS = (1e-3, 1e-4, 1e-5)
 
 
 class SmoothedLimit(eqx.Module):
-    """The ReLU flow as the ε → 0 limit of smoothed flows (``smoothed_limit``).
+    """The ReLU flow as the ε → 0 limit of smoothed flows (`smoothed_limit`).
 
-    - ``log_t``: the save times (log t), shared by every width;
-    - ``params``, ``final``: the ReLU network extrapolated to ε = 0 at every save, and at the last;
-    - ``log_loss``: log L extrapolated to ε = 0 at every save;
-    - ``log_t_reached``: where the solves ended, extrapolated (with ``target_log_loss`` each width
-      stops at its own time: ``final`` is then the state where L reaches the target, and saves
+    - `log_t`: the save times (log t), shared by every width;
+    - `params`, `final`: the ReLU network extrapolated to ε = 0 at every save, and at the last;
+    - `log_loss`: log L extrapolated to ε = 0 at every save;
+    - `log_t_reached`: where the solves ended, extrapolated (with `target_log_loss` each width
+      stops at its own time: `final` is then the state where L reaches the target, and saves
       after the earliest stop mix states of different times — each solve repeats its last one);
-    - ``error``: the uncertainty of the final parameters (max over entries): the larger of
+    - `error`: the uncertainty of the final parameters (max over entries): the larger of
       Richardson's error estimate and the gap between the ε-power and the ε log ε extrapolations;
-    - ``spread``: max over entries of |final parameters at the two smallest widths| — what a
-      single width would be off by, for comparison with ``error``;
-    - ``trajectories``, ``widths``: each smoothed solve (``traj.final.network`` is its network);
-    - ``ok``, ``message``: every width reached the horizon (or target), or which did not and why.
+    - `spread`: max over entries of |final parameters at the two smallest widths| — what a
+      single width would be off by, for comparison with `error`;
+    - `trajectories`, `widths`: each smoothed solve (`traj.final.network` is its network);
+    - `ok`, `message`: every width reached the horizon (or target), or which did not and why.
     """
 
     log_t: Float[Array, " n_save"]
@@ -63,11 +63,11 @@ def _smoothed_problem(problem: Problem, width: float) -> Problem:
 
 
 def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool = True, **options) -> SmoothedLimit:
-    """Solve the flow of ``problem``'s ReLU network with φ smoothed to φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε)
-    for each ε in ``widths`` (``fs.networks.Smoothed``), and extrapolate the saved parameters and
-    log-losses to ε = 0 (``fs.analysis.richardson``: with ``logarithmic`` (default) the error is
+    """Solve the flow of `problem`'s ReLU network with φ smoothed to φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε)
+    for each ε in `widths` (`fs.networks.Smoothed`), and extrapolate the saved parameters and
+    log-losses to ε = 0 (`fs.analysis.richardson`: with `logarithmic` (default) the error is
     expanded in ε log ε, ε, ε² log ε, …, the form a smoothed kink produces where the flow enters a
-    sliding mode; otherwise in ε, ε², …; ``error`` includes the two expansions' gap).
+    sliding mode; otherwise in ε, ε², …; `error` includes the two expansions' gap).
 
     Use it where the minimum-norm field chatters (deep ReLU networks whose samples sit at kinks in
     several layers; a solve that runs out of steps at a kink says so). Measured (benchmarks/relu.py):
@@ -77,8 +77,8 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
     Tsit5 takes ~1/ε steps near sliding kinks, and is still the fastest measured (the default here;
     Kvaerno5's steps are held by accuracy there, at ~200× the cost per step).
 
-    **Arguments:** ``problem`` (an ``fs.Problem`` whose model is an ``fs.AbstractNonsmoothModel``,
-    e.g. ``fs.networks.MLP``), ``widths`` (≥ 2 distinct positive numbers), ``logarithmic``, and ``fs.simulate``'s options (the same for every width, so the saves align).
+    **Arguments:** `problem` (an `fs.Problem` whose model is an `fs.AbstractNonsmoothModel`,
+    e.g. `fs.networks.MLP`), `widths` (≥ 2 distinct positive numbers), `logarithmic`, and `fs.simulate`'s options (the same for every width, so the saves align).
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"smoothed_limit needs an fs.Problem, got {type(problem).__name__}")
@@ -109,8 +109,8 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
 
 
 def extrapolate(widths, trajectories, *, logarithmic: bool = True) -> SmoothedLimit:
-    """The ``SmoothedLimit`` of smoothed solves already run (``widths`` decreasing, one trajectory
-    each, the same save grid): what ``smoothed_limit`` returns, without solving again."""
+    """The `SmoothedLimit` of smoothed solves already run (`widths` decreasing, one trajectory
+    each, the same save grid): what `smoothed_limit` returns, without solving again."""
     widths, trajectories = tuple(widths), tuple(trajectories)
     # Only the array leaves are extrapolated (a model may hold functions, e.g. eqx.nn.MLP's activation).
     static = eqx.filter(trajectories[-1].final.network, eqx.is_array, inverse=True)
@@ -158,8 +158,8 @@ _FALLBACK_STATS = ("smoothed_fallback", "exact_status", "exact_log_t_reached", "
 
 
 def kink_layers(model: AbstractNonsmoothModel) -> tuple[int, ...] | None:
-    """The sizes of the model's layers of kinks, in the order of ``pre_activations`` (one entry per
-    hidden layer of ``fs.networks.MLP``, per kink site a model's kinks were found at), or None where
+    """The sizes of the model's layers of kinks, in the order of `pre_activations` (one entry per
+    hidden layer of `fs.networks.MLP`, per kink site a model's kinks were found at), or None where
     unknown. A model with one layer of kinks has no corners: its min-norm field is exact everywhere."""
     if isinstance(model, TwoLayer):
         return (int(np.shape(model.W)[-2]),)
@@ -171,7 +171,7 @@ def kink_layers(model: AbstractNonsmoothModel) -> tuple[int, ...] | None:
 
 def corner_samples(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> Array:
     """The number of samples with (unit, sample) pairs in the band of their kinks in two or more layers
-    at once (``kink_layers``): the corners where the min-norm field is only linearised (``_nonsmooth``)."""
+    at once (`kink_layers`): the corners where the min-norm field is only linearised (`_nonsmooth`)."""
     layers = kink_layers(model)
     z, width = _band(model, jnp.asarray(X, dtype=jnp.float64), rtol, atol)
     in_band = jnp.abs(z) <= width
@@ -184,33 +184,33 @@ def corner_samples(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> Ar
 
 def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bool = False, logarithmic: bool = True,
                          corners_only: bool = True, smoothed_options: dict | None = None, **options) -> Trajectory:
-    """``fs.simulate(problem, **options)`` (``fs.simulate_batch`` with ``batched=True``), and for each
-    member whose exact solve stalled at a kink, ``fs.smoothed_limit`` in its place (``smoothed_fallback``).
+    """`fs.simulate(problem, **options)` (`fs.simulate_batch` with `batched=True`), and for each
+    member whose exact solve stalled at a kink, `fs.smoothed_limit` in its place (`smoothed_fallback`).
 
-    The minimum-norm Clarke field of ``_nonsmooth`` is exact where the free slopes of each sample
+    The minimum-norm Clarke field of `_nonsmooth` is exact where the free slopes of each sample
     lie in one layer; where a sample sits at kinks in two layers at once (a corner of a deep network)
     it is only linearised there and can chatter until the solve runs out of steps. Such a member
-    (status ``MAX_STEPS``, ``STEP_SIZE_UNDERFLOW`` or ``SOLVER_FAILURE`` on an
-    ``fs.AbstractNonsmoothModel`` with kinks in two or more layers, ``kink_layers``) is solved again
-    with its activations smoothed at ``widths`` and extrapolated to width 0; the other members keep
+    (status `MAX_STEPS`, `STEP_SIZE_UNDERFLOW` or `SOLVER_FAILURE` on an
+    `fs.AbstractNonsmoothModel` with kinks in two or more layers, `kink_layers`) is solved again
+    with its activations smoothed at `widths` and extrapolated to width 0; the other members keep
     their exact solves. A model with one layer of kinks (a two-layer net) has no corners and its field is
-    exact: a stalled solve of it needs more steps, so it is left as it is unless ``corners_only=False``.
-    A smooth model runs exactly as ``fs.simulate`` (nothing falls back).
+    exact: a stalled solve of it needs more steps, so it is left as it is unless `corners_only=False`.
+    A smooth model runs exactly as `fs.simulate` (nothing falls back).
 
-    **Arguments:** ``problem`` (a ``fs.Problem``; with ``batched=True`` one with a leading batch axis,
-    as ``fs.simulate_batch`` takes), ``widths`` and ``logarithmic`` (as ``fs.smoothed_limit``),
-    ``smoothed_options`` (options that replace ``options`` for the smoothed solves only, e.g. a larger
-    ``max_steps``: a smoothed solve near a sliding kink takes ~1/ε steps), and ``fs.simulate``'s (or
-    ``fs.simulate_batch``'s) options.
+    **Arguments:** `problem` (a `fs.Problem`; with `batched=True` one with a leading batch axis,
+    as `fs.simulate_batch` takes), `widths` and `logarithmic` (as `fs.smoothed_limit`),
+    `smoothed_options` (options that replace `options` for the smoothed solves only, e.g. a larger
+    `max_steps`: a smoothed solve near a sliding kink takes ~1/ε steps), and `fs.simulate`'s (or
+    `fs.simulate_batch`'s) options.
 
-    **Returns:** a ``fs.Trajectory`` as the exact solve's (batched with ``batched=True``), where each
+    **Returns:** a `fs.Trajectory` as the exact solve's (batched with `batched=True`), where each
     fallback member holds the extrapolated network, log-loss and time reached, the status of its
-    smoothed solves, and statistics summed over its exact and smoothed solves. ``traj.stats`` gains
-    per member ``smoothed_fallback`` (it fell back), ``exact_status``, ``exact_log_t_reached``,
-    ``exact_pairs_at_kink`` and ``exact_corner_samples`` (where and why the exact solve stopped: the
-    samples at kinks in two layers at its last state, ``corner_samples``) and ``smoothed_error`` (the
-    extrapolation's uncertainty in the parameters, ``SmoothedLimit.error``; NaN where exact);
-    ``traj.info`` names the fallback members and widths, and ``traj.message`` says so per member.
+    smoothed solves, and statistics summed over its exact and smoothed solves. `traj.stats` gains
+    per member `smoothed_fallback` (it fell back), `exact_status`, `exact_log_t_reached`,
+    `exact_pairs_at_kink` and `exact_corner_samples` (where and why the exact solve stopped: the
+    samples at kinks in two layers at its last state, `corner_samples`) and `smoothed_error` (the
+    extrapolation's uncertainty in the parameters, `SmoothedLimit.error`; NaN where exact);
+    `traj.info` names the fallback members and widths, and `traj.message` says so per member.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"simulate_or_smoothed needs an fs.Problem, got {type(problem).__name__}")
@@ -227,10 +227,10 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
 
 def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS, *, logarithmic: bool = True,
                       corners_only: bool = True, **options) -> Trajectory:
-    """``traj`` (the exact solve of ``problem``, batched or not) with every member whose solve stalled at
-    a kink (``FALLBACK_STATUSES``) replaced by ``fs.smoothed_limit(member, widths, **options)``: what
-    ``simulate_or_smoothed`` returns. ``options`` must give the exact solve's save grid (``n_save`` or
-    ``save_log_t``), so the smoothed saves line up with the other members'."""
+    """`traj` (the exact solve of `problem`, batched or not) with every member whose solve stalled at
+    a kink (`FALLBACK_STATUSES`) replaced by `fs.smoothed_limit(member, widths, **options)`: what
+    `simulate_or_smoothed` returns. `options` must give the exact solve's save grid (`n_save` or
+    `save_log_t`), so the smoothed saves line up with the other members'."""
     if not isinstance(problem.model, AbstractNonsmoothModel):
         raise TypeError(f"smoothed_fallback needs a ReLU network (an fs.AbstractNonsmoothModel), got "
                         f"{type(problem.model).__name__}")
@@ -293,7 +293,7 @@ def _on_arrays(result, static):
 
 
 def _as_model(model: AbstractNonsmoothModel, values) -> AbstractNonsmoothModel:
-    """``model`` with the array leaves of ``values`` (a trajectory hands back the user's model, whose
+    """`model` with the array leaves of `values` (a trajectory hands back the user's model, whose
     leaves are the problem's model's)."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(values, eqx.is_array))
     arrays, static = eqx.partition(model, eqx.is_array)
@@ -301,14 +301,14 @@ def _as_model(model: AbstractNonsmoothModel, values) -> AbstractNonsmoothModel:
 
 
 def _member(problems, index: int):
-    """Member ``index`` of a stacked pytree (every array leaf's leading axis)."""
+    """Member `index` of a stacked pytree (every array leaf's leading axis)."""
     batch_size(problems)  # checks the leaves share one leading axis
     arrays, static = eqx.partition(problems, eqx.is_array)
     return eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[index], arrays), static)
 
 
 def _put_tree(target, values, index: int) -> None:
-    """Write ``values``' array leaves into member ``index`` of ``target``'s (numpy, in place)."""
+    """Write `values`' array leaves into member `index` of `target`'s (numpy, in place)."""
     leaves = jax.tree_util.tree_leaves(target)
     new = jax.tree_util.tree_leaves(eqx.filter(values, eqx.is_array))
     if len(leaves) != len(new):

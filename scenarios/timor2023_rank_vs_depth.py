@@ -14,11 +14,11 @@ rank ‖W‖_F²/‖W‖₂² near 2 or below, more so as L grows. Gradient flow
 conjectured to approach minimum-norm interpolants; this study measures what it does.
 
 Setup: n unit-norm inputs in R^d labelled by f*(x) = relu(⟨u_1, x⟩) − relu(⟨u_2, x⟩) (orthonormal u_j, so
-k = 2, m = 2, P = 2; ``fs.data.relu_teacher_student``); students ``fs.networks.MLP`` of depth L with hidden
+k = 2, m = 2, P = 2; `fs.data.relu_teacher_student`); students `fs.networks.MLP` of depth L with hidden
 width h, entries scale·N(0, 1), squared loss, gradient flow (Tsit5 through the kinks) until loss ≤ target or
 the horizon, every seed of a (scale, depth) through one compiled solve. A run whose exact (minimum-norm) solve
 stalls at a corner — a sample at kinks in two layers at once, where that field is only linearised and chatters
-(deep students only) — is solved again as the smoothed-width limit (``fs.simulate_or_smoothed``: softplus kinks
+(deep students only) — is solved again as the smoothed-width limit (`fs.simulate_or_smoothed`: softplus kinks
 of widths 1e-3, 1e-4, 1e-5, extrapolated to 0), and the claims count how many did. Runs that still miss the
 target are counted and excluded. Measured: the stable rank of every layer at the end and along t; the mean over hidden layers
 W_1 … W_{L−1} (the output layer is a vector, stable rank 1) against depth; the bound above at the flow's
@@ -45,17 +45,17 @@ def min_norm_bound(depth, rho, path_norm=2.0, teacher_depth=2, teacher_width=2):
 
 
 def layer_ratios(layers):
-    """Per layer: stable rank and ‖W‖₂/‖W‖_F (a vector layer: 1, 1). ``layers``: arrays (..., rows, cols)."""
+    """Per layer: stable rank and ‖W‖₂/‖W‖_F (a vector layer: 1, 1). `layers`: arrays (..., rows, cols)."""
     matrix = layers[0].ndim  # the last layer is a vector (one axis fewer) for a scalar output
     sr = [np.asarray(fs.analysis.stable_rank(W if W.ndim == matrix else W[..., None, :])) for W in layers]
     return np.stack(sr, -1), np.stack([1 / np.sqrt(s) for s in sr], -1)
 
 
 def solve(config, X, y, group):
-    """Every seed of one (init scale, depth): one compiled solve, members one at a time (``chunk_size=1``),
-    so a member sliding along a kink until ``max_steps`` does not hold the others in lockstep. A member whose
+    """Every seed of one (init scale, depth): one compiled solve, members one at a time (`chunk_size=1`),
+    so a member sliding along a kink until `max_steps` does not hold the others in lockstep. A member whose
     exact solve stalls at a corner (a sample at kinks in two layers, where the min-norm field chatters) is
-    solved again as the smoothed-width extrapolation (``fs.simulate_or_smoothed``; its message says so)."""
+    solved again as the smoothed-width extrapolation (`fs.simulate_or_smoothed`; its message says so)."""
     scale, L = group
     keys = jax.random.split(jax.random.key(100 * L), config["seeds"])
     problems = eqx.filter_vmap(lambda k: fs.Problem(fs.networks.MLP.init(

@@ -42,8 +42,8 @@ def log_log_grid(first_log_t: float, log_t1: float, n: int) -> Float[np.ndarray,
     """n save times (log t) from `first_log_t` to `log_t1`, evenly spaced in log(log t).
 
     Directional convergence on separable data is logarithmic in t (1/log t for linear models, Soudry et al.
-    2018), so its trends are straight lines against log(log t); pass the result as ``fs.simulate(...,
-    save_log_t=...)``.
+    2018), so its trends are straight lines against log(log t); pass the result as `fs.simulate(...,
+    save_log_t=...)`.
 
     **Arguments:** `first_log_t` > 0, `log_t1` > `first_log_t`, `n` ≥ 2.
     """

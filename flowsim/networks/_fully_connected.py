@@ -29,11 +29,11 @@ class FullyConnected(AbstractLinearTensorNetwork):
     As a linear tensor network (Yun, Krishnan & Mobahi, ICLR 2021) its layers are the vectorised
     matrices vec(W_l) (row-major), with M(x)[(a_0,a_1), (b_1,a_2), …, b_{L−1}] =
     x_{a_0} δ_{a_1 b_1} δ_{a_2 b_2} ⋯; vectorising is an isometry, so the gradient flows agree.
-    The tensor is not orthogonally decomposable in general (no ``rho``/``transform``); for
+    The tensor is not orthogonally decomposable in general (no `rho`/`transform`); for
     separable classification with exponential-tailed losses β/‖β‖ tends to the ℓ2 max-margin
     direction at every depth (Ji & Telgarsky 2019/2020; Gunasekar et al. 2018).
 
-    **Arguments:** ``layers``, a list [W_1, …, W_{L−1}, w_L] of matrices and a final vector.
+    **Arguments:** `layers`, a list [W_1, …, W_{L−1}, w_L] of matrices and a final vector.
 
     Final (not meant to be subclassed).
     """
@@ -92,15 +92,15 @@ class FullyConnected(AbstractLinearTensorNetwork):
         key: PRNGKeyArray | None = None,
         direction: Float[Array, " d"] | None = None,
     ) -> "FullyConnected":
-        """Initial fully connected network; ``width`` is one hidden width for all layers or a
-        list (h_1, …, h_{L−1}) (default d). With α = ``scale``, û = u/‖u‖ (u = ``direction``,
+        """Initial fully connected network; `width` is one hidden width for all layers or a
+        list (h_1, …, h_{L−1}) (default d). With α = `scale`, û = u/‖u‖ (u = `direction`,
         default all ones) and e_1 the first unit vector:
 
-        - ``"balanced"``: W_1 = α û e_1ᵀ, W_l = α e_1 e_1ᵀ, w_L = α e_1. Exactly balanced
+        - `"balanced"`: W_1 = α û e_1ᵀ, W_l = α e_1 e_1ᵀ, w_L = α e_1. Exactly balanced
           (W_lᵀW_l = W_{l+1}W_{l+1}ᵀ) and rank one, β = α^L û; units other than the first stay
           zero along the flow (an invariant set).
-        - ``"last_zero"``: as balanced but w_L = 0.
-        - ``"random"``: every entry α·N(0, 1), independent (no fan-in scaling).
+        - `"last_zero"`: as balanced but w_L = 0.
+        - `"random"`: every entry α·N(0, 1), independent (no fan-in scaling).
         """
         d = check_positive_int(d, "input dimension d")
         depth = check_depth(depth, "FullyConnected")

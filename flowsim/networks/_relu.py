@@ -1,10 +1,10 @@
 """ReLU networks without biases, as non-smooth models (the flow is the minimum-norm Clarke subgradient).
 
-- ``TwoLayer``: f(x) = Σ_j a_j φ(⟨w_j, x⟩), φ(z) = max(z, γz): the leaky-ReLU network of Frei,
+- `TwoLayer`: f(x) = Σ_j a_j φ(⟨w_j, x⟩), φ(z) = max(z, γz): the leaky-ReLU network of Frei,
   Vardi, Bartlett, Srebro & Hu, "Implicit bias in leaky ReLU networks trained on
   high-dimensional data" (ICLR 2023), usually trained with the outer layer a fixed
-  (``fs.Problem(..., trainable=net.first_layer_filter())``).
-- ``MLP``: x ↦ W_L φ(W_{L−1} ⋯ φ(W_1 x)), bias-free; the depth-2, 2×2 case is the network of
+  (`fs.Problem(..., trainable=net.first_layer_filter())`).
+- `MLP`: x ↦ W_L φ(W_{L−1} ⋯ φ(W_1 x)), bias-free; the depth-2, 2×2 case is the network of
   Timor, Vardi & Shamir, "Implicit regularization towards rank minimization in ReLU networks"
   (ALT 2023).
 """
@@ -61,7 +61,7 @@ def _check_band(kink_rtol, kink_atol, max_kinks) -> tuple:
 
 
 def _ball_rows(key, rows: int, cols: int, radius) -> Array:
-    """``rows`` points uniform in the Euclidean ball of radius ``radius`` in R^cols."""
+    """`rows` points uniform in the Euclidean ball of radius `radius` in R^cols."""
     k_dir, k_rad = jr.split(key)
     direction = jr.normal(k_dir, (rows, cols), dtype=jnp.float64)
     direction = direction / jnp.linalg.norm(direction, axis=1, keepdims=True)
@@ -74,12 +74,12 @@ class TwoLayer(AbstractNonsmoothModel):
 
     **Arguments:**
 
-    - ``W``: first layer, shape (m, d) (row j is neuron j's w_j).
-    - ``a``: outer layer, shape (m,). Fixed in Frei et al.: train only W with
-      ``fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())``.
-    - ``leak``: γ ∈ [0, 1) (0: ReLU).
-    - ``kink_rtol``, ``kink_atol``, ``max_kinks``: the kink band and the number of free pairs of
-      the minimum-norm subgradient (``flowsim._nonsmooth``); the band defaults (None) follow the
+    - `W`: first layer, shape (m, d) (row j is neuron j's w_j).
+    - `a`: outer layer, shape (m,). Fixed in Frei et al.: train only W with
+      `fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())`.
+    - `leak`: γ ∈ [0, 1) (0: ReLU).
+    - `kink_rtol`, `kink_atol`, `max_kinks`: the kink band and the number of free pairs of
+      the minimum-norm subgradient (`flowsim._nonsmooth`); the band defaults (None) follow the
       solver's tolerances (10 × rtol, 10 × atol).
 
     1-homogeneous in W: f(x; cW) = c f(x; W) for c > 0.
@@ -136,15 +136,15 @@ class TwoLayer(AbstractNonsmoothModel):
         return rank_one_kink_system(X, cotangent[sample] * self.a[unit], gradient.W, sample, unit, valid)
 
     def first_layer_filter(self):
-        """The ``trainable`` filter that trains W and keeps a fixed (Frei et al. 2023)."""
+        """The `trainable` filter that trains W and keeps a fixed (Frei et al. 2023)."""
         spec = jax.tree_util.tree_map(lambda _: False, self)
         return eqx.tree_at(lambda net: net.W, spec, True)
 
     @classmethod
     def init(cls, key: PRNGKeyArray, d: int, m: int, scale: float = 1.0, leak: float = 0.0, *,
              balanced: bool = False, **band) -> "TwoLayer":
-        """Frei et al. (2023) initialisation: a_j = ±1/√m with random signs (``balanced``: the
-        first ⌈m/2⌉ positive, the rest negative), W_jk = ``scale``·N(0, 1) i.i.d."""
+        """Frei et al. (2023) initialisation: a_j = ±1/√m with random signs (`balanced`: the
+        first ⌈m/2⌉ positive, the rest negative), W_jk = `scale`·N(0, 1) i.i.d."""
         d = check_positive_int(d, "TwoLayer input dimension d")
         m = check_positive_int(m, "TwoLayer width m")
         if isinstance(scale, (bool, np.bool_)) or np.ndim(scale) != 0 or not np.isfinite(float(scale)) \
@@ -164,9 +164,9 @@ class MLP(AbstractNonsmoothModel):
 
     **Arguments:**
 
-    - ``layers``: [W_1, …, W_L], W_l of shape (h_l, h_{l−1}) (h_0 = d); the last is a matrix
+    - `layers`: [W_1, …, W_L], W_l of shape (h_l, h_{l−1}) (h_0 = d); the last is a matrix
       (k, h_{L−1}) for a vector output or a vector (h_{L−1},) for a scalar output. L ≥ 2.
-    - ``leak``, ``kink_rtol``, ``kink_atol``, ``max_kinks``: as for ``TwoLayer``.
+    - `leak`, `kink_rtol`, `kink_atol`, `max_kinks`: as for `TwoLayer`.
 
     Depth 2 with 2×2 layers and squared loss is the setup of Timor, Vardi & Shamir (ALT 2023).
     The minimum-norm subgradient is exact when the pairs at kinks of any one sample lie in one
@@ -236,7 +236,7 @@ class MLP(AbstractNonsmoothModel):
         return self.layers[-1] @ h
 
     def _hidden(self, x, slopes=None):
-        """Pre-activations and inputs of every hidden layer (with activation derivatives ``slopes``)."""
+        """Pre-activations and inputs of every hidden layer (with activation derivatives `slopes`)."""
         h, zs, inputs, start = x, [], [], 0
         for W in self.layers[:-1]:
             z = W @ h
@@ -284,10 +284,10 @@ class MLP(AbstractNonsmoothModel):
     @classmethod
     def init(cls, key: PRNGKeyArray, in_size: int, widths: Sequence[int] | int, out_size="scalar",
              scale: float = 1.0, leak: float = 0.0, *, distribution: str = "normal", **band) -> "MLP":
-        """An MLP with hidden ``widths`` and output ``out_size`` (an int k, or ``"scalar"``).
+        """An MLP with hidden `widths` and output `out_size` (an int k, or `"scalar"`).
 
-        ``distribution``: ``"normal"`` (every entry ``scale``·N(0, 1)) or ``"ball"`` (every row
-        uniform in the Euclidean ball of radius ``scale``: r = U^{1/n}·scale, as Timor et al. 2023
+        `distribution`: `"normal"` (every entry `scale`·N(0, 1)) or `"ball"` (every row
+        uniform in the Euclidean ball of radius `scale`: r = U^{1/n}·scale, as Timor et al. 2023
         sample rows in a disk of radius 1e-4)."""
         in_size = check_positive_int(in_size, "MLP in_size")
         if isinstance(widths, (int, np.integer)) and not isinstance(widths, bool):

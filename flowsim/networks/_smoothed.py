@@ -2,7 +2,7 @@
 
 The alternative to the minimum-norm Clarke subgradient that issue 8 allows: a smooth model whose
 gradient flow tends to the differential inclusion's solution as ε → 0 (the sliding mode becomes a
-slow manifold of a stiff system; |φ_ε − φ| ≤ (1 − γ)ε·log 2). ``fs.smoothed_limit`` runs a few
+slow manifold of a stiff system; |φ_ε − φ| ≤ (1 − γ)ε·log 2). `fs.smoothed_limit` runs a few
 widths and extrapolates to ε = 0 (Richardson); benchmarks/relu.py measures the error O(ε) on a
 hand-solved sliding flow and on a 2-D MLP where the min-norm field chatters.
 """
@@ -21,14 +21,14 @@ def smoothed_leaky_relu(z, leak: float, width: float):
 
 
 class Smoothed(eqx.Module):
-    """``network`` (a ReLU network: ``fs.networks.TwoLayer``, ``MLP``) with every activation
-    φ(z) = max(z, γz) replaced by φ_ε(z) = γz + (1 − γ)·ε·softplus(z/ε), ε = ``width``.
+    """`network` (a ReLU network: `fs.networks.TwoLayer`, `MLP`) with every activation
+    φ(z) = max(z, γz) replaced by φ_ε(z) = γz + (1 − γ)·ε·softplus(z/ε), ε = `width`.
 
-    A smooth model (not an ``AbstractNonsmoothModel``): its flow is the ordinary gradient flow, stiff
+    A smooth model (not an `AbstractNonsmoothModel`): its flow is the ordinary gradient flow, stiff
     near where the ReLU flow slides along a kink (rate ~ 1/ε). Its leaves are the network's, in the
-    same order, so a ``trainable`` choice carries over (``fs.smoothed_limit`` does that).
+    same order, so a `trainable` choice carries over (`fs.smoothed_limit` does that).
 
-    **Arguments:** ``network`` (an ``AbstractNonsmoothModel`` that implements ``apply``), ``width``
+    **Arguments:** `network` (an `AbstractNonsmoothModel` that implements `apply`), `width`
     (ε > 0, a concrete number: each width is its own compiled program).
     """
 
@@ -57,7 +57,7 @@ class Smoothed(eqx.Module):
         return self.network.apply(x, lambda z: smoothed_leaky_relu(z, self.network.leak, self.width))
 
     def first_layer_filter(self):
-        """The network's ``first_layer_filter`` (train W, keep a fixed), for the smoothed tree."""
+        """The network's `first_layer_filter` (train W, keep a fixed), for the smoothed tree."""
         spec = jax.tree_util.tree_map(lambda _: False, self)
         return eqx.tree_at(lambda model: model.network, spec, self.network.first_layer_filter())
 
