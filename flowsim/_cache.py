@@ -216,7 +216,7 @@ class SolveCache:
                 raise ValueError("its record is not a flowsim cache record")
             if record.get("key") != key:
                 raise ValueError("its record is for other inputs")
-            if _sha256(path) != record.get("sha256"):
+            if file_sha256(path) != record.get("sha256"):
                 raise ValueError("its arrays do not match the checksum in its record (truncated or altered)")
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
@@ -236,7 +236,7 @@ class SolveCache:
             return
         _atomic_write(path, lambda f: np.savez(f, **arrays))
         version, source, versions = _environment()
-        record = {"format": FORMAT, "function": name, "key": key, "sha256": _sha256(path), "structure": structure,
+        record = {"format": FORMAT, "function": name, "key": key, "sha256": file_sha256(path), "structure": structure,
                   "environment": {"flowsim": version, "source_sha256": source, "versions": dict(versions)}}
         text = json.dumps(record, allow_nan=False, separators=(",", ":"))
         _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
@@ -253,7 +253,8 @@ def _resumed_from(result) -> float | None:
     return None
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

@@ -174,7 +174,7 @@ def test_damaged_entries_are_refused_and_recomputed_never_unpickled(tmp_path):
     def bomb():
         np.savez(npz, a0=np.array([_Payload(str(marker))], dtype=object))
         fields = json.loads(record.read_text())
-        record.write_text(json.dumps(dict(fields, sha256=_cache._sha256(npz))))
+        record.write_text(json.dumps(dict(fields, sha256=_cache.file_sha256(npz))))
 
     damages = {
         "truncated": lambda: npz.write_bytes(npz.read_bytes()[:-20]),

@@ -48,6 +48,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from .._cache import file_sha256
 from .._trajectory import Status, Trajectory
 
 RESULTS_FILE = "results.npz"
@@ -264,12 +265,7 @@ def load_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: (v[()] if v.ndim == 0 else v) for k, v in out.items()}
 
 
-def sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256  # one definition: the run store and the solve cache checksum files alike
 
 
 # --------------------------------------------------------------------------------------------
