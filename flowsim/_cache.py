@@ -283,15 +283,17 @@ def _atomic_write(path: pathlib.Path, write: Callable) -> None:
 
 
 def _remove_dead_temporaries(folder: pathlib.Path) -> None:
-    """Temporary files of writes a kill interrupted: ours name their process; a checkpoint's are seconds old
-    at most while in flight."""
+    """Temporary files of writes a kill interrupted (`.<name>.<pid>.<random>.part` of an entry,
+    `<name>.checkpoint.<pid>.<random>.tmp` of a checkpoint): removed when the process they name is gone;
+    a checkpoint temporary that names no process (an older flowsim) once it is a minute old."""
     for part in folder.glob(".*.part"):
         pid = part.name.split(".")[-3] if part.name.count(".") >= 4 else ""
         if pid.isdigit() and not _alive(int(pid)):
             part.unlink(missing_ok=True)
     for temporary in folder.glob("*.checkpoint.*.tmp"):
+        pid = temporary.name.split(".")[-3]
         with contextlib.suppress(OSError):
-            if time.time() - temporary.stat().st_mtime > 5.0:
+            if (not _alive(int(pid))) if pid.isdigit() else time.time() - temporary.stat().st_mtime > 60.0:
                 temporary.unlink()
 
 

@@ -57,7 +57,9 @@ class CheckpointStore:
         if policy_state is not None:
             arrays["policy"] = np.asarray(policy_state)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        # The temporary names its process, so a later run can tell a killed writer's leftover from a live write.
+        handle, temporary = tempfile.mkstemp(prefix=f"{self.path.name}.{os.getpid()}.", suffix=".tmp",
+                                             dir=self.path.parent)
         try:
             with os.fdopen(handle, "wb") as file:
                 np.savez(file, **arrays)

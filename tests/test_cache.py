@@ -216,6 +216,16 @@ def test_a_write_cut_short_leaves_no_entry_and_no_partial_file(tmp_path, monkeyp
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_a_killed_checkpoint_write_is_cleaned_up_and_a_live_one_kept(tmp_path):
+    dead = tmp_path / f"simulate-x.checkpoint.{2**22 + 1}.abc.tmp"  # a pid no process has
+    live = tmp_path / f"simulate-y.checkpoint.{os.getpid()}.def.tmp"  # a write in flight
+    dead.write_bytes(b"cut short")
+    live.write_bytes(b"in flight")
+    with fs.cache(tmp_path):
+        pass
+    assert not dead.exists() and live.exists()
+
+
 def test_a_cache_applies_only_inside_its_block(tmp_path):
     with fs.cache(tmp_path / "outer") as outer:
         with fs.cache(tmp_path / "inner") as inner:
