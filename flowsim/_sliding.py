@@ -201,6 +201,7 @@ def simulate_sliding(
     rtol: float = 1e-8,
     atol: float = 1e-10,
     solver=None,
+    root_finder=None,
     max_sliding: int | None = None,
     drift_rate: float = 10.0,
     max_events: int = 10_000,
@@ -233,6 +234,7 @@ def simulate_sliding(
         raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
     seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
     solver = diffrax.Tsit5() if solver is None else solver
+    root_finder = optx.Newton(rtol=1e-10, atol=1e-12) if root_finder is None else root_finder
     s1 = float(time_from_log_t(log_t1, True))
 
     @eqx.filter_jit
@@ -240,7 +242,7 @@ def simulate_sliding(
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(seg.vector_field), solver, s0, s1, None, theta, args,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4),
-            event=diffrax.Event(seg.event, optx.Newton(rtol=1e-12, atol=1e-14), direction=False),
+            event=diffrax.Event(seg.event, root_finder, direction=False),
             saveat=diffrax.SaveAt(t1=True), max_steps=max_steps_per_segment, throw=False,
         )
         return sol.ts[-1], sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred, sol.result, sol.stats["num_steps"]
