@@ -34,10 +34,16 @@ to an integer, and kinks inside `lax.scan`/`while_loop`/`cond` or a loop whose p
 
 A site's band half-width (`kink_widths`) is how far its z moves when every row θ_r of the trained
 parameters (a vector along a leaf's last axis: a unit's weight vector) moves by atol + rtol‖θ_r‖:
-Σ_r (atol + rtol‖θ_r‖)·‖∂z/∂θ_r‖ (for a first-layer unit, `fs.networks.MLP`'s band), from one
-Jacobian of the pre-activations (reverse mode when there are fewer kink coordinates than parameters). That is
-(n·U·p) numbers per field evaluation; the library's `fs.networks` classes have closed forms and
-stay the fast path for large two-layer nets.
+Σ_r (atol + rtol‖θ_r‖)·‖∂z/∂θ_r‖ (for a first-layer unit, `fs.networks.MLP`'s band), from the
+Jacobian of the pre-activations, formed in blocks of units (one backward pass per block) so that its
+U·p entries per input are never all held at once; the work is still U backward passes per input and
+field evaluation, and the library's `fs.networks` classes have closed forms and stay the fast path for
+large two-layer nets.
+
+`Kinked.apply(x, ψ)` (for `fs.smoothed_limit`, through `fs.networks.Smoothed`) smooths every site
+with ψ ≈ relu (ε·softplus(z/ε)): max(u, v) ↦ v + ψ(u − v), min(u, v) ↦ u − ψ(u − v),
+|u| ↦ ψ(u) + ψ(−u), a clip as a max then a min, and a `jnp.where(z > 0, high, low)` (as in
+`jax.nn.leaky_relu`, `jax.nn.hard_tanh`) ↦ low + ψ'(z)·(high − low), its step H(z) smoothed to ψ'.
 """
 
 import dataclasses
@@ -206,7 +212,7 @@ class _Handler:
         if text not in self.unsupported:
             self.unsupported.append(text)
 
-    def site(self, label, primitive, out, low, high, z, smooth=None):
+    def site(self, label, primitive, out, low, high, z, smooth):
         shape = tuple(out.shape)
         low = jnp.broadcast_to(low, shape).astype(out.dtype)
         high = jnp.broadcast_to(high, shape).astype(out.dtype)
@@ -219,10 +225,6 @@ class _Handler:
             slope = self.slopes[self.offset:self.offset + size].reshape(shape).astype(out.dtype)
             out = _switch(out, low, high, slope)
         elif self.mode == "apply":
-            if smooth is None:
-                raise NotImplementedError(
-                    f"a {label} site ({primitive}, jnp.where on a comparison) has no smoothing φ(z) of its switch; "
-                    "write the kink with jnp.maximum/jnp.minimum/jnp.abs (or jax.nn.relu) to smooth it")
             out = smooth(self.activation)
         self.offset += size
         return out
@@ -305,6 +307,8 @@ def _eval(eqn, name, invals, indeps, incmps, handler: _Handler, label, live_out)
         sub_label = eqn.params.get("name", label) if name in ("jit", "pjit") else label
         if label is not None and sub_label in ("_where", "clip"):
             sub_label = label  # inside a named function, keep its name
+        elif sub_label == "_where":
+            sub_label = "where"  # jnp.where's own jit name
         return _run(inner, consts, invals, indeps, incmps, handler, sub_label, live_out)
     if name in _CUSTOM:
         closed = eqn.params["call_jaxpr"]
@@ -386,7 +390,16 @@ def _select(eqn, invals, indeps, incmps, handler: _Handler, label):
         return [out], [True], [None]
     op, u, v = comparison
     z = u - v if op in ("gt", "ge") else v - u
-    return [handler.site(label or "where", "select_n", out, invals[1], invals[2], z)], [True], [None]
+    low, high = invals[1], invals[2]
+
+    def smooth(act):
+        # The switch's weight on `high` is the step H(z) = φ'(z) of the relu φ that `act` smooths;
+        # H_ε = act' mixes the branches (low + z·H_ε(z)·(1 − γ) for a leaky relu written with where).
+        zz = jnp.broadcast_to(z, out.shape).astype(out.dtype)
+        step = jax.jvp(act, (zz,), (jnp.ones_like(zz),))[1]
+        return jnp.broadcast_to(low + step * (high - low), out.shape).astype(out.dtype)
+
+    return [handler.site(label or "where", "select_n", out, low, high, z, smooth)], [True], [None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +517,7 @@ class Kinked(AbstractNonsmoothModel):
         return out
 
     def apply(self, x, activation: Callable):
+        """The output for ONE input with every kink site smoothed by `activation` (module docstring)."""
         handler = _Handler("apply", activation=activation)
         out = _interpret(self.model, x, self.trainable, handler)
         self._checked(handler)
@@ -513,18 +527,44 @@ class Kinked(AbstractNonsmoothModel):
         # Rows: the vectors along the last axis of every trained leaf (a unit's weight vector w_u of a
         # (units, inputs) matrix); row r may move by atol + rtol‖θ_r‖, which moves z_u by at most
         # (atol + rtol‖θ_r‖)‖∂z_u/∂θ_r‖. For a first-layer unit this is fs.networks.MLP's band.
-        params, rest = _split(self.model, self.trainable)
-        theta, unravel = jax.flatten_util.ravel_pytree(params)
-        row_ids, num_rows = _row_ids(params)
-        row_norm = jnp.sqrt(jax.ops.segment_sum(theta**2, row_ids, num_segments=num_rows))
+        return _kink_widths(self, x, kink_rtol, kink_atol, _JACOBIAN_ENTRIES)
 
-        def z_of(th):
-            return Kinked.pre_activations(dataclasses.replace(self, model=eqx.combine(unravel(th), rest)), x)
 
-        units = self.report.num_units
-        jacobian = jax.jacrev(z_of)(theta) if units < theta.shape[0] else jax.jacfwd(z_of)(theta)
-        moved = jnp.sqrt(jax.vmap(lambda row: jax.ops.segment_sum(row**2, row_ids, num_segments=num_rows))(jacobian))
-        return moved @ (kink_atol + kink_rtol * row_norm)
+# The largest block of ∂z/∂θ (kink coordinates × parameters of ONE input) `kink_widths` forms at once:
+# 2 MiB per input, so that vmapped over n = 100 samples the blocks stay within a few hundred MiB.
+_JACOBIAN_ENTRIES = 2**18
+
+
+def _kink_widths(kinked: Kinked, x, kink_rtol, kink_atol, max_entries: int):
+    """`Kinked.kink_widths`, forming ∂z/∂θ in blocks of at most `max_entries` entries: the whole
+    Jacobian when it fits (reverse mode when there are fewer kink coordinates than parameters),
+    else one forward pass and the row norms of ∂z_u/∂θ for a block of units per backward pass
+    (`jax.lax.map` over blocks of unit cotangents), so memory is O(max_entries), not O(U·p)."""
+    params, rest = _split(kinked.model, kinked.trainable)
+    theta, unravel = jax.flatten_util.ravel_pytree(params)
+    row_ids, num_rows = _row_ids(params)
+    row_norm = jnp.sqrt(jax.ops.segment_sum(theta**2, row_ids, num_segments=num_rows))
+    allowed = kink_atol + kink_rtol * row_norm
+
+    def z_of(th):
+        return Kinked.pre_activations(dataclasses.replace(kinked, model=eqx.combine(unravel(th), rest)), x)
+
+    def widths(jacobian):  # (k, p) rows ∂z_u/∂θ -> (k,) Σ_r allowed_r ‖∂z_u/∂θ_r‖
+        squares = jax.vmap(lambda row: jax.ops.segment_sum(row**2, row_ids, num_segments=num_rows))(jacobian)
+        return jnp.sqrt(squares) @ allowed
+
+    units, size = kinked.report.num_units, theta.shape[0]
+    if units * size <= max_entries:
+        return widths(jax.jacrev(z_of)(theta) if units < size else jax.jacfwd(z_of)(theta))
+    block = max(1, max_entries // max(size, 1))
+    count = -(-units // block)
+    z, pullback = jax.vjp(z_of, theta)
+
+    def block_widths(first):
+        cotangents = jax.nn.one_hot(first + jnp.arange(block), units, dtype=z.dtype)  # rows past U are zero
+        return widths(jax.vmap(lambda c: pullback(c)[0])(cotangents))
+
+    return jax.lax.map(block_widths, jnp.arange(count) * block).ravel()[:units]
 
 
 def _row_ids(params) -> tuple[np.ndarray, int]:
@@ -562,6 +602,20 @@ def with_kinks(model, x, trainable=None):
     if not report.sites:
         return model
     return Kinked(model, report.sites, report.unsupported, None if trainable is None else tuple(trainable))
+
+
+def rewrap(like, model):
+    """`model` in the kink adapter of `like`: the user's model (`traj.final`, or `traj.params` with a
+    leading time axis) under the `Kinked` that `fs.Problem` made of it, so that the analysis sees its
+    kinks. `model` itself when `like` is no `Kinked` or `model` is one already; a `model` of another
+    class than the one `like` wraps is refused by name."""
+    if not isinstance(like, Kinked) or isinstance(model, Kinked):
+        return model
+    if type(model) is not type(like.model):
+        raise TypeError(f"model is a {type(model).__name__}, but the problem's model is a "
+                        f"{type(like.model).__name__} (with kinks, flowsim._kinks.Kinked): pass a model of the "
+                        "problem's class (e.g. traj.final or traj.params)")
+    return dataclasses.replace(like, model=model)
 
 
 def unwrap(model):

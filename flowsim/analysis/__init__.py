@@ -22,6 +22,7 @@ from ._homogeneous import smoothed_margin as smoothed_margin
 from ._interpolation import InterpolationLimit as InterpolationLimit
 from ._interpolation import interpolation_limit as interpolation_limit
 from ._interpolation import mirror_map as mirror_map
+from ._kink_statistics import kink_statistics as kink_statistics
 from ._kkt import KKTCertificate as KKTCertificate
 from ._kkt import kkt_certificate as kkt_certificate
 from ._kkt import kkt_residual as kkt_residual

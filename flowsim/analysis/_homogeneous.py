@@ -30,6 +30,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import as_positive_float
+from .._kinks import rewrap
 from .._nonsmooth import AbstractNonsmoothModel
 from ._ranks import singular_values
 
@@ -255,6 +256,7 @@ def homogeneous_kkt(problem, model=None, *, degree: int | None = None, active_rt
     model = problem.model if model is None else model
     if _batch_axis(problem, model):
         raise ValueError("homogeneous_kkt takes ONE model; use homogeneous_kkt_residuals for traj.params")
+    model = rewrap(problem.model, model)  # the user's model (traj.final) with the kinks Problem found in it
     active_rtol = as_positive_float("active_rtol", active_rtol)
     kink_rtol = as_positive_float("kink_rtol", kink_rtol)
     q = np.asarray(_signed_outputs(problem, model))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,8 @@ from jaxtyping import Array, Float, PyTree
 
 from .._checks import as_int
 from .._flow import flatten_model, make_field
+from .._kinks import NonsmoothWarning, rewrap, unwrap
+from .._nonsmooth import AbstractNonsmoothModel, kink_statistics
 from .._problem import Problem
 
 
@@ -29,9 +33,12 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
     When the Krylov space closes early (an invariant subspace), the iteration restarts from a
     fresh random vector orthogonal to the basis, so every eigenvalue stays reachable.
 
-    For a ReLU network (`AbstractNonsmoothModel`) the Hessian–vector product is that of the
-    current linear piece (activation pattern held fixed: the Hessian away from kinks), so
-    λ_max is the sharpness of that piece; kinks add no curvature to it.
+    For a model with kinks (`AbstractNonsmoothModel`: the library's ReLU networks, and any model
+    `fs.Problem` found kinks in, `fs.Kinked`; `model` may be the user's own, e.g. `traj.params`) the
+    Hessian–vector product is the JVP of the minimum-norm Clarke field the flow follows. Away from
+    kinks that is the Hessian of the current piece (activation pattern held fixed; kinks add no
+    curvature to it). Where (unit, sample) pairs sit in the band of their kinks L has no Hessian and
+    that Jacobian is not symmetric while they slide: a `NonsmoothWarning` says so.
 
     **Arguments:**
 
@@ -51,8 +58,10 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
         raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
     num_iters = as_int("num_iters", num_iters, minimum=1)
     seed = as_int("seed", seed, minimum=0)
-    model = problem.model if model is None else model
+    model = problem.model if model is None else rewrap(problem.model, model)
     batch_shape = _leading_shape(problem, model)
+    if isinstance(problem.model, AbstractNonsmoothModel):
+        _warn_at_kinks(problem, model, batch_shape)
     theta_ref = flatten_model(problem.model, problem)[0]
     m = min(num_iters, theta_ref.shape[0])
     key = jax.random.PRNGKey(seed)
@@ -64,6 +73,26 @@ def sharpness(problem: Problem, model: PyTree | None = None, *, num_iters: int =
         problem.partition(model)[0])
     models = eqx.combine(flat, problem.partition(problem.model)[1])
     return _batched(problem, models, key, m).reshape(batch_shape)
+
+
+def _warn_at_kinks(problem: Problem, model, batch_shape) -> None:
+    """A `NonsmoothWarning` when pairs sit in the band of their kinks at `model` (there L has no Hessian)."""
+    def count(m):
+        return kink_statistics(m, problem.X)["pairs_at_kink"]
+
+    if batch_shape:
+        size = int(np.prod(batch_shape))
+        flat = jax.tree_util.tree_map(lambda leaf: leaf.reshape((size, *leaf.shape[len(batch_shape):]))
+                                      if eqx.is_array(leaf) else leaf, model)
+        pairs = np.asarray(eqx.filter_jit(eqx.filter_vmap(count))(flat))
+    else:
+        pairs = np.asarray(eqx.filter_jit(count)(model))
+    if np.any(pairs > 0):
+        warnings.warn(
+            f"{int(np.max(pairs))} (unit, sample) pairs sit at kinks of {type(unwrap(problem.model)).__name__} "
+            f"(at {int(np.sum(pairs > 0))} of {pairs.size} states): L has no Hessian there, and the value is the "
+            "top Ritz value of the Jacobian of the minimum-norm Clarke field, which is not symmetric while pairs slide",
+            NonsmoothWarning, stacklevel=3)
 
 
 def _leading_shape(problem: Problem, model) -> tuple[int, ...]:
