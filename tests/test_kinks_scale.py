@@ -193,3 +193,53 @@ def test_homogeneous_kkt_of_a_users_model_sees_its_kinks():
     expected = fs.analysis.homogeneous_kkt(library, kink_rtol=1e-6)
     assert got.num_kinks == expected.num_kinks >= 1
     assert got.residual == pytest.approx(expected.residual, rel=1e-6, abs=1e-9)
+
+
+def _field_at_start(problem):
+    from flowsim._flow import make_field
+
+    theta, field = make_field(problem, log_time=False)
+    return np.asarray(eqx.filter_jit(lambda p, th: make_field(p, log_time=False)[1](0.0, th))(problem, theta))
+
+
+def _as_kinked(net, X, y, spec):
+    """`net` (a library ReLU class) on the path of any model: its kinks found by tracing."""
+    mask = fs.Problem(net, X, y, "logistic", trainable=spec).trainable_mask
+    sites = fs.find_kinks(net, jnp.asarray(X[0]), mask).sites
+    kinked = Kinked(net, sites, (), mask)
+    kinked_spec = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(kinked), list(mask))
+    return fs.Problem(kinked, X, y, "logistic", trainable=kinked_spec)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_library_two_layer_net_on_the_traced_path_gives_the_same_field(leak):
+    """fs.networks.TwoLayer's hand-written kink description and the traced one (sites of its
+    jnp.maximum(z, γz)) give the same min-norm field, at a state with three pairs on kinks."""
+    rng = np.random.default_rng(11)
+    n, d, m = 6, 8, 3
+    X = rng.standard_normal((n, d))
+    y = np.array([1.0, -1, 1, -1, 1, 1])
+    W = rng.standard_normal((m, d))
+    for j, samples in ((0, [0, 1]), (1, [2])):
+        Q, _ = np.linalg.qr(X[samples].T)
+        W[j] -= Q @ (Q.T @ W[j])
+    net = fs.networks.TwoLayer(W, np.array([1.0, -1.0, 1.0]) / np.sqrt(m), leak)
+    assert [(s.label, s.shape) for s in fs.find_kinks(net, jnp.asarray(X[0])).sites] == [("maximum", (m,))]
+    library = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+    traced = _as_kinked(net, X, y, net.first_layer_filter())
+    assert int(fs.analysis.kink_statistics(library)["pairs_at_kink"]) == 3
+    expected = _field_at_start(library)
+    np.testing.assert_allclose(_field_at_start(traced), expected, rtol=0, atol=1e-12 * np.linalg.norm(expected))
+
+
+def test_library_mlp_on_the_traced_path_gives_the_same_field():
+    rng = np.random.default_rng(12)
+    X, y = _data(13, 6, 4)
+    layers = [rng.standard_normal((5, 4)), rng.standard_normal((3, 5)), rng.standard_normal(3)]
+    layers[0][0] -= (layers[0][0] @ X[0]) / (X[0] @ X[0]) * X[0]  # a first-layer pair on its kink
+    net = fs.networks.MLP(layers)
+    library = fs.Problem(net, X, y, "logistic")
+    traced = _as_kinked(net, X, y, None)
+    assert int(fs.analysis.kink_statistics(library)["pairs_at_kink"]) >= 1
+    expected = _field_at_start(library)
+    np.testing.assert_allclose(_field_at_start(traced), expected, rtol=0, atol=1e-12 * np.linalg.norm(expected))
