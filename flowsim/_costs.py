@@ -24,8 +24,8 @@ costs, so `auto` takes the same solver path and returns bitwise the same result 
 constants are calibrated once, not per run: N is the count of Newton updates per stage of Diffrax's
 Kvaerno5 with flowsim's root finder (counted on the benchmark problems), and the overheads weight
 Diffrax's per-step bookkeeping against the field's arithmetic so that the modelled ratio of an
-implicit to an explicit step matches the measured one on CPU (`python benchmarks/engine.py --part
-calibrate` prints both; `--part auto` measures the wall time auto's choices then give).
+implicit to an explicit step matches the measured one on CPU within about 1.7x on the benchmark
+problems (`python benchmarks/engine.py --part auto` measures the wall time auto's choices then give).
 """
 
 import functools
