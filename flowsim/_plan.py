@@ -85,6 +85,10 @@ class Plan:
         return is_implicit(self.solvers[name])
 
 
+MIN_RTOL = 10 * float(np.finfo(np.float64).eps)
+MAX_TOLERANCE = 0.1
+
+
 def _is_real_number(value) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))) or (
         isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.ndim(value) == 0
@@ -115,6 +119,14 @@ def _tolerance(name: str, value):
     number = float(value)
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be positive and finite, got {number}")
+    # Below a few float64 epsilons no step can meet the tolerance; above 0.1 the error control no longer
+    # keeps the solve on the flow (L may even grow, which gradient flow never does).
+    if name == "rtol" and not MIN_RTOL <= number <= MAX_TOLERANCE:
+        raise ValueError(f"rtol must be in [{MIN_RTOL:.3g}, {MAX_TOLERANCE:g}] (float64 resolves relative errors "
+                         f"down to ~1e-16), got {number:.6g}")
+    if name == "atol" and number > MAX_TOLERANCE:
+        raise ValueError(f"atol must be at most {MAX_TOLERANCE:g} (an absolute error per step, in the units of "
+                         f"the parameters), got {number:.6g}")
     return jnp.asarray(number, dtype=jnp.float64)
 
 

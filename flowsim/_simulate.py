@@ -51,7 +51,8 @@ def simulate(
       Hessian–vector products above, or as `linear_solver="dense" | "krylov"` says), or a
       Diffrax solver object (`diffrax.Tsit5()`, `diffrax.Kvaerno5()`: used as given, with its
       own root finder).
-    - `rtol`, `atol`: step-size controller tolerances (Newton uses 100× these).
+    - `rtol`, `atol`: step-size controller tolerances (Newton uses 100× these); rtol ∈ [2.2e-15, 0.1]
+      (ten float64 epsilons to 10%) and 0 < atol ≤ 0.1, else refused.
     - `n_save`: number of saved states: t = 0, interior times, and the final state.
       `save_log_t` gives the save times (log t, increasing) explicitly instead.
     - `max_steps`: solver steps allowed before giving up (`traj.ok` is then False).

@@ -87,3 +87,17 @@ def test_advice_for_a_stiff_smooth_problem_out_of_steps_names_stiffness_not_kink
     explicit = fs.simulate(stiff, t1=5.0, solver="tsit5", max_steps=200)
     assert explicit.status == fs.Status.MAX_STEPS
     assert "kink" not in explicit.message and "use an implicit solver" in explicit.message, explicit.message
+
+
+@pytest.mark.parametrize(
+    "rtol, atol, match",
+    [
+        (0.5, 1e-10, r"rtol must be in \[2.22e-15, 0.1\].*got 0.5"),
+        (1e-30, 1e-10, r"rtol must be in .*got 1e-30"),
+        (1e-8, 10.0, r"atol must be at most 0.1.*got 10"),
+        (float("nan"), 1e-10, "rtol must be positive and finite"),
+    ],
+)
+def test_tolerances_outside_what_float64_and_the_flow_allow_are_refused(small, rtol, atol, match):
+    with pytest.raises(ValueError, match=match):
+        fs.simulate(small, log_t1=2.0, rtol=rtol, atol=atol)
