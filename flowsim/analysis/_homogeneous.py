@@ -37,7 +37,7 @@ from ._ranks import singular_values
 # ----------------------------------------------------------------------------- plumbing
 
 
-def _require_problem(problem):
+def require_problem(problem):
     from .._problem import Problem
 
     if not isinstance(problem, Problem):
@@ -53,7 +53,7 @@ def _require_classification(problem, what: str):
         )
 
 
-def _batch_axis(problem, params) -> bool:
+def batch_axis(problem, params) -> bool:
     """Whether `params` is a stack of models (one more axis than the problem's model)."""
     mine = jax.tree_util.tree_leaves(eqx.filter(problem.model, eqx.is_array))
     theirs = jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_array))
@@ -75,7 +75,7 @@ def _batch_axis(problem, params) -> bool:
 
 def _map(problem, params, single):
     params = problem.model if params is None else params
-    if _batch_axis(problem, params):
+    if batch_axis(problem, params):
         return eqx.filter_vmap(single)(params)
     return single(params)
 
@@ -110,9 +110,9 @@ def homogeneity_degree(problem, model=None, *, scales=(0.5, 2.0, 7.0), rtol: flo
     **Returns:** L as an int. Raises `ValueError` naming the worst sample and scale when no integer L
     fits to `rtol` (a bias, a smooth non-homogeneous activation), or when every output is zero.
     """
-    problem = _require_problem(problem)
+    problem = require_problem(problem)
     model = problem.model if model is None else model
-    if _batch_axis(problem, model):
+    if batch_axis(problem, model):
         raise ValueError("homogeneity_degree checks ONE model, got a stack (pass traj.final, not traj.params)")
     scales = np.asarray(scales, dtype=np.float64).ravel()
     if scales.size == 0 or not np.all(np.isfinite(scales)) or np.any(scales <= 0) or np.any(scales == 1):
@@ -153,7 +153,7 @@ def homogeneous_margin(problem, params=None, *, degree: int | None = None) -> Fl
     a KKT point of (P) (Lyu & Li, ICLR 2020, Theorem 4.1). `degree` defaults to
     `homogeneity_degree(problem)`. **Returns:** a scalar, or one value per stacked model.
     """
-    problem = _require_problem(problem)
+    problem = require_problem(problem)
     _require_classification(problem, "homogeneous_margin")
     L = homogeneity_degree(problem) if degree is None else _as_degree(degree)
     return _map(problem, params, lambda m: jnp.min(_signed_outputs(problem, m)) / _theta_norm(problem, m) ** L)
@@ -182,7 +182,7 @@ def smoothed_margin(problem, params=None, *, degree: int | None = None) -> Float
     gradient flow once ℒ < log 2 (resp. 1) (Lyu & Li, Lemma 5.1). Computed in log space, finite when ℒ
     underflows. **Returns:** a scalar, or one value per stacked model.
     """
-    problem = _require_problem(problem)
+    problem = require_problem(problem)
     _require_classification(problem, "smoothed_margin")
     L = homogeneity_degree(problem) if degree is None else _as_degree(degree)
     name = problem.loss.name
@@ -251,10 +251,10 @@ def homogeneous_kkt(problem, model=None, *, degree: int | None = None, active_rt
     `degree` (default measured), `active_rtol` (which samples count as support vectors),
     `kink_rtol` (the kink band). **Returns:** a `HomogeneousKKT`.
     """
-    problem = _require_problem(problem)
+    problem = require_problem(problem)
     _require_classification(problem, "homogeneous_kkt")
     model = problem.model if model is None else model
-    if _batch_axis(problem, model):
+    if batch_axis(problem, model):
         raise ValueError("homogeneous_kkt takes ONE model; use homogeneous_kkt_residuals for traj.params")
     model = rewrap(problem.model, model)  # the user's model (traj.final) with the kinks Problem found in it
     active_rtol = as_positive_float("active_rtol", active_rtol)
@@ -332,8 +332,8 @@ def homogeneous_kkt(problem, model=None, *, degree: int | None = None, active_rt
 def homogeneous_kkt_residuals(problem, params, **options) -> np.ndarray:
     """`homogeneous_kkt(problem, model, **options).residual` for every model of a stack
     (`traj.params`); nan where a model misclassifies a sample (no rescaling to margin 1 exists)."""
-    problem = _require_problem(problem)
-    if not _batch_axis(problem, params):
+    problem = require_problem(problem)
+    if not batch_axis(problem, params):
         return np.asarray([homogeneous_kkt(problem, params, **options).residual])
     size = jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_array))[0].shape[0]
     out = np.full(size, np.nan)

@@ -10,7 +10,7 @@ from .._checks import as_positive_float
 from .._kinks import rewrap, unwrap
 from .._nonsmooth import AbstractNonsmoothModel
 from .._nonsmooth import kink_statistics as _model_kink_statistics
-from ._homogeneous import _batch_axis, _require_problem
+from ._homogeneous import batch_axis, require_problem
 
 
 def kink_statistics(problem, params: PyTree | None = None, *, rtol: float | None = None,
@@ -31,7 +31,7 @@ def kink_statistics(problem, params: PyTree | None = None, *, rtol: float | None
     `pairs_at_kink`, `units_at_kink`, `band_overflow` (more pairs in band than the model's `max_kinks`),
     `min_band_ratio` (min |z|/half-width), `active_pairs` (pairs with z > 0).
     """
-    problem = _require_problem(problem)
+    problem = require_problem(problem)
     if not isinstance(problem.model, AbstractNonsmoothModel):
         raise TypeError(f"kink_statistics needs a problem whose model has kinks; fs.find_kinks found none in "
                         f"{type(unwrap(problem.model)).__name__}")
@@ -43,4 +43,4 @@ def kink_statistics(problem, params: PyTree | None = None, *, rtol: float | None
     def single(model):
         return _model_kink_statistics(model, X, rtol, atol)
 
-    return eqx.filter_vmap(single)(params) if _batch_axis(problem, params) else single(params)
+    return eqx.filter_vmap(single)(params) if batch_axis(problem, params) else single(params)

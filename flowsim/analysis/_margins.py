@@ -73,7 +73,7 @@ def _signed_rows(X: np.ndarray, y: np.ndarray, S: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
+def quiet_stdout():
     """Silence file descriptor 1 while a solver runs: HiGHS prints its banner from C++ to the process's
     stdout whatever the options say (`verbose=False`, `output_flag=False`), which would corrupt the output
     of programs that print results."""
@@ -105,7 +105,7 @@ def _solve(problem: cp.Problem, p: float, complex_var: bool) -> tuple[str, str]:
     status, solver = "not run", ""
     for solver, opts in attempts:
         try:
-            with warnings.catch_warnings(), _quiet_stdout():  # "may be inaccurate": handled through the status
+            with warnings.catch_warnings(), quiet_stdout():  # "may be inaccurate": handled through the status
                 warnings.simplefilter("ignore", UserWarning)
                 problem.solve(solver=solver, **opts)
         except cp.error.SolverError as err:  # pragma: no cover - depends on the installed solver build

@@ -10,7 +10,7 @@ import scipy.optimize
 from jaxtyping import ArrayLike, Float
 
 from .._checks import as_int, as_norm_order, as_positive_float, as_real_matrix, as_transform, as_vector
-from ._margins import _quiet_stdout
+from ._margins import quiet_stdout
 
 
 def min_norm_interpolant(
@@ -43,7 +43,7 @@ def min_norm_interpolant(
         rho = np.linalg.pinv(A) @ y
     else:
         m = A.shape[1]
-        with _quiet_stdout():
+        with quiet_stdout():
             lp = scipy.optimize.linprog(np.ones(2 * m), A_eq=np.hstack([A, -A]), b_eq=y, bounds=(0, None),
                                         method="highs")
         if lp.status != 0:

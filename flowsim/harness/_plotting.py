@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._scenario import _NAME
+from ._scenario import SAFE_NAME
 from ._store import StoreError, atomic_path
 from ._style import STYLE as STYLE
 from ._style import style as style
@@ -29,7 +29,7 @@ def solve_name(result: str, member=None) -> str:
     return f"{name}, run {index}"
 
 
-_DESCRIBE = "_flowsim_describe_solves"
+DESCRIBE_ATTRIBUTE = "_flowsim_describe_solves"
 
 
 def describe_solves(fig, describe):
@@ -39,11 +39,11 @@ def describe_solves(fig, describe):
     `describe` is `describe(result, member) -> str` (`result` the stored trajectory's name, e.g.
     `"scale0/depth4/flow"`, `member` its batch index or None), or a mapping result → name (the member is
     then added as ", run k"). Returns `fig`."""
-    setattr(fig, _DESCRIBE, describe)
+    setattr(fig, DESCRIBE_ATTRIBUTE, describe)
     return fig
 
 
-def _display(describe, result: str, member) -> str:
+def display_name(describe, result: str, member) -> str:
     if describe is None:
         return solve_name(result, member)
     if isinstance(describe, Mapping):
@@ -63,7 +63,7 @@ def failure_text(failures: Sequence[Mapping], describe=None, shown: int = 4) -> 
     `describe_solves`; default `solve_name`) and its status in words. Empty when nothing failed."""
     if not failures:
         return ""
-    names = [f"{_display(describe, f['result'], f.get('member'))} ({str(f['status']).replace('_', ' ').lower()})"
+    names = [f"{display_name(describe, f['result'], f.get('member'))} ({str(f['status']).replace('_', ' ').lower()})"
              for f in failures]
     text = "; ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
     return f"NOT CONVERGED: {text} — see summary.json"
@@ -79,7 +79,7 @@ def note_failures(fig, failures: Sequence[Mapping], describe=None) -> None:
 
     if not failures or not isinstance(fig, Figure):
         return
-    text = failure_text(failures, describe if describe is not None else getattr(fig, _DESCRIBE, None))
+    text = failure_text(failures, describe if describe is not None else getattr(fig, DESCRIBE_ATTRIBUTE, None))
     # A strip of its own under the axes: the note must not sit on the x-axis labels.
     strip = 0.4  # inches: two lines of 7 pt
     width, height = fig.get_size_inches()
@@ -128,7 +128,7 @@ def save_figures(
     if not isinstance(figures, Mapping):
         raise StoreError(f"plot(results, config) must return a dict of name -> Figure, got {type(figures).__name__}.")
     for name, fig in figures.items():
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not SAFE_NAME.match(name):
             raise StoreError(f"figure name {name!r} is not valid: use letters, digits, '_', '-' or '.'.")
         if not isinstance(fig, Figure):
             raise StoreError(f"figure {name!r} is a {type(fig).__name__}, expected a matplotlib Figure.")

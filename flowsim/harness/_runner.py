@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .._cache import cache as solve_cache
-from ._plotting import _DESCRIBE, _display, note_failures, save_figures, style
+from ._plotting import DESCRIBE_ATTRIBUTE, display_name, note_failures, save_figures, style
 from ._scenario import Claim, Scenario, ScenarioError, describe_error, load_scenario, scenario_by_name
 from ._store import (
     FORMAT,
@@ -257,7 +257,7 @@ def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: 
     Each failure record gets `shown_as`, the name its figures give that solve (`describe_solves`; else
     a readable form of its result name), so the summary names it as the figures do."""
     for f in failures:
-        f.setdefault("shown_as", _display(None, f["result"], f.get("member")))
+        f.setdefault("shown_as", display_name(None, f["result"], f.get("member")))
     if scenario.plot is None:
         return []
     with style():
@@ -265,10 +265,10 @@ def draw_figures(scenario: Scenario, path: pathlib.Path, results: dict, config: 
         if figs is None:
             return []
         if failures and isinstance(figs, Mapping):
-            described = [getattr(fig, _DESCRIBE, None) for fig in figs.values()]
+            described = [getattr(fig, DESCRIBE_ATTRIBUTE, None) for fig in figs.values()]
             describe = next((d for d in described if d is not None), None)
             for f in failures:
-                f["shown_as"] = _display(describe, f["result"], f.get("member"))
+                f["shown_as"] = display_name(describe, f["result"], f.get("member"))
             for fig in figs.values():
                 note_failures(fig, failures)
         try:

@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ScenarioError(Exception):
@@ -130,7 +130,7 @@ class Scenario:
     showcase: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not SAFE_NAME.match(self.name):
             raise ValueError(
                 f"Scenario name {self.name!r} is not valid: use letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit (it becomes a folder name)."
@@ -364,7 +364,7 @@ def scenario_by_name(name, recorded_file=None) -> tuple[Scenario, pathlib.Path]:
         stems.append(pathlib.PurePath(recorded_file.replace("\\", "/")).stem)
     folders = [pathlib.Path("scenarios"), bundled_scenarios()]
     for stem in stems:
-        if not isinstance(stem, str) or not _NAME.match(stem):
+        if not isinstance(stem, str) or not SAFE_NAME.match(stem):
             continue
         for folder in folders:
             candidate = folder / f"{stem}.py"
