@@ -36,6 +36,8 @@ from ._losses import Logistic as Logistic
 from ._losses import SoftmaxCrossEntropy as SoftmaxCrossEntropy
 from ._losses import Squared as Squared
 from ._nonsmooth import AbstractNonsmoothModel as AbstractNonsmoothModel
+from ._policy import AutoSolver as AutoSolver
+from ._policy import FixedSolver as FixedSolver
 from ._problem import Problem as Problem
 from ._smoothing import SmoothedLimit as SmoothedLimit
 from ._smoothing import smoothed_fallback as smoothed_fallback

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ._checks import as_choice, as_int
 from ._engine import finish_arrays, init_carry, metadata_tuple, segment
 from ._flow import ModifiedFlow, make_field
-from ._plan import plan
+from ._plan import plan, solver_choice
 from ._problem import Problem
 from ._simulate import simulate
 from ._trajectory import Status, Trajectory
@@ -193,11 +193,12 @@ def _refill_plan(problem, options):
         raise TypeError(f"simulate_batch: {error}") from None
     if options.get("progress"):
         raise ValueError("schedule='refill' does not show progress=True: it reports per segment in Python instead")
-    if isinstance(options.get("solver", "auto"), str) and options.get("solver", "auto") == "auto":
+    auto = solver_choice(options.get("solver", "auto"))[2]
+    if auto is not None:
         # Under vmap nothing is measured: the fixed rule, as `simulate` under vmap applies it.
         log_time = options.get("log_t1") is not None if options.get("time", "auto") == "auto" \
             else options["time"] == "log"
-        options = dict(options, solver="kvaerno5" if log_time else "tsit5")
+        options = dict(options, solver=auto.implicit if log_time else auto.explicit)
         the_plan = plan(problem, **options)
         metadata = dict(the_plan.metadata, auto="under jit/vmap: fixed rule (no measurement possible)")
     else:

@@ -26,7 +26,7 @@ from ._costs import cost_table
 from ._engine import Settings, Static
 from ._flow import ModifiedFlow, base_problem, make_field, time_from_log_t
 from ._nonsmooth import AbstractNonsmoothModel
-from ._policy import AUTO_EXPLICIT, AUTO_IMPLICIT, AutoSolver, FixedSolver
+from ._policy import AutoSolver, FixedSolver
 from ._problem import Problem
 from ._solvers import LINEAR_SOLVER_NAMES, SOLVER_NAMES, is_implicit, make_solver, resolve_linear_solver
 
@@ -40,8 +40,9 @@ class Plan:
 
     `field`, `theta0`: the vector field and the starting state (flattened parameters); `save_times`: the
     save grid in the solver's time variable; `settings`: the (possibly traced) values; `solver`: what the
-    user asked for ("auto", a name, or a Diffrax solver object); `solvers`: name -> Diffrax solver object
-    for every solver the solve may use; `linear_solver`: "dense" | "krylov" (Newton's linear solves);
+    user asked for ("auto", a name, a Diffrax solver object, or an `AutoSolver` with other solvers than the
+    default); `solvers`: name -> Diffrax solver object for every solver the solve may use; `auto`: the
+    `AutoSolver` of an auto solve (None for a fixed solver); `linear_solver`: "dense" | "krylov" (Newton's linear solves);
     `traced`: some value is traced (under `jit`/`vmap`: one fixed solver, one segment)."""
 
     problem: object
@@ -52,6 +53,7 @@ class Plan:
     solver: object
     solver_name: str
     solvers: dict
+    auto: AutoSolver | None
     linear_solver: str
     log_time: bool
     max_steps: int
@@ -73,13 +75,14 @@ class Plan:
         return cost_table(self.field, self.theta0, self.settings.time1)
 
     def policy(self):
-        """`AutoSolver` for `solver="auto"` on a smooth model, else `FixedSolver` (ReLU models: auto is the
-        explicit solver throughout, their steps are held by kinks, not stiffness)."""
-        if self.solver == "auto" and not self.traced:
+        """The `AutoSolver` for `solver="auto"` (or an `AutoSolver` given) on a smooth model, else a
+        `FixedSolver` (ReLU models: auto is the explicit solver throughout, their steps are held by kinks,
+        not stiffness; under `jit`/`vmap`: the fixed rule's solver)."""
+        if self.auto is not None and not self.traced:
             if self.nonsmooth:
-                return FixedSolver(AUTO_EXPLICIT, note="start: non-smooth model, explicit throughout")
-            return AutoSolver(AUTO_EXPLICIT, AUTO_IMPLICIT)
-        return FixedSolver(self.solver_name)
+                return FixedSolver(self.auto.explicit, note="start: non-smooth model, explicit throughout")
+            return self.auto
+        return FixedSolver(self.solver_name if self.auto is not None else self.solver)
 
     def is_implicit(self, name: str) -> bool:
         return is_implicit(self.solvers[name])
@@ -187,14 +190,22 @@ def explicit_grid(save_log_t, log_t1):
     return jnp.asarray(grid), jnp.asarray(grid[-1]) <= log_t1
 
 
-def _solver_choice(solver):
-    """(what the user asked for, the name it is reported and keyed by)."""
+def solver_choice(solver):
+    """(what the solve runs, the name it is reported and keyed by, the `AutoSolver` or None).
+
+    `FixedSolver(x)` is `solver=x` and `AutoSolver()` is `solver="auto"` (the same plan, so bitwise the same
+    result); an `AutoSolver` with other solvers is kept as the choice itself (it keys checkpoints apart)."""
+    if isinstance(solver, FixedSolver):
+        solver = solver.solver
+    if isinstance(solver, AutoSolver):
+        return ("auto" if solver == AutoSolver() else solver), "auto", solver
     if isinstance(solver, diffrax.AbstractSolver):
-        return solver, type(solver).__name__
+        return solver, type(solver).__name__, None
     if not isinstance(solver, str) or solver not in SOLVER_NAMES:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers are {list(SOLVER_NAMES)} or a "
-                         "diffrax.AbstractSolver instance (e.g. diffrax.Tsit5())")
-    return solver, solver
+        raise ValueError(f"unknown solver {solver!r}; valid solvers are {list(SOLVER_NAMES)}, a "
+                         "diffrax.AbstractSolver instance (e.g. diffrax.Tsit5()) or a policy "
+                         "(fs.FixedSolver(name), fs.AutoSolver(explicit=..., implicit=...))")
+    return solver, solver, (AutoSolver() if solver == "auto" else None)
 
 
 def _target(target_log_loss):
@@ -238,16 +249,16 @@ def _horizons(t1, log_t1, time):
     return t1, log_horizon, log_time
 
 
-def _solvers(choice, name, traced, nonsmooth, log_time, rtol, atol, linear):
+def _solvers(choice, name, auto, traced, nonsmooth, log_time, rtol, atol, linear):
     """name -> Diffrax solver object, for every solver the solve may use."""
+    if auto is not None:
+        if traced:
+            fixed = auto.implicit if log_time else auto.explicit
+            return {fixed: make_solver(fixed, rtol, atol, linear)}
+        names = (auto.explicit,) if nonsmooth else auto.solvers
+        return {n: make_solver(n, rtol, atol, linear) for n in names}
     if not isinstance(choice, str):
         return {name: choice}
-    if choice == "auto":
-        if traced:
-            fixed = AUTO_IMPLICIT if log_time else AUTO_EXPLICIT
-            return {fixed: make_solver(fixed, rtol, atol, linear)}
-        names = (AUTO_EXPLICIT,) if nonsmooth else (AUTO_EXPLICIT, AUTO_IMPLICIT)
-        return {n: make_solver(n, rtol, atol, linear) for n in names}
     return {name: make_solver(name, rtol, atol, linear)}
 
 
@@ -273,7 +284,7 @@ def plan(
     if not isinstance(problem, (Problem, ModifiedFlow)):
         raise TypeError(f"problem must be a flowsim.Problem (or fs.modified_flow(...)), got {type(problem).__name__}")
     t1, log_horizon, log_time = _horizons(t1, log_t1, time)
-    choice, name = _solver_choice(solver)
+    choice, name, auto = solver_choice(solver)
     if not isinstance(linear_solver, str) or linear_solver not in LINEAR_SOLVER_NAMES:
         raise ValueError(f"unknown linear_solver {linear_solver!r}; valid: {list(LINEAR_SOLVER_NAMES)}")
     if isinstance(problem, ModifiedFlow) and log_time:
@@ -304,8 +315,8 @@ def plan(
     num_params = int(theta0.shape[-1])
     linear = resolve_linear_solver(linear_solver, num_params)
     nonsmooth = isinstance(inner.model, AbstractNonsmoothModel)
-    solvers = _solvers(choice, name, traced, nonsmooth, log_time, rtol, atol, linear)
-    if traced and choice == "auto":
+    solvers = _solvers(choice, name, auto, traced, nonsmooth, log_time, rtol, atol, linear)
+    if traced and auto is not None:
         name = next(iter(solvers))
     metadata = dict(
         time="log" if log_time else "linear",
@@ -315,8 +326,8 @@ def plan(
         nonsmooth=nonsmooth,
     )
     if traced:
-        metadata["auto"] = "under jit/vmap: fixed rule (no measurement possible)" if choice == "auto" else None
+        metadata["auto"] = "under jit/vmap: fixed rule (no measurement possible)" if auto is not None else None
     return Plan(problem=problem, field=field, theta0=theta0, save_times=time_from_log_t(grid, log_time),
-                settings=settings, solver=choice, solver_name=name, solvers=solvers, linear_solver=linear,
+                settings=settings, solver=choice, solver_name=name, solvers=solvers, auto=auto, linear_solver=linear,
                 log_time=log_time, max_steps=max_steps, progress=progress, has_target=has_target, traced=traced,
                 nonsmooth=nonsmooth, metadata=metadata, checkpoint=checkpoint, checkpoint_every_s=every)

@@ -43,9 +43,13 @@ checkpoint, so a resumed solve continues the policy where it stopped.
 import dataclasses
 import json
 import math
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
-from ._costs import EXPLICIT_STAGES, CostTable
+import diffrax
+import equinox as eqx
+
+from ._costs import EXPLICIT_STAGES, IMPLICIT_STAGES, CostTable
+from ._solvers import EXPLICIT_SOLVERS, IMPLICIT_SOLVERS
 
 SEGMENT_STEPS = 512
 IMPLICIT_SEGMENT_STEPS = 32  # auto's implicit segments (an implicit step can cost 200x an explicit one)
@@ -63,6 +67,7 @@ CRAWL_STEP = 1e-4  # explicit steps below this fraction of the time covered also
 CRAWL_MAX_REJECTED = 0.3  # unless this fraction of them was rejected (kinks, not stiffness)
 AUTO_EXPLICIT = "tsit5"
 AUTO_IMPLICIT = "kvaerno5"
+FIXED_SOLVER_NAMES = (*EXPLICIT_SOLVERS, *IMPLICIT_SOLVERS)
 
 
 class Measurement(NamedTuple):
@@ -140,22 +145,43 @@ class FixedState:
         return cls(**json.loads(text))
 
 
-class FixedSolver:
-    """One solver throughout. `note`: the reason recorded for it in `traj.info["auto"]` when it stands in
-    for `solver="auto"` (None: nothing is recorded)."""
+class FixedSolver(eqx.Module):
+    """One solver throughout: `fs.simulate(..., solver=fs.FixedSolver("tsit5"))` is exactly
+    `solver="tsit5"` (the same program, bitwise the same `Trajectory`).
 
-    measures = False  # the driver need not estimate ρ or count Krylov iterations for it
+    **Arguments:**
 
-    def __init__(self, solver, note: str | None = None):
-        self.solver = solver
-        self.note = note
+    - `solver`: a solver name (`"tsit5" | "dopri5" | "dopri8" | "kvaerno3" | "kvaerno4" |
+      "kvaerno5" | "kencarp4" | "kencarp5"`) or a `diffrax.AbstractSolver` instance
+      (`diffrax.Tsit5()`); anything else (`"auto"` included: that is `fs.AutoSolver()`) is refused
+      with a `ValueError` naming it.
+    - `note`: the reason recorded for it in `traj.info["auto"]` when it stands in for `solver="auto"`
+      (None, the default: nothing is recorded).
 
-    def __repr__(self):
-        return f"FixedSolver({self.solver!r})"
+    A policy (`init(plan) -> state`, `decide(state, measurement) -> (state, solver, reason)`) whose
+    answer never changes."""
+
+    solver: Any
+    note: str | None = eqx.field(default=None, static=True)
+
+    measures: ClassVar[bool] = False  # the driver need not estimate ρ or count Krylov iterations for it
+
+    def __check_init__(self):
+        if isinstance(self.solver, diffrax.AbstractSolver):
+            return
+        if not isinstance(self.solver, str) or self.solver not in FIXED_SOLVER_NAMES:
+            hint = " (for auto, use fs.AutoSolver())" if isinstance(self.solver, str) and self.solver == "auto" else ""
+            raise ValueError(f"FixedSolver: unknown solver {self.solver!r}{hint}; valid solvers are "
+                             f"{list(FIXED_SOLVER_NAMES)} or a diffrax.AbstractSolver instance (e.g. diffrax.Tsit5())")
+
+    @property
+    def name(self) -> str:
+        """The name the solver is reported and keyed by: its own, or a Diffrax object's class name."""
+        return self.solver if isinstance(self.solver, str) else type(self.solver).__name__
 
     def init(self, plan=None) -> FixedState:
         del plan
-        return FixedState(self.solver)
+        return FixedState(self.name)
 
     def decide(self, state: FixedState, measurement: Measurement):
         del measurement
@@ -173,18 +199,40 @@ class FixedSolver:
         return FixedState.from_json(text)
 
 
-class AutoSolver:
-    """`solver="auto"`: explicit ↔ implicit on counted cost (module docstring)."""
+class AutoSolver(eqx.Module):
+    """`solver="auto"` as an object: explicit ↔ implicit on counted cost (the rule is this module's
+    docstring, and the docs' "How `auto` decides").
 
-    measures = True
+    `fs.simulate(..., solver=fs.AutoSolver())` is exactly `solver="auto"` (bitwise the same
+    `Trajectory`). `fs.AutoSolver(explicit="dopri5", implicit="kvaerno3")` runs the same rule
+    between another pair of solvers.
 
-    def __init__(self, explicit: str = AUTO_EXPLICIT, implicit: str = AUTO_IMPLICIT):
-        self.explicit = explicit
-        self.implicit = implicit
-        self.solvers = (explicit, implicit)
+    **Arguments:**
 
-    def __repr__(self):
-        return f"AutoSolver({self.explicit!r}, {self.implicit!r})"
+    - `explicit`: the solver it starts with and returns to, one of `"tsit5"` (default),
+      `"dopri5"`, `"dopri8"`.
+    - `implicit`: the solver it tries where the flow is stiff, one of `"kvaerno5"` (default),
+      `"kvaerno3"`, `"kvaerno4"`, `"kencarp4"`, `"kencarp5"`.
+
+    Another name is refused with a `ValueError` naming it and the valid ones. Under `jit`/`vmap`
+    nothing can be measured: the implicit solver runs in log time, the explicit one in linear time;
+    a non-smooth model runs the explicit solver throughout."""
+
+    explicit: str = eqx.field(default=AUTO_EXPLICIT, static=True)
+    implicit: str = eqx.field(default=AUTO_IMPLICIT, static=True)
+
+    measures: ClassVar[bool] = True
+
+    def __check_init__(self):
+        for role, value, valid in (("explicit", self.explicit, EXPLICIT_STAGES),
+                                   ("implicit", self.implicit, IMPLICIT_STAGES)):
+            if not isinstance(value, str) or value not in valid:
+                raise ValueError(f"AutoSolver: unknown {role} solver {value!r}; valid {role} solvers are "
+                                 f"{list(valid)}")
+
+    @property
+    def solvers(self) -> tuple[str, str]:
+        return (self.explicit, self.implicit)
 
     def init(self, plan) -> AutoState:
         """`plan`: anything with `costs` (a `CostTable`) and `linear_solver` ("dense" | "krylov")."""

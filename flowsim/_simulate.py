@@ -50,7 +50,9 @@ def simulate(
       Newton on the exact Jacobian of the field; dense below 512 parameters, inexact GMRES on
       Hessian–vector products above, or as `linear_solver="dense" | "krylov"` says), or a
       Diffrax solver object (`diffrax.Tsit5()`, `diffrax.Kvaerno5()`: used as given, with its
-      own root finder).
+      own root finder), or a policy: `fs.FixedSolver(name_or_object)` is exactly that solver,
+      `fs.AutoSolver()` exactly `"auto"`, `fs.AutoSolver(explicit=..., implicit=...)` auto's rule
+      between another pair. Anything else is refused with a `ValueError`.
     - `rtol`, `atol`: step-size controller tolerances (Newton uses 100× these); rtol ∈ [2.2e-15, 0.1]
       (ten float64 epsilons to 10%) and 0 < atol ≤ 0.1, else refused.
     - `n_save`: number of saved states: t = 0, interior times, and the final state.
