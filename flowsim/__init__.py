@@ -22,8 +22,6 @@ from ._cache import cache as cache
 from ._cache import gradient_descent as gradient_descent
 from ._cache import simulate as simulate
 from ._cache import simulate_batch as simulate_batch
-from ._cache import simulate_or_smoothed as simulate_or_smoothed
-from ._cache import smoothed_limit as smoothed_limit
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._flow import ModifiedFlow as ModifiedFlow
 from ._flow import modified_flow as modified_flow
@@ -40,7 +38,9 @@ from ._policy import AutoSolver as AutoSolver
 from ._policy import FixedSolver as FixedSolver
 from ._problem import Problem as Problem
 from ._smoothing import SmoothedLimit as SmoothedLimit
+from ._smoothing import simulate_or_smoothed as simulate_or_smoothed
 from ._smoothing import smoothed_fallback as smoothed_fallback
+from ._smoothing import smoothed_limit as smoothed_limit
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 from .harness import Claim as Claim
