@@ -1,15 +1,15 @@
 """Discrete gradient descent θ_{k+1} = θ_k − η ∇L(θ_k), as a compiled loop."""
 
 import dataclasses
-import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_int, as_real_scalar, is_traced
+from ._checks import as_int, is_traced
 from ._flow import make_field
+from ._plan import check_common, check_problem, positive_value
 from ._problem import Problem, targets_invalid
 from ._trajectory import Status, Trajectory, log_t_from_time, run_timed, saved_losses
 
@@ -55,16 +55,6 @@ def _explicit_save_steps(save_steps, steps) -> np.ndarray:
     return grid
 
 
-def _check_lr(lr):
-    """lr as a float64 0-d array; concrete values are checked now, traced ones inside the run."""
-    lr = as_real_scalar("lr", lr, finite=False)
-    if not is_traced(lr):
-        value = float(lr)
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"lr must be positive and finite, got {value}")
-    return lr
-
-
 def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int | None = None, *,
                      save_steps=None) -> Trajectory:
     """Plain gradient descent θ_{k+1} = θ_k − η ∇L(θ_k) with step η = `lr`; time t = k·η.
@@ -98,9 +88,9 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
 
     Pure: works under `jax.jit` and `eqx.filter_vmap`.
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
-    lr = _check_lr(lr)
+    # The checks fs.simulate makes too come from its plan (`flowsim._plan`): one bad value, one message.
+    check_problem(problem, flow=False)
+    lr = positive_value("lr", lr)
     if steps is not None:
         steps = as_int("steps", steps, minimum=1)
     if save_steps is not None:
@@ -111,7 +101,7 @@ def gradient_descent(problem: Problem, lr, steps: int | None = None, n_save: int
     else:
         if steps is None:
             raise ValueError("steps must be given (an integer ≥ 1) unless save_steps is")
-        n_save = as_int("n_save", 100 if n_save is None else n_save, minimum=2)
+        n_save = check_common(problem, 100 if n_save is None else n_save, flow=False)
         grid = gd_save_steps(steps, n_save)
     # lr, t1 and log t1 are values (Trajectory.settings: arrays, one per member under vmap); the rest is static.
     metadata = (
@@ -219,8 +209,7 @@ def gradient_descent_batch(problem: Problem, lrs, save_steps) -> Trajectory:
     through the same compiled loop (`lr` and the grid are traced: one compilation); a vmapped
     loop would run every member for as many steps as the longest (η_0/η_i times more work).
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a flowsim.Problem, got {type(problem).__name__}")
+    check_problem(problem, flow=False)
     lrs = np.asarray(lrs, dtype=np.float64)
     grid = np.asarray(save_steps)
     if lrs.ndim != 1 or grid.ndim != 2 or grid.shape[0] != lrs.shape[0]:

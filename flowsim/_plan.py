@@ -114,6 +114,36 @@ def _horizon(name: str, value, *, positive: bool):
     return jnp.asarray(number, dtype=jnp.float64)
 
 
+def positive_value(name: str, value):
+    """A positive finite real number (a horizon `t1`, gradient descent's `lr`), checked now when concrete and
+    returned as a float64 array either way (a traced one is checked per member inside the solve)."""
+    return _horizon(name, value, positive=True)
+
+
+def check_problem(problem, *, flow: bool = True):
+    """The problem of every entry point (`fs.simulate`, `fs.simulate_batch`, `fs.gradient_descent`): a
+    `fs.Problem`, or where `flow` (a solve of the flow, not GD) `fs.modified_flow(problem, lr)`."""
+    if isinstance(problem, Problem) or (flow and isinstance(problem, ModifiedFlow)):
+        return problem
+    if isinstance(problem, ModifiedFlow):
+        raise TypeError("gradient_descent runs a flowsim.Problem, not fs.modified_flow(...) (the modified flow is a "
+                        "model of GD's iterates: give gradient_descent the problem itself)")
+    raise TypeError(f"problem must be a flowsim.Problem (or fs.modified_flow(...), which fs.simulate takes), got "
+                    f"{type(problem).__name__}")
+
+
+def check_common(problem, n_save, *, flow: bool = True) -> int:
+    """The checks `plan` and `fs.gradient_descent` share, so that one bad value gets one message from both:
+    the problem (`check_problem`) and the number of saves (an integer ≥ 2). Returns `n_save`."""
+    check_problem(problem, flow=flow)
+    return as_int("n_save", n_save, minimum=2)
+
+
+def any_traced(*trees) -> bool:
+    """Some leaf of `trees` is traced (under `jit`/`vmap`): the values are then checked inside the solve."""
+    return any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(trees))
+
+
 def _tolerance(name: str, value):
     if is_traced(value):
         return jnp.asarray(value, dtype=jnp.float64)
@@ -233,7 +263,7 @@ def _horizons(t1, log_t1, time):
         raise ValueError("give exactly one horizon: t1 (physical time) or log_t1 (t1 = e^log_t1), "
                          f"got t1={t1!r}, log_t1={log_t1!r}")
     if t1 is not None:
-        t1 = _horizon("t1", t1, positive=True)
+        t1 = positive_value("t1", t1)
         log_horizon = jnp.log(t1)
     else:
         if not is_traced(log_t1) and not (_is_real_number(log_t1) and math.isfinite(float(log_t1))):
@@ -281,8 +311,7 @@ def plan(
     checkpoint_every_s=5.0,
 ) -> Plan:
     """Check and default `fs.simulate`'s arguments (its docstring says what each means) into a `Plan`."""
-    if not isinstance(problem, (Problem, ModifiedFlow)):
-        raise TypeError(f"problem must be a flowsim.Problem (or fs.modified_flow(...)), got {type(problem).__name__}")
+    n_save = check_common(problem, n_save)
     t1, log_horizon, log_time = _horizons(t1, log_t1, time)
     choice, name, auto = solver_choice(solver)
     if not isinstance(linear_solver, str) or linear_solver not in LINEAR_SOLVER_NAMES:
@@ -290,7 +319,6 @@ def plan(
     if isinstance(problem, ModifiedFlow) and log_time:
         raise ValueError("fs.modified_flow is integrated in linear time only: give t1 (not log_t1), or time='linear'")
     rtol, atol = _tolerance("rtol", rtol), _tolerance("atol", atol)
-    n_save = as_int("n_save", n_save, minimum=2)
     max_steps = as_int("max_steps", max_steps)
     progress = as_bool("progress", progress)
     every = checkpoint_interval(checkpoint_every_s)
@@ -303,8 +331,7 @@ def plan(
 
     theta0, field = make_field(problem, log_time, rtol, atol)
     inner = base_problem(problem)
-    traced = any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(
-        (inner, rtol, atol, log_horizon, target, grid, grid_ok)))
+    traced = any_traced(inner, rtol, atol, log_horizon, target, grid, grid_ok)
     if has_target and not traced:
         _check_target(field, theta0, target)
     if traced and checkpoint is not None:
