@@ -41,7 +41,6 @@ import scipy.optimize
 from _report import markdown_page
 
 import flowsim as fs
-from flowsim._nonsmooth import kink_statistics
 from flowsim._smoothing import extrapolate
 
 nets = fs.networks
@@ -126,7 +125,7 @@ def examples(quick: bool):
         traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", max_steps=max_steps, n_save=10)
         extra = ""
         if label == "min-norm":
-            stats = kink_statistics(traj.final, X)
+            stats = fs.analysis.kink_statistics(problem, traj.final)
             extra = f"pairs at kink {int(stats['pairs_at_kink'])}, log L {float(traj.log_loss[-1]):.3f}"
         print(row(f"Frei n=30 d=300 m=20 15% noise / {label} / tsit5", traj, wall, extra), flush=True)
     # 2-D ReLU MLP, two hidden layers.
@@ -137,7 +136,7 @@ def examples(quick: bool):
         traj, wall = timed(problem, log_t1=log_t1, solver="tsit5", max_steps=max_steps, n_save=10)
         extra = ""
         if label == "min-norm":
-            extra = f"pairs at kink {int(kink_statistics(traj.final, X2)['pairs_at_kink'])}, " \
+            extra = f"pairs at kink {int(fs.analysis.kink_statistics(problem, traj.final)['pairs_at_kink'])}, " \
                     f"log L {float(traj.log_loss[-1]):.3f}"
         print(row(f"2-D MLP 2-16-16-1 XOR / {label} / tsit5", traj, wall, extra), flush=True)
     start = time.perf_counter()
