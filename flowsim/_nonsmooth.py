@@ -344,7 +344,11 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
     - `active_pairs`: pairs with z > 0.
     """
     if not isinstance(model, AbstractNonsmoothModel):
-        raise TypeError(f"kink_statistics needs an AbstractNonsmoothModel (a ReLU network), got {type(model).__name__}")
+        raise TypeError(
+            f"flowsim._nonsmooth.kink_statistics needs an AbstractNonsmoothModel (fs.networks.TwoLayer or MLP), got "
+            f"{type(model).__name__}: for any model with kinks (your own included) use "
+            "fs.analysis.kink_statistics(problem, params)"
+        )
     X = jnp.asarray(X, dtype=jnp.float64)
     z, width = _band(model, X, rtol, atol)
     in_band = jnp.abs(z) <= width

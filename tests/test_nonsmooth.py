@@ -340,3 +340,10 @@ def test_bad_inputs_are_refused(build, error, words):
     with pytest.raises(error, match=None) as info:
         build()
     assert words in str(info.value), str(info.value)
+
+
+def test_private_kink_statistics_points_a_user_model_to_fs_analysis():
+    from flowsim._nonsmooth import kink_statistics
+
+    with pytest.raises(TypeError, match=r"got str: .*fs\.analysis\.kink_statistics\(problem, params\)"):
+        kink_statistics("model", np.ones((2, 2)))
