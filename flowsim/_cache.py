@@ -53,10 +53,9 @@ import numpy as np
 from ._batch import simulate_batch as _simulate_batch
 from ._gd import gradient_descent as _gradient_descent
 from ._simulate import simulate as _simulate
-from ._smoothing import SmoothedLimit
-from ._smoothing import simulate_or_smoothed as _simulate_or_smoothed
-from ._smoothing import smoothed_limit as _smoothed_limit
+from ._smoothed_result import DEFAULT_WIDTHS, SmoothedLimit
 from ._trajectory import Trajectory
+from .networks._smoothed import Smoothed
 
 FORMAT = "flowsim-cache/1"
 # Options that say how a call runs, not what it computes: they are left out of the key.
@@ -462,9 +461,6 @@ def _templates(name: str, arguments: Mapping) -> list:
     found: list = []
     _collect_modules(dict(arguments), found, depth=0)
     if name in ("smoothed_limit", "simulate_or_smoothed"):
-        from ._smoothing import DEFAULT_WIDTHS
-        from .networks._smoothed import Smoothed
-
         problem = arguments.get("problem")
         widths = arguments.get("widths", DEFAULT_WIDTHS)
         with contextlib.suppress(Exception):  # bad arguments: smoothed_limit itself says what is wrong
@@ -598,6 +594,4 @@ def cached(name: str, fn: Callable) -> Callable:
 simulate = cached("simulate", _simulate)
 simulate_batch = cached("simulate_batch", _simulate_batch)
 gradient_descent = cached("gradient_descent", _gradient_descent)
-smoothed_limit = cached("smoothed_limit", _smoothed_limit)
-simulate_or_smoothed = cached("simulate_or_smoothed", _simulate_or_smoothed)
 

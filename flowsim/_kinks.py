@@ -61,6 +61,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 from jaxtyping import Array, Float, PyTree
 
 from ._nonsmooth import AbstractNonsmoothModel
+from .networks._smoothed import smoothed as _smoothed
 
 DEFAULT_MAX_KINKS = 64
 
@@ -515,6 +516,8 @@ class Kinked(AbstractNonsmoothModel):
         out = _interpret(self.model, x, self.trainable, handler)
         self._checked(handler)
         return out
+
+    smoothed = _smoothed
 
     def apply(self, x, activation: Callable):
         """The output for ONE input with every kink site smoothed by `activation` (module docstring)."""

@@ -134,13 +134,6 @@ class AbstractNonsmoothModel(eqx.Module):
             f"{type(self).__name__} does not implement apply(x, activation), which fs.networks.Smoothed needs"
         )
 
-    def smoothed(self, width: float):
-        """This network with φ replaced by φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε), ε = `width`
-        (`fs.networks.Smoothed`): a smooth model, for `fs.smoothed_limit`."""
-        from .networks._smoothed import Smoothed
-
-        return Smoothed(self, width)
-
 
 class _Kinks(eqx.Module):
     """The pairs treated as free at one state: flat indices into (n, U), and which are in band."""
@@ -160,7 +153,7 @@ def band_tolerances(model: AbstractNonsmoothModel, rtol=None, atol=None) -> tupl
     return kink_rtol, kink_atol
 
 
-def _band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array, Array]:
+def kink_band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array, Array]:
     """(z, band width) for every (sample, unit) pair, shape (n, U) each."""
     kink_rtol, kink_atol = band_tolerances(model, rtol, atol)
     z = jax.vmap(model.pre_activations)(X)
@@ -169,7 +162,7 @@ def _band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array
 
 
 def _select_kinks(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> _Kinks:
-    z, width = _band(model, X, rtol, atol)
+    z, width = kink_band(model, X, rtol, atol)
     z, width = jax.lax.stop_gradient(z), jax.lax.stop_gradient(width)
     in_band = jnp.abs(z) <= width
     size = z.size
@@ -284,7 +277,7 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
         d = base
         for _ in range(_RELINEARISATIONS):
             g, _, weights = gradient(th, d)
-            G = _pair_columns(field, th, X, weights, _slope_matrix(kinks, d), sample, unit, kinks.valid)
+            G = pair_columns(field, th, X, weights, _slope_matrix(kinks, d), sample, unit, kinks.valid)
             Q = G.T @ G
             d = _box_least_squares(Q, G.T @ g - Q @ d, lower, upper, ~kinks.valid)
         return gradient(th, d)[:2]
@@ -292,7 +285,7 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
     return jax.lax.cond(jnp.any(kinks.valid), slide, lambda th: gradient(th, base)[:2], theta)
 
 
-def _pair_columns(field, theta, X, weights, slopes, sample, unit, valid):
+def pair_columns(field, theta, X, weights, slopes, sample, unit, valid):
     """G, shape (p, K): column k = ∂g/∂d_k = w_i ∂/∂s_u ∇_θ f(x_i; θ, s) for the pair (i, u) = k,
     with `weights` w (the loss's cotangent per sample) and every other slope as in `slopes`."""
 
@@ -350,7 +343,7 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
             "fs.analysis.kink_statistics(problem, params)"
         )
     X = jnp.asarray(X, dtype=jnp.float64)
-    z, width = _band(model, X, rtol, atol)
+    z, width = kink_band(model, X, rtol, atol)
     in_band = jnp.abs(z) <= width
     ratio = jnp.where(width > 0, jnp.abs(z) / jnp.where(width > 0, width, 1.0), jnp.where(z == 0, 0.0, jnp.inf))
     count = jnp.sum(in_band)

@@ -53,7 +53,7 @@ import optimistix as optx
 from jaxtyping import Array, Float
 
 from ._flow import make_field, time_from_log_t
-from ._nonsmooth import AbstractNonsmoothModel, _pair_columns
+from ._nonsmooth import AbstractNonsmoothModel, pair_columns
 from ._problem import Problem
 
 # Ridge on the equivalent-control system relative to its largest diagonal entry (a pair whose
@@ -117,7 +117,7 @@ class _Segment(eqx.Module):
         slopes = base.reshape(self.shape)
         g0, weights = self._gradient(theta, slopes, s)
         sample, unit = jnp.divmod(index, self.shape[1])
-        G = _pair_columns(self.field, theta, self.field.problem.X, weights, slopes, sample, unit, valid)
+        G = pair_columns(self.field, theta, self.field.problem.X, weights, slopes, sample, unit, valid)
         J = self.normals(theta, index, valid)
         M = J @ G
         scale = jnp.max(jnp.where(valid, jnp.abs(jnp.diagonal(M)), 0.0))

@@ -12,47 +12,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PyTree
+from jaxtyping import Array
 
 from ._batch import batch_size
-from ._nonsmooth import AbstractNonsmoothModel, _band, kink_crossings, kink_statistics
+from ._cache import cached, simulate, simulate_batch  # inside fs.cache each solve is stored on its own
+from ._nonsmooth import AbstractNonsmoothModel, kink_band, kink_crossings, kink_statistics
 from ._problem import Problem
+from ._smoothed_result import DEFAULT_WIDTHS, SmoothedLimit
 from ._trajectory import Status, Trajectory
 from .analysis._extrapolation import richardson
 from .networks._relu import MLP, TwoLayer
 from .networks._smoothed import Smoothed
-
-DEFAULT_WIDTHS = (1e-3, 1e-4, 1e-5)
-
-
-class SmoothedLimit(eqx.Module):
-    """The ReLU flow as the ε → 0 limit of smoothed flows (`smoothed_limit`).
-
-    - `log_t`: the save times (log t), shared by every width;
-    - `params`, `final`: the ReLU network extrapolated to ε = 0 at every save, and at the last;
-    - `log_loss`: log L extrapolated to ε = 0 at every save;
-    - `log_t_reached`: where the solves ended, extrapolated (with `target_log_loss` each width
-      stops at its own time: `final` is then the state where L reaches the target, and saves
-      after the earliest stop mix states of different times — each solve repeats its last one);
-    - `error`: the uncertainty of the final parameters (max over entries): the larger of
-      Richardson's error estimate and the gap between the ε-power and the ε log ε extrapolations;
-    - `spread`: max over entries of |final parameters at the two smallest widths| — what a
-      single width would be off by, for comparison with `error`;
-    - `trajectories`, `widths`: each smoothed solve (`traj.final.network` is its network);
-    - `ok`, `message`: every width reached the horizon (or target), or which did not and why.
-    """
-
-    log_t: Float[Array, " n_save"]
-    params: PyTree
-    final: PyTree
-    log_loss: Float[Array, " n_save"]
-    log_t_reached: Float[Array, ""]
-    error: Float[Array, ""]
-    spread: Float[Array, ""]
-    trajectories: tuple[Trajectory, ...]
-    widths: tuple[float, ...] = eqx.field(static=True)
-    ok: Bool[Array, ""]
-    message: str = eqx.field(static=True)
 
 
 def _smoothed_problem(problem: Problem, width: float) -> Problem:
@@ -102,8 +72,6 @@ def smoothed_limit(problem: Problem, widths=DEFAULT_WIDTHS, *, logarithmic: bool
     # Measured on the 2-16-16-1 MLP at ε = 1e-5 to log t = 10: Tsit5 3.8 s, auto 10 s (a lost Kvaerno5
     # trial and its compilation), Kvaerno5 68 s (accuracy, not stability, holds its steps).
     options.setdefault("solver", "tsit5")
-    from ._cache import simulate  # the public one: inside fs.cache each width is stored and checkpointed
-
     trajectories = tuple(simulate(_smoothed_problem(problem, w), **options) for w in widths)
     return extrapolate(widths, trajectories, logarithmic=logarithmic)
 
@@ -173,7 +141,7 @@ def corner_samples(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> Ar
     """The number of samples with (unit, sample) pairs in the band of their kinks in two or more layers
     at once (`kink_layers`): the corners where the min-norm field is only linearised (`_nonsmooth`)."""
     layers = kink_layers(model)
-    z, width = _band(model, jnp.asarray(X, dtype=jnp.float64), rtol, atol)
+    z, width = kink_band(model, jnp.asarray(X, dtype=jnp.float64), rtol, atol)
     in_band = jnp.abs(z) <= width
     if layers is None:
         return jnp.sum(jnp.sum(in_band, axis=1) >= 2)  # unknown layers: any two pairs of one sample
@@ -214,8 +182,6 @@ def simulate_or_smoothed(problem: Problem, widths=DEFAULT_WIDTHS, *, batched: bo
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"simulate_or_smoothed needs an fs.Problem, got {type(problem).__name__}")
-    from ._cache import simulate, simulate_batch  # the public ones (cached inside fs.cache)
-
     exact = simulate_batch(problem, **options) if batched else simulate(problem, **options)
     if not isinstance(problem.model, AbstractNonsmoothModel):
         return exact
@@ -236,8 +202,6 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
                         f"{type(problem.model).__name__}")
     batched = np.ndim(traj.status) > 0
     status = np.atleast_1d(np.asarray(traj.status))
-    from . import _cache  # fs.smoothed_limit: cached inside fs.cache
-
     layers = kink_layers(problem.model)
     # One layer of kinks (a two-layer net) has no corners: the exact field is exact there, and a solve
     # that stalls needs more steps or looser tolerances, which smoothing would not give it.
@@ -259,7 +223,7 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
         member = _member(problem, k) if batched else problem
         last = _member(traj.final, k) if batched else traj.final
         new["exact_corner_samples"][k] = int(corner_samples(_as_model(problem.model, last), member.X, rtol, atol))
-        limit = _cache.smoothed_limit(member, widths, logarithmic=logarithmic, **options)
+        limit = smoothed_limit(member, widths, logarithmic=logarithmic, **options)
         failed = [t for t in limit.trajectories if not bool(t.ok)]
         _put_tree(arrays.params, limit.params, k)
         _put_tree(arrays.final, limit.final, k)
@@ -315,3 +279,9 @@ def _put_tree(target, values, index: int) -> None:
         raise ValueError("the smoothed solve's network does not have the exact solve's leaves")
     for leaf, value in zip(leaves, new, strict=True):
         leaf[index] = np.asarray(value)
+
+
+# The public functions: inside `fs.cache` a call is stored and replayed, and each smoothed solve it makes
+# (the `simulate` above is the cached one) is stored and checkpointed on its own.
+smoothed_limit = cached("smoothed_limit", smoothed_limit)
+simulate_or_smoothed = cached("simulate_or_smoothed", simulate_or_smoothed)

@@ -25,6 +25,7 @@ from .._nonsmooth import (
     leaky_relu_with_slope,
     rank_one_kink_system,
 )
+from ._smoothed import smoothed as _smoothed
 from ._validation import as_layer_list, as_real_array, check_input, check_positive_int
 
 DEFAULT_MAX_KINKS = 64
@@ -116,6 +117,8 @@ class TwoLayer(AbstractNonsmoothModel):
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         check_input(x, self.input_dim, "TwoLayer")
         return jnp.dot(self.a, leaky_relu(self.W @ x, self.leak))
+
+    smoothed = _smoothed
 
     def apply(self, x, activation):
         check_input(x, self.input_dim, "TwoLayer")
@@ -227,6 +230,8 @@ class MLP(AbstractNonsmoothModel):
         for W in self.layers[:-1]:
             h = leaky_relu(W @ h, self.leak)
         return self.layers[-1] @ h
+
+    smoothed = _smoothed
 
     def apply(self, x, activation):
         check_input(x, self.input_dim, "MLP")

@@ -20,6 +20,12 @@ def smoothed_leaky_relu(z, leak: float, width: float):
     return leak * z + (1.0 - leak) * width * jax.nn.softplus(z / width)
 
 
+def smoothed(network, width: float) -> "Smoothed":
+    """`network.smoothed(ε)`: this network with φ replaced by φ_ε(z) = γz + (1 − γ)ε·softplus(z/ε),
+    ε = `width` (`fs.networks.Smoothed`): a smooth model, for `fs.smoothed_limit`."""
+    return Smoothed(network, width)
+
+
 class Smoothed(eqx.Module):
     """`network` (a ReLU network: `fs.networks.TwoLayer`, `MLP`) with every activation
     φ(z) = max(z, γz) replaced by φ_ε(z) = γz + (1 − γ)·ε·softplus(z/ε), ε = `width`.
