@@ -1,6 +1,8 @@
-"""Event-driven sliding (flowsim._sliding) with two pairs held at once, against a closed form.
+"""Event-driven sliding (flowsim._sliding) against independent references.
 
-Oracle: two identical units with output weights 1/2 compute the single neuron of
+Oracles: the min-norm element of the Clarke subdifferential at states built exactly on a stratum
+(a bounded least-squares problem over the held slopes, the gradient written by hand in numpy),
+against the equivalent-control field; and, for two pairs held at once: two identical units with output weights 1/2 compute the single neuron of
 tests/test_nonsmooth.py, each unit's gradient is half the neuron's, so each row of W follows the
 hand-solved single-neuron flow at half speed, w_u(t) = w(t / 2): both (sample 0, unit u) pairs
 reach their kink together at 2·t1, slide together and leave together at 2·t2 (closed form).
@@ -33,3 +35,62 @@ def test_two_pairs_slide_at_once_and_match_the_hand_solved_flow():
     # While both slide, both rows stay on the kink z = w_u[0] = 0 (round-off).
     np.testing.assert_allclose(sol.theta[slide].reshape(2, 2)[:, 0], 0.0, atol=1e-12)
     np.testing.assert_allclose(sol.theta[-1].reshape(2, 2), np.stack([expected, expected]), rtol=0, atol=1e-8)
+
+
+def _hand_gradient(W, a, X, y, slopes):
+    """∂L/∂W of L = (1/n) Σ_i ½(Σ_u a_u d_iu ⟨w_u, x_i⟩ − y_i)², slopes d fixed (numpy, by hand)."""
+    Z = X @ W.T
+    r = (Z * slopes) @ a - y
+    return ((r[:, None] * slopes * a[None, :]).T @ X) / len(y)
+
+
+def test_each_strata_field_is_the_min_norm_clarke_element():
+    import jax.numpy as jnp
+    import scipy.optimize
+
+    from flowsim._flow import make_field
+    from flowsim._sliding import _Segment
+
+    n, d, m, gamma = 6, 5, 3, 0.1
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(n, d)), rng.normal(size=n)
+    a = np.array([1.0, -0.7, 0.5])
+    compared = 0
+    for trial in range(60):
+        W, k = rng.normal(size=(m, d)), 1 + trial % 2
+        S = [(int(i), int(u)) for i, u in zip(rng.choice(n, k, replace=False), rng.integers(0, m, k))]
+        for u in range(m):  # project w_u so that ⟨w_u, x_i⟩ = 0 for (i, u) in S, exactly enough
+            rows = np.array([X[i] for i, v in S if v == u])
+            if len(rows):
+                Q, _ = np.linalg.qr(rows.T)
+                W[u] -= Q @ (Q.T @ W[u])
+        Z = X @ W.T
+        base = np.where(Z > 0, 1.0, gamma)
+        net = fs.networks.TwoLayer(W, a, gamma)
+        problem = fs.Problem(net, X, y, "squared", trainable=net.first_layer_filter())
+        theta, field = make_field(problem, log_time=True, rtol=1e-10, atol=1e-12)
+        seg = _Segment(field, gamma, 10.0, (n, m))
+        index = np.array([i * m + u for i, u in S])
+        rate, dS = seg.rates(
+            jnp.asarray(0.0), theta, jnp.asarray(base.ravel()), jnp.asarray(index), jnp.ones(len(S), bool)
+        )
+        rate, dS = np.asarray(rate).reshape(m, d), np.asarray(dS)
+        if not np.all((dS > gamma + 1e-6) & (dS < 1 - 1e-6)):
+            continue
+        # (b) min-norm Clarke element: min ‖g0 + Σ_s (d_s − base_s) G_s‖² over d_S in [γ, 1].
+        g0 = _hand_gradient(W, a, X, y, base).ravel()
+        G = []
+        for i, u in S:
+            e = np.zeros_like(base)
+            e[i, u] = 1.0
+            G.append(_hand_gradient(W, a, X, y, base + e).ravel() - g0)
+        G = np.array(G).T
+        lo, hi = gamma - base[tuple(np.array(S).T)], 1.0 - base[tuple(np.array(S).T)]
+        delta = scipy.optimize.lsq_linear(G, -g0, bounds=(lo, hi), method="bvls", lsmr_tol=None).x
+        clarke = -(g0 + G @ delta).reshape(m, d)
+        np.testing.assert_allclose(rate, clarke, rtol=1e-8, atol=1e-12 * np.abs(clarke).max())
+        # The min-norm element keeps every held pair on its kink: ż_s = ⟨x_i, w_u'⟩ = 0.
+        zdot = np.array([X[i] @ clarke[u] for i, u in S])
+        np.testing.assert_allclose(zdot, 0.0, atol=1e-10 * np.abs(clarke).max())
+        compared += 1
+    assert compared >= 3, compared
