@@ -2,9 +2,12 @@ import math
 import os
 import pathlib
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.optimize
 
 jax.config.update("jax_enable_x64", True)
@@ -98,3 +101,43 @@ def svm_direction(X, y):
 def unitary_dft(d):
     """F[k, j] = e^{−2πi kj/d}/√d from numpy.fft."""
     return np.fft.fft(np.eye(d), axis=0, norm="ortho")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared builders for the kink and sliding tests (tests/test_kinks*.py, tests/test_nonsmooth.py, tests/test_sliding.py).
+
+
+class OwnReLU(eqx.Module):
+    """A user's bias-free ReLU net x ↦ w₂ᵀ max(W₁x, 0) (jnp.maximum against a constant)."""
+
+    W1: jax.Array
+    w2: jax.Array
+
+    def __call__(self, x):
+        return self.w2 @ jnp.maximum(self.W1 @ x, 0.0)
+
+
+class OwnLeaky(eqx.Module):
+    """A user's two-layer leaky-ReLU net Σ_j a_j max(γ z_j, z_j) (jnp.maximum between traced values); subclasses
+    write the same kink other ways by overriding `__call__`."""
+
+    W: jax.Array
+    a: jax.Array
+    leak: float = eqx.field(static=True)
+
+    def __call__(self, x):
+        z = self.W @ x
+        return self.a @ jnp.maximum(self.leak * z, z)
+
+
+def linear_phase_to_kink(X, y, w0, n):
+    """The single-neuron flow's first phase (every sample on the identity side of the kink): the linear ODE
+    w' = (b − Aw)/n, A = XᵀX, b = Xᵀy, solved as w(t) = w* + e^{−At/n}(w0 − w*), and the time t1 where w₁
+    reaches 0 (the kink of sample 1), by Brent's method to 1e-15. Returns (phase1, t1)."""
+    A, b = X.T @ X, X.T @ y
+    w_star = np.linalg.solve(A, b)
+
+    def phase1(t):
+        return w_star + scipy.linalg.expm(-A * t / n) @ (w0 - w_star)
+
+    return phase1, scipy.optimize.brentq(lambda t: phase1(t)[0], 0.0, 50.0, xtol=1e-15)

@@ -14,33 +14,12 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import OwnLeaky, OwnReLU
 
 import flowsim as fs
 import flowsim._problem as problem_module
 from flowsim._flow import make_field
 from flowsim._kinks import Kinked, NonsmoothWarning, find_kinks
-
-
-class OwnReLU(eqx.Module):
-    """A user's bias-free ReLU net x ↦ w₂ᵀ max(W₁x, 0) (jnp.maximum against a constant)."""
-
-    W1: jax.Array
-    w2: jax.Array
-
-    def __call__(self, x):
-        return self.w2 @ jnp.maximum(self.W1 @ x, 0.0)
-
-
-class OwnLeaky(eqx.Module):
-    """A user's two-layer leaky-ReLU net Σ_j a_j max(γ z_j, z_j) (jnp.maximum between traced values)."""
-
-    W: jax.Array
-    a: jax.Array
-    leak: float = eqx.field(static=True)
-
-    def __call__(self, x):
-        z = self.W @ x
-        return self.a @ jnp.maximum(self.leak * z, z)
 
 
 class JaxLeaky(OwnLeaky):

@@ -11,27 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import OwnLeaky, OwnReLU
 
 import flowsim as fs
 from flowsim._kinks import Kinked, NonsmoothWarning, _kink_widths
 
 
-class OwnReLU(eqx.Module):
-    """A user's bias-free ReLU net x ↦ w₂ᵀ max(W₁x, 0)."""
-
-    W1: jax.Array
-    w2: jax.Array
-
-    def __call__(self, x):
-        return self.w2 @ jnp.maximum(self.W1 @ x, 0.0)
-
-
-class WhereKinks(eqx.Module):
+class WhereKinks(OwnLeaky):
     """Kinks written as where-forms: jax.nn.leaky_relu, jnp.where(z > 0, z, γz), jax.nn.hard_tanh."""
-
-    W: jax.Array
-    a: jax.Array
-    leak: float = eqx.field(static=True)
 
     def __call__(self, x):
         z = self.W @ x

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.optimize
+from conftest import linear_phase_to_kink
 from scipy.integrate import solve_ivp
 
 import flowsim as fs
@@ -43,13 +44,7 @@ def single_neuron_data(c):
 
 def sliding_closed_form(c, times):
     X, y = single_neuron_data(c)
-    A, b = X.T @ X, X.T @ y
-    w_star = np.linalg.solve(A, b)
-
-    def phase1(t):
-        return w_star + scipy.linalg.expm(-A * t / N) @ (W0 - w_star)
-
-    t1 = scipy.optimize.brentq(lambda t: phase1(t)[0], 0.0, 50.0, xtol=1e-15)
+    phase1, t1 = linear_phase_to_kink(X, y, W0, N)
     w2_t1 = phase1(t1)[1]
     assert GAMMA < c * (Y2 - w2_t1) < 1  # a sliding entry, by construction
     t2 = t1 + N * np.log(c * (Y2 - w2_t1) / GAMMA)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.optimize
+from conftest import linear_phase_to_kink
 from test_nonsmooth import GAMMA, W0, Y1, Y2, N, single_neuron_data, single_neuron_problem, sliding_closed_form
 
 import flowsim as fs
@@ -37,13 +38,7 @@ def test_sliding_matches_the_hand_solved_flow_and_its_event_times():
 def crossing_closed_form(c, t_end):
     """Phase 1 until w1 = 0 at t1, then the linear flow with x1 scaled by γ (no sliding)."""
     X, y = single_neuron_data(c)
-    A, b = X.T @ X, X.T @ y
-    w_star = np.linalg.solve(A, b)
-
-    def phase1(t):
-        return w_star + scipy.linalg.expm(-A * t / N) @ (W0 - w_star)
-
-    t1 = scipy.optimize.brentq(lambda t: phase1(t)[0], 0.0, 50.0, xtol=1e-15)
+    phase1, t1 = linear_phase_to_kink(X, y, W0, N)
     assert c * (Y2 - phase1(t1)[1]) < GAMMA  # transversal, by construction
     x1 = np.array([GAMMA, 0.0])
     A3 = np.outer(x1, x1) + np.outer(X[1], X[1])
