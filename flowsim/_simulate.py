@@ -11,7 +11,10 @@ from ._driver import drive
 from ._engine import finish, init_carry, segment
 from ._plan import plan
 from ._problem import Problem
+from ._sliding import check_model, simulate_on_strata
 from ._trajectory import Trajectory
+
+NONSMOOTH_METHODS = ("band", "sliding")
 
 
 def simulate(
@@ -31,6 +34,7 @@ def simulate(
     linear_solver: str = "auto",
     checkpoint=None,
     checkpoint_every_s=5.0,
+    nonsmooth: str = "band",
 ) -> Trajectory:
     """Solve the gradient flow θ'(t) = −∇L(θ(t)) from the problem's model to a horizon.
 
@@ -66,6 +70,13 @@ def simulate(
       seconds (a finite number ≥ 0; 0: after every segment); calling
       `simulate` again with the same arguments resumes from it
       (`traj.info["resumed_from_log_t"]`).
+    - `nonsmooth`: how a model with ReLU-type kinks is solved (ignored for a smooth model, which has none).
+      `"band"` (the default): the minimum-norm Clarke field, pairs within a band of width ~ the
+      tolerances of their kink held there (works under `jit`/`vmap`). `"sliding"`: exact, event-driven
+      sliding on strata (Filippov): each set of pairs held at their kinks is a smooth ODE, whose slopes
+      solve a small linear system, and crossing, joining or leaving a kink is a root-found event
+      (`flowsim._sliding`). Eager only, integrated in log time, for models with one kink layer per
+      sample (two-layer networks; deeper ones are refused). `traj.info["nonsmooth"]` says which ran.
 
     Tolerances, horizons and `target_log_loss` are values, not compile-time constants: new
     values do not recompile, and `eqx.filter_vmap` over any of them works. Pure: works under
@@ -74,10 +85,19 @@ def simulate(
 
     **Returns:** a `fs.Trajectory`.
     """
+    if not isinstance(nonsmooth, str) or nonsmooth not in NONSMOOTH_METHODS:
+        raise ValueError(f"nonsmooth must be one of {list(NONSMOOTH_METHODS)}, got {nonsmooth!r}")
+    sliding = nonsmooth == "sliding"
+    if sliding:
+        check_model(problem, "nonsmooth='sliding'")
+        if time == "auto":
+            time = "log"  # the sliding field is written in log time s = log(1 + t)
     the_plan = plan(problem, t1, log_t1=log_t1, solver=solver, rtol=rtol, atol=atol, n_save=n_save,
                     save_log_t=save_log_t, max_steps=max_steps, progress=progress, target_log_loss=target_log_loss,
                     time=time, linear_solver=linear_solver, checkpoint=checkpoint,
                     checkpoint_every_s=checkpoint_every_s)
+    if sliding:
+        return simulate_on_strata(the_plan)
     if the_plan.traced:
         return run_traced(the_plan)
     return drive(the_plan)

@@ -42,7 +42,9 @@ zero-length segments). Repulsive kinks (ż_r(1) > 0 > ż_r(γ)) are crossed, not
 """
 
 import dataclasses
-import functools
+import math
+import re
+import time as _time
 
 import diffrax
 import equinox as eqx
@@ -52,30 +54,42 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float
 
+from ._checkpoint import CheckpointStore, fingerprint
+from ._driver import ProgressBar, log_t_of
+from ._engine import Carry, finish
 from ._flow import make_field, time_from_log_t
+from ._kinks import kink_summary
 from ._nonsmooth import AbstractNonsmoothModel, pair_columns
 from ._problem import Problem
+from ._trajectory import Status
 
 # Ridge on the equivalent-control system relative to its largest diagonal entry (a pair whose
 # column vanishes, e.g. a unit with output weight 0, would make it singular).
 _RIDGE = 1e-13
+# Baumgarte rate k (per unit of log time s) pulling drift back onto z_S = 0.
+DRIFT_RATE = 10.0
+# The event times' root finder: bisection on the step's bracket (Newton did not converge on the minimum of
+# many margins); 1e-12 in s did not converge on the noisy two-layer net either.
+ROOT_RTOL, ROOT_ATOL = 1e-10, 1e-12
+EVENT_KINDS = ("slide", "cross", "leave")
 
 
-def _check_model(problem) -> AbstractNonsmoothModel:
+def check_model(problem, who: str = "simulate_sliding") -> AbstractNonsmoothModel:
+    """The model of a sliding solve: kinks, one kink layer per sample (a field affine in the slopes)."""
     if not isinstance(problem, Problem):
-        raise TypeError(f"simulate_sliding needs a flowsim.Problem, got {type(problem).__name__}")
+        raise TypeError(f"{who} needs a flowsim.Problem, got {type(problem).__name__}")
     model = problem.model
     if not isinstance(model, AbstractNonsmoothModel):
         raise TypeError(
-            "simulate_sliding needs a model with ReLU-type kinks (an AbstractNonsmoothModel such as "
-            f"fs.networks.TwoLayer), got {type(model).__name__}: a smooth model has no kinks to slide on; "
-            "use fs.simulate"
+            f"{who} needs a model with ReLU-type kinks (an AbstractNonsmoothModel such as fs.networks.TwoLayer, "
+            f"or a model whose kinks fs.Problem found), got {type(model).__name__}: a smooth model has no kinks to "
+            "slide on; use fs.simulate without nonsmooth='sliding'"
         )
     depth = getattr(model, "depth", None)
     if depth is not None and depth > 2:
         raise ValueError(
-            f"simulate_sliding needs one kink layer per sample (a field affine in the slopes), got an MLP "
-            f"of depth {depth}; use fs.simulate (min-norm band field) or fs.smoothed_limit"
+            f"{who} needs one kink layer per sample (a field affine in the slopes), got an MLP of depth {depth}; "
+            "use the band field (nonsmooth='band') or fs.smoothed_limit"
         )
     return model
 
@@ -129,12 +143,12 @@ class _Segment(eqx.Module):
         return -(g0 + G @ delta), base[index] + delta
 
     def vector_field(self, s, theta, args):
-        base, index, valid, _ = args
+        base, index, valid = args[:3]
         return self.rates(s, theta, base, index, valid)[0]
 
     def margins(self, s, theta, args):
         """q per pair outside S (sign_r z_r) and per stratum pair (slope margin); +inf where unused."""
-        base, index, valid, fresh = args
+        base, index, valid, fresh = args[:4]
         z = self.z(theta)
         sign = jnp.where(base == 1.0, 1.0, -1.0)
         held = jnp.zeros(z.shape, bool).at[index].max(valid)
@@ -143,9 +157,13 @@ class _Segment(eqx.Module):
         slope = jnp.where(valid, jnp.minimum(d - self.leak, 1.0 - d), jnp.inf)
         return pair, slope
 
+    def target_margin(self, theta, target):
+        """log L(θ) − target (+inf without a target, `target` NaN)."""
+        return jnp.where(jnp.isnan(target), jnp.inf, self.field.log_loss(theta) - target)
+
     def event(self, t, y, args, **kwargs):
         pair, slope = self.margins(t, y, args)
-        return jnp.minimum(jnp.min(pair), jnp.min(slope))
+        return jnp.minimum(jnp.minimum(jnp.min(pair), jnp.min(slope)), self.target_margin(y, args[4]))
 
 
 @eqx.filter_jit
@@ -154,18 +172,17 @@ def _z(seg, theta):
 
 
 @eqx.filter_jit
-def _rates(seg, s, theta, base, index, valid):
-    return seg.rates(s, theta, base, index, valid)
-
-
-@eqx.filter_jit
 def _margins(seg, s, theta, args):
-    return seg.margins(s, theta, args)
+    pair, slope = seg.margins(s, theta, args)
+    return pair, slope, seg.target_margin(theta, args[4])
 
 
 @eqx.filter_jit
-def _drift(seg, theta, index, valid):
-    return jnp.max(jnp.where(valid, jnp.abs(seg.z(theta)[index]), 0.0))
+def _after_segment(seg, theta, base, index, valid, fresh):
+    """(pairs left out of q that ended on the wrong side, z, max_{s ∈ S} |z_s|) at a segment's end."""
+    z = seg.z(theta)
+    wrong = fresh & (jnp.where(base == 1.0, 1.0, -1.0) * z < 0)
+    return wrong, z, jnp.max(jnp.where(valid, jnp.abs(z[index]), 0.0))
 
 
 @eqx.filter_jit
@@ -175,6 +192,418 @@ def _one_sided(seg, s, theta, base, index, valid, r):
     return jnp.stack([normal @ seg.rates(s, theta, base.at[r].set(v), index, valid)[0] for v in (1.0, seg.leak)])
 
 
+@eqx.filter_jit
+def _held_slopes(seg, s, theta, base, index, valid):
+    return seg.rates(s, theta, base, index, valid)[1]
+
+
+@eqx.filter_jit
+def _solve(seg, solver, controller, root_finder, theta, s0, s1, args, save_times, max_steps):
+    """One stratum: a smooth solve from s0 until an event or s1, saving at the grid times it passes."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(seg.vector_field),
+        solver,
+        s0,
+        s1,
+        None,
+        theta,
+        args,
+        stepsize_controller=controller,
+        event=diffrax.Event(seg.event, root_finder, direction=False),
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=jnp.clip(save_times, s0, s1)), diffrax.SubSaveAt(t1=True)]),
+        max_steps=max_steps,
+        throw=False,
+    )
+    (grid_ts, end_ts), (grid_ys, end_ys) = sol.ts, sol.ys
+    steps = jnp.stack([sol.stats["num_steps"], sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]])
+    return end_ts[-1], end_ys[-1], grid_ts, grid_ys, sol.result, steps
+
+
+class SlidingCarry(eqx.Module):
+    """The state between segments, fixed shapes (checkpointed as is): θ at s, the stratum (`index`, `valid`),
+    the sides of the other pairs (`base`: their slope, 1 or γ), the pairs an event just moved (`fresh`), the
+    saves filled so far, step counts (total, accepted, rejected), event counts (slide, cross, leave, missed),
+    the largest drift max |z_S| seen, and the status (−1 while running)."""
+
+    theta: Array
+    s: Array
+    base: Array
+    index: Array
+    valid: Array
+    fresh: Array
+    saves: Array
+    save_time: Array
+    filled: Array
+    steps: Array
+    events: Array
+    max_drift: Array
+    status: Array
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one sliding solve runs with: the segment field, the solver pieces and the limits."""
+
+    seg: _Segment
+    solver: object
+    controller: object
+    root_finder: object
+    save_times: np.ndarray
+    s1: float
+    target: float
+    max_steps: int
+    max_steps_per_segment: int
+    max_events: int
+    capacity: int  # K, the most pairs held at once
+    log: list = dataclasses.field(default_factory=list)  # (kind, pair) of every event, in order
+    note: str = ""  # why the solve stopped early, when the status alone does not say
+
+    def args(self, c: SlidingCarry):
+        return tuple(jnp.asarray(v) for v in (c.base, c.index, c.valid, c.fresh)) + (jnp.asarray(self.target),)
+
+
+def _numpy(carry: SlidingCarry) -> SlidingCarry:
+    return jax.tree_util.tree_map(lambda leaf: np.array(leaf), carry)
+
+
+def _start(run: _Run, theta) -> SlidingCarry:
+    """The carry at s = 0: signs from the initial pre-activations, pairs exactly at a kink decided at once."""
+    seg = run.seg
+    z0 = np.asarray(_z(seg, theta))
+    pairs, K, n_grid = z0.shape[0], run.capacity, run.save_times.shape[0]
+    carry = SlidingCarry(
+        theta=np.asarray(theta),
+        s=np.float64(0.0),
+        base=np.where(z0 > 0, 1.0, seg.leak),
+        index=np.zeros(K, np.int64),
+        valid=np.zeros(K, bool),
+        fresh=np.zeros(pairs, bool),
+        saves=np.zeros((n_grid, theta.shape[0])),
+        save_time=np.zeros(n_grid),
+        filled=np.zeros(n_grid, bool),
+        steps=np.zeros(3, np.int64),
+        events=np.zeros(4, np.int64),
+        max_drift=np.float64(0.0),
+        status=np.int32(-1),
+    )
+    for r in np.flatnonzero(z0 == 0.0):
+        carry = _join_or_cross(run, carry, int(r))
+    return carry
+
+
+def _count(run: _Run, carry: SlidingCarry, kind: str, pair: int) -> SlidingCarry:
+    run.log.append((kind, pair))
+    events = carry.events.copy()
+    events[EVENT_KINDS.index(kind)] += 1
+    return dataclasses.replace(carry, events=events)
+
+
+def _join_or_cross(run: _Run, carry: SlidingCarry, r: int) -> SlidingCarry:
+    """Pair r at its kink: it joins S if both one-sided rates push into the kink (Filippov's attractive
+    sliding, ż_r(1) ≤ 0 ≤ ż_r(γ)); otherwise it crosses to the side its rates point to."""
+    up, down = np.asarray(
+        _one_sided(
+            run.seg,
+            jnp.asarray(carry.s),
+            jnp.asarray(carry.theta),
+            jnp.asarray(carry.base),
+            jnp.asarray(carry.index),
+            jnp.asarray(carry.valid),
+            jnp.asarray(r),
+        )
+    )
+    if up <= 0.0 <= down:
+        if carry.valid.all():
+            run.note = (
+                f"pair {r} reached its kink and slides, but the stratum already holds {carry.valid.size} "
+                "pairs (the model's max_kinks): build the network with a larger max_kinks"
+            )
+            return dataclasses.replace(carry, status=np.int32(Status.SOLVER_FAILURE))
+        slot = int(np.argmin(carry.valid))
+        index, valid = carry.index.copy(), carry.valid.copy()
+        index[slot], valid[slot] = r, True
+        return _count(run, dataclasses.replace(carry, index=index, valid=valid), "slide", r)
+    base, fresh = carry.base.copy(), carry.fresh.copy()
+    to_active = (up > 0.0 and down > 0.0) or (up > 0.0 >= down and base[r] != 1.0)
+    base[r] = 1.0 if to_active else run.seg.leak
+    fresh[r] = True
+    return _count(run, dataclasses.replace(carry, base=base, fresh=fresh), "cross", r)
+
+
+def _take_event(run: _Run, carry: SlidingCarry, pair, slope, target) -> SlidingCarry:
+    """The event with the smallest margin at the current state: the target, a held slope reaching γ or 1
+    (its pair leaves S to that side), or a pair reaching its kink."""
+    if target <= min(np.min(pair), np.min(slope)):
+        return dataclasses.replace(carry, status=np.int32(Status.TARGET_REACHED))
+    if np.min(slope) > np.min(pair):
+        return _join_or_cross(run, carry, int(np.argmin(pair)))
+    k = int(np.argmin(slope))
+    r = int(carry.index[k])
+    slopes = np.asarray(
+        _held_slopes(
+            run.seg,
+            jnp.asarray(carry.s),
+            jnp.asarray(carry.theta),
+            jnp.asarray(carry.base),
+            jnp.asarray(carry.index),
+            jnp.asarray(carry.valid),
+        )
+    )
+    base, valid, fresh = carry.base.copy(), carry.valid.copy(), carry.fresh.copy()
+    base[r] = 1.0 if float(slopes[k]) > 0.5 * (1.0 + run.seg.leak) else run.seg.leak
+    valid[k], fresh[r] = False, True
+    return _count(run, dataclasses.replace(carry, base=base, valid=valid, fresh=fresh), "leave", r)
+
+
+def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
+    """One stratum's smooth solve from the carry, then its saves, counts and drift. Returns (carry, whether
+    an event ended it); the caller takes the event."""
+    s_end, theta, grid_ts, grid_ys, result, steps = _solve(
+        run.seg,
+        run.solver,
+        run.controller,
+        run.root_finder,
+        jnp.asarray(carry.theta),
+        jnp.asarray(carry.s),
+        jnp.asarray(run.s1),
+        run.args(carry),
+        jnp.asarray(run.save_times),
+        run.max_steps_per_segment,
+    )
+    grid_ts, grid_ys = np.asarray(grid_ts), np.asarray(grid_ys)
+    new = ~carry.filled & (run.save_times >= carry.s) & (grid_ts == run.save_times)
+    wrong, z, drift = (
+        np.asarray(v)
+        for v in _after_segment(
+            run.seg,
+            theta,
+            jnp.asarray(carry.base),
+            jnp.asarray(carry.index),
+            jnp.asarray(carry.valid),
+            jnp.asarray(carry.fresh),
+        )
+    )
+    events = carry.events.copy()
+    events[3] += int(wrong.sum())
+    status = -1
+    if result == diffrax.RESULTS.successful:
+        status = Status.HORIZON_REACHED
+    elif result == diffrax.RESULTS.max_steps_reached:
+        status = Status.MAX_STEPS if int(carry.steps[0] + steps[0]) >= run.max_steps else -1
+    elif result != diffrax.RESULTS.event_occurred:
+        run.note = f"the segment solve failed at log t = {log_t_of(float(s_end), True):.6g}: {result}"
+        status = Status.STEP_SIZE_UNDERFLOW if result == diffrax.RESULTS.dt_min_reached else Status.SOLVER_FAILURE
+    return dataclasses.replace(
+        carry,
+        theta=np.asarray(theta),
+        s=np.float64(s_end),
+        base=np.where(wrong, np.where(z > 0, 1.0, run.seg.leak), carry.base),
+        fresh=np.zeros_like(carry.fresh),
+        saves=np.where(new[:, None], grid_ys, carry.saves),
+        save_time=np.where(new, run.save_times, carry.save_time),
+        filled=carry.filled | new,
+        steps=carry.steps + np.asarray(steps),
+        events=events,
+        max_drift=np.maximum(carry.max_drift, drift),
+        status=np.int32(status),
+    ), bool(result == diffrax.RESULTS.event_occurred)
+
+
+def _step(run: _Run, carry: SlidingCarry, on_segment=None) -> tuple[SlidingCarry, bool]:
+    """Advance to the next event (or the horizon) and take it. Returns (carry, whether a segment ran);
+    `on_segment(carry)` sees each segment's end before its event is taken."""
+    if int(carry.events[:3].sum()) >= run.max_events:
+        run.note = f"max_events = {run.max_events} reached"
+        return dataclasses.replace(carry, status=np.int32(Status.MAX_STEPS)), False
+    if int(carry.steps[0]) >= run.max_steps:
+        return dataclasses.replace(carry, status=np.int32(Status.MAX_STEPS)), False
+    # A margin already at or below 0 (events due at the same time) never triggers the event, which fires when q
+    # falls through 0: take such events now, as zero-length segments.
+    pair, slope, target = (
+        np.asarray(v) for v in _margins(run.seg, jnp.asarray(carry.s), jnp.asarray(carry.theta), run.args(carry))
+    )
+    if min(np.min(pair), np.min(slope), float(target)) <= 0.0:
+        return _take_event(run, carry, pair, slope, float(target)), False
+    carry, hit = _segment(run, carry)
+    if on_segment is not None:
+        on_segment(carry)
+    if hit and int(carry.status) < 0:
+        pair, slope, target = (
+            np.asarray(v) for v in _margins(run.seg, jnp.asarray(carry.s), jnp.asarray(carry.theta), run.args(carry))
+        )
+        carry = _take_event(run, carry, pair, slope, float(target))
+    return carry, True
+
+
+def _drive(run: _Run, carry: SlidingCarry, *, on_segment=None, bar=None, store=None, every_s: float = 5.0):
+    """Segments and events until the horizon, the target, or a limit; progress and checkpoints between."""
+    last_write = _time.perf_counter()
+    while int(carry.status) < 0:
+        carry, ran = _step(run, carry, on_segment)
+        if not ran:
+            continue
+        if bar is not None:
+            bar.update(log_t_of(float(carry.s), True), f"sliding, |S| = {int(carry.valid.sum())}")
+        if store is not None and _time.perf_counter() - last_write >= every_s:
+            store.save(_jax(carry), "sliding")
+            last_write = _time.perf_counter()
+    if store is not None:
+        store.save(_jax(carry), "sliding")
+    return carry
+
+
+def _jax(carry: SlidingCarry) -> SlidingCarry:
+    return jax.tree_util.tree_map(jnp.asarray, carry)
+
+
+def _new_run(
+    field,
+    model,
+    problem,
+    *,
+    solver,
+    controller,
+    root_finder,
+    save_times,
+    s1,
+    target,
+    max_steps,
+    max_steps_per_segment,
+    max_events,
+    max_sliding=None,
+    drift_rate=DRIFT_RATE,
+) -> _Run:
+    n = problem.num_samples
+    units = jax.eval_shape(model.pre_activations, problem.X[0]).shape[0]
+    capacity = min(int(model.max_kinks if max_sliding is None else max_sliding), n * units)
+    if capacity < 1:
+        raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
+    seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
+    return _Run(
+        seg=seg,
+        solver=solver,
+        controller=controller,
+        root_finder=root_finder,
+        save_times=np.asarray(save_times, np.float64),
+        s1=float(s1),
+        target=float(target),
+        max_steps=int(max_steps),
+        max_steps_per_segment=int(max_steps_per_segment),
+        max_events=int(max_events),
+        capacity=capacity,
+    )
+
+
+def simulate_on_strata(the_plan, *, max_events: int = 100_000):
+    """`fs.simulate(..., nonsmooth="sliding")`: the plan's solve by event-driven sliding (module docstring).
+
+    Eager only (events restart the solve from Python). Saves, target, `max_steps` (over all segments,
+    checked between them), progress and checkpoints as for any solve. `traj.info["nonsmooth"]` is
+    "sliding"; `traj.stats` gains `events`, `slide_events`, `cross_events`, `leave_events`, `missed_events`
+    and `max_drift` (max |z_s| over the held pairs, the drift the Baumgarte term corrects), and
+    `pairs_at_kink` is |S| at the end."""
+    start = _time.perf_counter()
+    model = check_model(the_plan.problem, "nonsmooth='sliding'")
+    if the_plan.traced:
+        raise ValueError(
+            "nonsmooth='sliding' runs eagerly (each event restarts the solve from Python), so it cannot "
+            "run under jax.jit or eqx.filter_vmap; use the band field there (nonsmooth='band'), or loop "
+            "over the members (fs.sweep)"
+        )
+    if not the_plan.log_time:
+        raise ValueError("nonsmooth='sliding' integrates in log time s = log(1 + t): leave time='auto' (or 'log')")
+    name = the_plan.auto.explicit if the_plan.auto is not None else the_plan.solver_name
+    settings = the_plan.settings
+    run = _new_run(
+        the_plan.field,
+        model,
+        the_plan.problem,
+        solver=the_plan.solvers[name],
+        controller=diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4),
+        root_finder=optx.Bisection(rtol=ROOT_RTOL, atol=ROOT_ATOL),
+        save_times=the_plan.save_times,
+        s1=float(settings.time1),
+        target=float(settings.target_log_loss),
+        max_steps=the_plan.max_steps,
+        max_steps_per_segment=the_plan.max_steps,
+        max_events=max_events,
+    )
+    carry, store, resumed_from = _start(run, the_plan.theta0), None, None
+    if the_plan.checkpoint is not None:
+        store = CheckpointStore(the_plan.checkpoint, _fingerprint(the_plan, run))
+        loaded = store.load(lambda solver: jax.eval_shape(lambda: _jax(carry)))
+        if loaded is not None:
+            carry = _numpy(loaded[0])
+            if int(carry.status) == Status.MAX_STEPS:  # resumed with a larger budget: go on
+                carry = dataclasses.replace(carry, status=np.int32(-1))
+            resumed_from = float(f"{log_t_of(float(carry.s), True):.6g}")
+    bar = ProgressBar(the_plan.progress, float(settings.log_t1))
+    try:
+        carry = _drive(run, carry, bar=bar, store=store, every_s=the_plan.checkpoint_every_s)
+    finally:
+        bar.close()
+    return _trajectory(the_plan, run, carry, name, resumed_from, start)
+
+
+def _fingerprint(the_plan, run: _Run) -> str:
+    extra = (run.capacity, run.seg.drift_rate, ROOT_RTOL, ROOT_ATOL)
+    return f"{fingerprint(the_plan)}|sliding|{extra}"
+
+
+def _trajectory(the_plan, run: _Run, carry: SlidingCarry, name: str, resumed_from, start):
+    """The engine's Trajectory for the final carry, with what the sliding solve did in `stats` and `info`."""
+    steps = carry.steps.astype(np.int64)
+    engine_carry = Carry(
+        theta=jnp.asarray(carry.theta),
+        time=jnp.asarray(carry.s),
+        dt=jnp.asarray(jnp.nan),
+        saves=jnp.asarray(carry.saves),
+        save_time=jnp.asarray(carry.save_time),
+        filled=jnp.asarray(carry.filled),
+        num_steps=jnp.asarray(steps[0]),
+        num_accepted_steps=jnp.asarray(steps[1]),
+        num_rejected_steps=jnp.asarray(steps[2]),
+        status=jnp.asarray(carry.status, jnp.int32),
+        solver_states={},
+        fresh={},
+    )
+    implicit = the_plan.is_implicit(name)
+    metadata = dict(
+        the_plan.metadata,
+        solver=name,
+        nonsmooth="sliding",
+        implicit=implicit,
+        linear_solver=the_plan.linear_solver if implicit else None,
+        resumed_from_log_t=resumed_from,
+        auto=((-math.inf, name, "start: non-smooth model, explicit on every stratum"),)
+        if the_plan.auto is not None
+        else None,
+        sliding_note=run.note or None,
+    )
+    trajectory = finish(
+        the_plan.field, engine_carry, jnp.asarray(the_plan.save_times), the_plan.settings, True, metadata
+    )
+    events = carry.events.astype(np.int64)
+    stats = dict(
+        trajectory.stats,
+        pairs_at_kink=jnp.asarray(int(carry.valid.sum())),
+        band_overflow=jnp.asarray(False),
+        events=jnp.asarray(int(events[:3].sum())),
+        slide_events=jnp.asarray(events[0]),
+        cross_events=jnp.asarray(events[1]),
+        leave_events=jnp.asarray(events[2]),
+        missed_events=jnp.asarray(events[3]),
+        max_drift=jnp.asarray(float(carry.max_drift)),
+        wall_time_s=jnp.asarray(_time.perf_counter() - start),
+    )
+    summary = re.sub(
+        r"field: .*$",
+        "field: event-driven sliding on strata (equivalent control, kinks as events)",
+        kink_summary(the_plan.problem.model) or "",
+    )
+    return dataclasses.replace(trajectory, stats=stats, kinks=summary or None)
+
+
 @dataclasses.dataclass(frozen=True)
 class SlidingSolution:
     """What `simulate_sliding` returns.
@@ -182,8 +611,8 @@ class SlidingSolution:
     - `log_t`: log of physical time at the start, the end of each segment (an event) and the end
       (simultaneous events share one entry);
     - `theta`: the flat trainable parameters there, shape (E + 2, p); `final`: the model at the end;
-    - `stratum_size`, `max_drift`: |S| and max_{s ∈ S} |z_s| at each point, for the stratum of the
-      segment that ends there (at the start: the initial stratum);
+    - `stratum_size`, `max_drift`: |S| and the largest max_{s ∈ S} |z_s| so far at each point, for the stratum
+      of the segment that ends there (at the start: the initial stratum);
     - `events`: list of (kind, pair) with kind in "slide", "cross", "leave"; `missed`: events
       found only at a restart (module docstring); `num_steps`: solver steps, all segments;
     - `ok`: the horizon was reached; `message`: why not, otherwise "".
@@ -210,11 +639,12 @@ def simulate_sliding(
     solver=None,
     root_finder=None,
     max_sliding: int | None = None,
-    drift_rate: float = 10.0,
+    drift_rate: float = DRIFT_RATE,
     max_events: int = 10_000,
     max_steps_per_segment: int = 100_000,
 ) -> SlidingSolution:
-    """Gradient flow of a ReLU network from t = 0 to t = e^{log_t1} by event-driven sliding.
+    """Gradient flow of a ReLU network from t = 0 to t = e^{log_t1} by event-driven sliding, with every
+    event recorded (the public form is `fs.simulate(..., nonsmooth="sliding")`).
 
     In log time s = log(1 + t): dθ/ds = −e^s ∂L(θ), with the stratum's slopes by Utkin's
     equivalent control and kink events located by a root finder (module docstring).
@@ -226,7 +656,7 @@ def simulate_sliding(
     `max_sliding`: K, the most pairs held at once (the model's `max_kinks`, at most n·U);
     `drift_rate`: k of the Baumgarte term (per unit of s); `max_events`, `max_steps_per_segment`.
     """
-    model = _check_model(problem)
+    model = check_model(problem)
     log_t1 = float(log_t1)
     if not np.isfinite(log_t1):
         raise ValueError(f"log_t1 must be finite, got {log_t1}")
@@ -234,117 +664,45 @@ def simulate_sliding(
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}")
     theta, field = make_field(problem, log_time=True, rtol=rtol, atol=atol)
-    n = problem.num_samples
-    units = jax.eval_shape(model.pre_activations, problem.X[0]).shape[0]
-    pairs = n * units
-    K = min(int(model.max_kinks if max_sliding is None else max_sliding), pairs)
-    if K < 1:
-        raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
-    seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
-    solver = diffrax.Tsit5() if solver is None else solver
-    root_finder = optx.Bisection(rtol=1e-10, atol=1e-12) if root_finder is None else root_finder
-    s1 = float(time_from_log_t(log_t1, True))
-
-    @eqx.filter_jit
-    def solve(seg, theta, s0, args):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(seg.vector_field), solver, s0, s1, None, theta, args,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4),
-            event=diffrax.Event(seg.event, root_finder, direction=False),
-            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps_per_segment, throw=False,
-        )
-        return sol.ts[-1], sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred, sol.result, sol.stats["num_steps"]
-
-    z_fn = functools.partial(_z, seg)
-    one_sided = functools.partial(_one_sided, seg)
-    margins = functools.partial(_margins, seg)
-    drift = functools.partial(_drift, seg)
-    rates = functools.partial(_rates, seg)
-
-    z0 = np.asarray(z_fn(theta))
-    base = np.where(z0 > 0, 1.0, model.leak)
-    index = np.zeros(K, np.int64)
-    valid = np.zeros(K, bool)
-    fresh = np.zeros(pairs, bool)
-    events, missed, steps = [], 0, 0
-    s = 0.0
-
-    def decide(r, th, s):
-        """Join S, or cross: from the one-sided rates of pair r at its kink."""
-        nonlocal base, index, valid
-        up, down = np.asarray(one_sided(jnp.asarray(s), th, jnp.asarray(base), jnp.asarray(index), jnp.asarray(valid),
-                                         jnp.asarray(r)))
-        if up <= 0.0 <= down and not valid.all():
-            slot = int(np.argmin(valid))
-            index, valid = index.copy(), valid.copy()
-            index[slot], valid[slot] = r, True
-            events.append(("slide", int(r)))
-        else:
-            base = base.copy()
-            base[r] = 1.0 if (up > 0.0 and down > 0.0) or (up > 0.0 >= down and base[r] != 1.0) else model.leak
-            fresh[r] = True
-            events.append(("cross", int(r)))
-
-    for r in np.flatnonzero(z0 == 0.0):
-        decide(int(r), theta, s)
-    record = [(s, np.asarray(theta), int(valid.sum()), 0.0)]
-    ok, message = False, ""
-    def handle(pair, slope, theta, s):
-        """The event with the smallest margin, at the current state."""
-        nonlocal base, valid
-        if np.min(slope) <= np.min(pair):
-            k = int(np.argmin(slope))
-            r = int(index[k])
-            _, d = rates(jnp.asarray(s), theta, jnp.asarray(base), jnp.asarray(index), jnp.asarray(valid))
-            base = base.copy()
-            base[r] = 1.0 if float(d[k]) > 0.5 * (1.0 + model.leak) else model.leak
-            valid = valid.copy()
-            valid[k] = False
-            fresh[r] = True
-            events.append(("leave", r))
-        else:
-            decide(int(np.argmin(pair)), theta, s)
-
-    while True:
-        if len(events) >= max_events:
-            message = f"max_events = {max_events} reached at log t = {np.log(np.expm1(s)):.6g}"
-            break
-        args = (jnp.asarray(base), jnp.asarray(index), jnp.asarray(valid), jnp.asarray(fresh))
-        # A margin already at or below 0 (events at the same time) would never trigger the event
-        # (it fires when q falls through 0): take such events now, as zero-length segments.
-        pair, slope = (np.asarray(v) for v in margins(jnp.asarray(s), theta, args))
-        if min(np.min(pair), np.min(slope)) <= 0.0:
-            handle(pair, slope, theta, s)
-            continue
-        s_new, theta, hit, result, nsteps = solve(seg, theta, jnp.asarray(s), args)
-        s, steps = float(s_new), steps + int(nsteps)
-        if not bool(hit) and result != diffrax.RESULTS.successful:
-            pair, slope = (np.asarray(v) for v in margins(jnp.asarray(s), theta, args))
-            message = (f"the segment solve failed at log t = {np.log(np.expm1(s)):.6g}: {result} "
-                       f"(min pair margin {pair.min():.3g}, min slope margin {slope.min():.3g})")
-            break
-        # Pairs left out of q this segment that ended up on the wrong side: missed crossings.
-        z = np.asarray(z_fn(theta))
-        wrong = fresh & (np.where(base == 1.0, 1.0, -1.0) * z < 0)
-        missed += int(wrong.sum())
-        base = np.where(wrong, np.where(z > 0, 1.0, model.leak), base)
-        fresh = np.zeros(pairs, bool)
-        record.append((s, np.asarray(theta), int(valid.sum()), float(drift(theta, jnp.asarray(index),
-                                                                               jnp.asarray(valid)))))
-        if not bool(hit):
-            ok = True
-            break
-        handle(*(np.asarray(v) for v in margins(jnp.asarray(s), theta, args)), theta, s)
-    log_t = np.array([-np.inf if v == 0.0 else np.log(np.expm1(v)) for v, *_ in record])
+    run = _new_run(
+        field,
+        model,
+        problem,
+        solver=diffrax.Tsit5() if solver is None else solver,
+        controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4),
+        root_finder=optx.Bisection(rtol=ROOT_RTOL, atol=ROOT_ATOL) if root_finder is None else root_finder,
+        save_times=np.zeros(1),
+        s1=float(time_from_log_t(log_t1, True)),
+        target=math.nan,
+        max_steps=max_events * max_steps_per_segment,
+        max_steps_per_segment=max_steps_per_segment,
+        max_events=max_events,
+        max_sliding=max_sliding,
+        drift_rate=drift_rate,
+    )
+    carry = _start(run, theta)
+    record = [(0.0, np.asarray(theta), int(carry.valid.sum()), 0.0)]
+    carry = _drive(
+        run,
+        carry,
+        on_segment=lambda c: record.append((float(c.s), np.asarray(c.theta), int(c.valid.sum()), float(c.max_drift))),
+    )
+    ok = int(carry.status) == Status.HORIZON_REACHED
+    message = (
+        ""
+        if ok
+        else (run.note or f"stopped: {Status(int(carry.status)).name}")
+        + (f" at log t = {log_t_of(float(carry.s), True):.6g}")
+    )
     return SlidingSolution(
-        log_t=log_t,
+        log_t=np.array([log_t_of(s, True) for s, *_ in record]),
         theta=np.stack([th for _, th, *_ in record]),
-        final=field.model(theta),
-        stratum_size=np.array([c for *_, c, _ in record]),
-        max_drift=np.array([m for *_, m in record]),
-        events=events,
-        missed=missed,
-        num_steps=steps,
+        final=field.model(jnp.asarray(carry.theta)),
+        stratum_size=np.array([size for *_, size, _ in record]),
+        max_drift=np.array([drift for *_, drift in record]),
+        events=list(run.log),
+        missed=int(carry.events[3]),
+        num_steps=int(carry.steps[0]),
         ok=ok,
         message=message,
     )

@@ -87,6 +87,8 @@ class Trajectory(eqx.Module):
 
         Settings that were batched (vmapped) come back as arrays, one value per member."""
         info = dict(self.metadata)
+        if info.get("nonsmooth") is True:
+            info["nonsmooth"] = "band"  # which field ran for a model with kinks: "band" or "sliding"
         if self.kinks is not None:
             info["kinks"] = self.kinks
         for key, value in self.settings.items():
@@ -122,6 +124,8 @@ class Trajectory(eqx.Module):
                 member["pairs_at_kink"] = int(np.asarray(self.stats["pairs_at_kink"]).ravel()[index])
                 member["band_overflow"] = bool(np.asarray(self.stats["band_overflow"]).ravel()[index])
             text = _describe(Status(int(code)), float(log_t), member)
+            if text and info.get("sliding_note"):
+                text = f"{info['sliding_note']}; {text}"
             if "smoothed_fallback" in self.stats and bool(np.asarray(self.stats["smoothed_fallback"]).ravel()[index]):
                 text = "; ".join(filter(None, (_fallback_note(self.stats, index, info), text)))
             if text and batched:

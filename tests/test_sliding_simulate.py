@@ -1,0 +1,137 @@
+"""`fs.simulate(..., nonsmooth="sliding")`: exact event-driven sliding through the public entry point.
+
+Oracles: the hand-solved single-neuron flow of tests/test_nonsmooth.py in closed form (every saved state,
+not only the last); the same network written as the user's own `jnp.maximum` module (kinks found by the
+jaxpr rewrite), which must follow the same strata; the band field at tight tolerances; an uninterrupted
+solve for a checkpointed one. Every refusal names what was wrong.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_nonsmooth import GAMMA, W0, single_neuron_data, single_neuron_problem, sliding_closed_form
+
+import flowsim as fs
+
+T_END = 12.0
+SAVE_T = np.array([0.5, 1.0, 1.6, 2.0, 2.5, 3.0, 5.0, 8.0])
+TIGHT = dict(rtol=1e-11, atol=1e-13)
+
+
+def test_every_save_follows_the_hand_solved_sliding_flow():
+    expected, t1, t2 = sliding_closed_form(0.3, np.append(SAVE_T, T_END))
+    assert t1 < SAVE_T[3] < t2  # some saves fall inside the sliding phase
+    traj = fs.simulate(
+        single_neuron_problem(0.3), log_t1=np.log(T_END), save_log_t=np.log(SAVE_T), nonsmooth="sliding", **TIGHT
+    )
+    assert traj.ok, traj.message
+    assert traj.info["nonsmooth"] == "sliding" and "sliding on strata" in traj.info["kinks"]
+    np.testing.assert_allclose(np.asarray(traj.log_t), np.log(np.append(SAVE_T, T_END)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(traj.params.W)[:, 0, :], expected, rtol=0, atol=1e-8)
+    stats = {key: int(value) for key, value in traj.stats.items() if key.endswith("events")}
+    assert stats == {"events": 2, "slide_events": 1, "cross_events": 0, "leave_events": 1, "missed_events": 0}
+    assert int(traj.stats["pairs_at_kink"]) == 0  # it left the kink at t2 < T_END
+
+
+def test_the_band_field_is_the_default_and_says_so():
+    band = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", rtol=1e-10, atol=1e-12)
+    assert band.info["nonsmooth"] == "band"
+    smooth = fs.Problem(fs.networks.Linear(jnp.ones(2)), *single_neuron_data(0.3), "squared")
+    assert fs.simulate(smooth, t1=1.0, n_save=2).info["nonsmooth"] is False
+    sliding = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
+    (expected,), _, _ = sliding_closed_form(0.3, [T_END])
+    # The band holds a sliding pair within ~ its width (10x the tolerances) of the kink: the two agree to that.
+    np.testing.assert_allclose(np.asarray(band.final.W[0]), expected, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(sliding.final.W[0]), expected, atol=1e-8)
+
+
+class UserLeakyNet(eqx.Module):
+    """The two-layer leaky-ReLU net as a user writes it: φ(z) = max(z, γz), outer layer fixed."""
+
+    W: jax.Array
+    a: jax.Array
+
+    def __call__(self, x):
+        z = self.W @ x
+        return jnp.dot(self.a, jnp.maximum(z, GAMMA * z))
+
+
+def test_a_users_jnp_maximum_module_slides_like_the_library_net():
+    rng = np.random.default_rng(0)
+    n, d, m = 6, 3, 3
+    X, y = rng.normal(size=(n, d)), np.sign(rng.normal(size=n))
+    W, a = 0.5 * rng.normal(size=(m, d)), np.array([1.0, -1.0, 0.5])
+    library = fs.networks.TwoLayer(W, a, GAMMA)
+    mine = UserLeakyNet(jnp.asarray(W), jnp.asarray(a))
+    trajs = []
+    first_layer = eqx.tree_at(lambda t: (t.W, t.a), jax.tree.map(lambda _: False, mine), (True, False))
+    for model, trainable in ((library, library.first_layer_filter()), (mine, first_layer)):
+        problem = fs.Problem(model, X, y, "logistic", trainable=trainable)
+        trajs.append(fs.simulate(problem, log_t1=3.0, nonsmooth="sliding", n_save=10, rtol=1e-10, atol=1e-12))
+    lib, user = trajs
+    assert lib.ok and user.ok, (lib.message, user.message)
+    assert int(lib.stats["slide_events"]) >= 1 and int(lib.stats["events"]) == int(user.stats["events"])
+    np.testing.assert_allclose(np.asarray(user.params.W), np.asarray(lib.params.W), rtol=1e-7, atol=1e-9)
+
+
+def test_target_log_loss_stops_at_the_target():
+    target = -8.0
+    traj = fs.simulate(single_neuron_problem(0.3), log_t1=8.0, nonsmooth="sliding", target_log_loss=target, **TIGHT)
+    assert traj.ok and "target" in traj.message
+    assert abs(float(traj.log_loss[-1]) - target) < 1e-6
+    band = fs.simulate(single_neuron_problem(0.3), log_t1=8.0, target_log_loss=target, solver="tsit5", **TIGHT)
+    assert abs(float(traj.log_t_reached) - float(band.log_t_reached)) < 1e-5
+
+
+def test_a_checkpointed_sliding_solve_resumes(tmp_path):
+    problem = single_neuron_problem(0.3)
+    path = tmp_path / "solve.checkpoint"
+    first = fs.simulate(
+        problem, log_t1=np.log(T_END), nonsmooth="sliding", max_steps=40, checkpoint=path, checkpoint_every_s=0, **TIGHT
+    )
+    assert not first.ok and "max_steps" in first.message
+    resumed = fs.simulate(
+        problem,
+        log_t1=np.log(T_END),
+        nonsmooth="sliding",
+        max_steps=100_000,
+        checkpoint=path,
+        checkpoint_every_s=0,
+        **TIGHT,
+    )
+    assert resumed.ok and resumed.info["resumed_from_log_t"] == pytest.approx(float(first.log_t_reached), abs=1e-5)
+    (expected,), _, _ = sliding_closed_form(0.3, [T_END])
+    np.testing.assert_allclose(np.asarray(resumed.final.W[0]), expected, atol=1e-8)
+    with pytest.raises(ValueError, match="different arguments"):
+        fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", checkpoint=path, rtol=1e-9)
+
+
+def test_a_full_stratum_stops_with_advice():
+    net = fs.networks.TwoLayer(np.stack([W0, W0]), np.array([0.5, 0.5]), GAMMA, max_kinks=1)
+    problem = fs.Problem(net, *single_neuron_data(0.3), "squared", trainable=net.first_layer_filter())
+    traj = fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
+    assert not traj.ok and "max_kinks" in traj.message
+
+
+def test_bad_uses_of_sliding_are_refused():
+    problem = single_neuron_problem(0.3)
+    with pytest.raises(ValueError, match="nonsmooth must be one of.*'slide'"):
+        fs.simulate(problem, log_t1=1.0, nonsmooth="slide")
+    with pytest.raises(ValueError, match="nonsmooth must be one of"):
+        fs.simulate(problem, log_t1=1.0, nonsmooth=None)
+    smooth = fs.Problem(fs.networks.Linear(jnp.ones(2)), *single_neuron_data(0.3), "squared")
+    with pytest.raises(TypeError, match="no kinks to slide on"):
+        fs.simulate(smooth, log_t1=1.0, nonsmooth="sliding")
+    deep = fs.networks.MLP([np.ones((2, 2)), np.ones((2, 2)), np.ones(2)])
+    with pytest.raises(ValueError, match="one kink layer per sample.*depth 3"):
+        fs.simulate(fs.Problem(deep, *single_neuron_data(0.3), "squared"), log_t1=1.0, nonsmooth="sliding")
+    with pytest.raises(ValueError, match="integrates in log time"):
+        fs.simulate(problem, t1=2.0, time="linear", nonsmooth="sliding")
+    with pytest.raises(TypeError, match="flowsim.Problem"):
+        fs.simulate(fs.modified_flow(problem, 0.1), t1=1.0, nonsmooth="sliding")
+    with pytest.raises(ValueError, match="cannot run under jax.jit or eqx.filter_vmap"):
+        eqx.filter_vmap(lambda r: fs.simulate(problem, log_t1=1.0, rtol=r, nonsmooth="sliding"))(
+            jnp.array([1e-8, 1e-9])
+        )
