@@ -72,6 +72,9 @@ DRIFT_RATE = 10.0
 # many margins); 1e-12 in s did not converge on the noisy two-layer net either.
 ROOT_RTOL, ROOT_ATOL = 1e-10, 1e-12
 EVENT_KINDS = ("slide", "cross", "leave")
+# The stratum sizes the field is compiled for (each is one compiled program): the equivalent control costs
+# ~|S|²·p per evaluation, so a field sized for the model's max_kinks when few pairs slide wastes most of it.
+STRATUM_SIZES = (8, 32, 128, 512, 2048)
 
 
 def check_model(problem, who: str = "simulate_sliding") -> AbstractNonsmoothModel:
@@ -259,7 +262,15 @@ class _Run:
     note: str = ""  # why the solve stopped early, when the status alone does not say
 
     def args(self, c: SlidingCarry):
-        return tuple(jnp.asarray(v) for v in (c.base, c.index, c.valid, c.fresh)) + (jnp.asarray(self.target),)
+        index, valid = self.stratum(c)
+        return (jnp.asarray(c.base), index, valid, jnp.asarray(c.fresh), jnp.asarray(self.target))
+
+    def stratum(self, c: SlidingCarry):
+        """The held pairs as the field sees them: the first B slots, B the smallest size in `STRATUM_SIZES`
+        (capped at the capacity) that holds them all. The held pairs fill the first slots of the carry."""
+        held = int(c.valid.sum())
+        size = next(b for b in (*(b for b in STRATUM_SIZES if b < self.capacity), self.capacity) if b >= held)
+        return jnp.asarray(c.index[:size]), jnp.asarray(c.valid[:size])
 
 
 def _numpy(carry: SlidingCarry) -> SlidingCarry:
@@ -307,8 +318,7 @@ def _join_or_cross(run: _Run, carry: SlidingCarry, r: int) -> SlidingCarry:
             jnp.asarray(carry.s),
             jnp.asarray(carry.theta),
             jnp.asarray(carry.base),
-            jnp.asarray(carry.index),
-            jnp.asarray(carry.valid),
+            *run.stratum(carry),
             jnp.asarray(r),
         )
     )
@@ -345,14 +355,16 @@ def _take_event(run: _Run, carry: SlidingCarry, pair, slope, target) -> SlidingC
             jnp.asarray(carry.s),
             jnp.asarray(carry.theta),
             jnp.asarray(carry.base),
-            jnp.asarray(carry.index),
-            jnp.asarray(carry.valid),
+            *run.stratum(carry),
         )
     )
-    base, valid, fresh = carry.base.copy(), carry.valid.copy(), carry.fresh.copy()
+    base, fresh = carry.base.copy(), carry.fresh.copy()
     base[r] = 1.0 if float(slopes[k]) > 0.5 * (1.0 + run.seg.leak) else run.seg.leak
-    valid[k], fresh[r] = False, True
-    return _count(run, dataclasses.replace(carry, base=base, valid=valid, fresh=fresh), "leave", r)
+    fresh[r] = True
+    # The held pairs stay in the first slots.
+    index = np.append(np.delete(carry.index, k), 0)
+    valid = np.append(np.delete(carry.valid, k), False)
+    return _count(run, dataclasses.replace(carry, base=base, index=index, valid=valid, fresh=fresh), "leave", r)
 
 
 def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
@@ -378,8 +390,7 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
             run.seg,
             theta,
             jnp.asarray(carry.base),
-            jnp.asarray(carry.index),
-            jnp.asarray(carry.valid),
+            *run.stratum(carry),
             jnp.asarray(carry.fresh),
         )
     )
