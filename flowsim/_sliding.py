@@ -56,11 +56,13 @@ from jaxtyping import Array, Float
 
 from ._checkpoint import CheckpointStore, fingerprint
 from ._driver import ProgressBar, log_t_of
-from ._engine import Carry, finish
+from ._engine import Carry, finish, krylov_iterations, spectral_radius
 from ._flow import make_field, time_from_log_t
 from ._kinks import kink_summary
 from ._nonsmooth import AbstractNonsmoothModel, pair_columns
+from ._policy import Measurement
 from ._problem import Problem
+from ._solvers import is_implicit, make_solver
 from ._trajectory import Status
 
 # Ridge on the equivalent-control system relative to its largest diagonal entry (a pair whose
@@ -75,6 +77,8 @@ EVENT_KINDS = ("slide", "cross", "leave")
 # The stratum sizes the field is compiled for (each is one compiled program): the equivalent control costs
 # ~|S|²·p per evaluation, so a field sized for the model's max_kinks when few pairs slide wastes most of it.
 STRATUM_SIZES = (8, 32, 128, 512, 2048)
+# solver="auto" measures the stiffness of a stratum after a segment of at least this many steps.
+MEASURED_SEGMENT_STEPS = 16
 
 
 def check_model(problem, who: str = "simulate_sliding") -> AbstractNonsmoothModel:
@@ -248,7 +252,8 @@ class _Run:
     """What one sliding solve runs with: the segment field, the solver pieces and the limits."""
 
     seg: _Segment
-    solver: object
+    solvers: dict  # name -> Diffrax solver, every solver the policy may choose
+    current: str  # the one that runs next
     controller: object
     root_finder: object
     save_times: np.ndarray
@@ -260,6 +265,26 @@ class _Run:
     capacity: int  # K, the most pairs held at once
     log: list = dataclasses.field(default_factory=list)  # (kind, pair) of every event, in order
     note: str = ""  # why the solve stopped early, when the status alone does not say
+    policy: object = None  # an `AutoSolver` (solver="auto"), or None: `current` throughout
+    policy_state: object = None
+    auto_record: list = dataclasses.field(default_factory=list)  # (log t, solver, reason) of each decision
+    linear_solver: str = "dense"
+
+    @property
+    def solver(self):
+        return self.solvers[self.current]
+
+    def segment_end(self, c: SlidingCarry) -> float:
+        if self.policy is None:
+            return self.s1
+        return self.policy.segment_end(self.policy_state, float(c.s), self.s1)
+
+    def segment_steps(self) -> int:
+        """The step budget of the next segment (static: one compiled solve per value): `auto`'s segments are
+        short enough to measure, a fixed solver's run to the next event."""
+        if self.policy is None:
+            return self.max_steps_per_segment
+        return self.policy.segment_steps(self.policy_state, self.max_steps_per_segment)
 
     def args(self, c: SlidingCarry):
         index, valid = self.stratum(c)
@@ -377,10 +402,10 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
         run.root_finder,
         jnp.asarray(carry.theta),
         jnp.asarray(carry.s),
-        jnp.asarray(run.s1),
+        jnp.asarray(run.segment_end(carry)),
         run.args(carry),
         jnp.asarray(run.save_times),
-        run.max_steps_per_segment,
+        run.segment_steps(),
     )
     grid_ts, grid_ys = np.asarray(grid_ts), np.asarray(grid_ys)
     new = ~carry.filled & (run.save_times >= carry.s) & (grid_ts == run.save_times)
@@ -398,7 +423,7 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
     events[3] += int(wrong.sum())
     status = -1
     if result == diffrax.RESULTS.successful:
-        status = Status.HORIZON_REACHED
+        status = Status.HORIZON_REACHED if float(s_end) >= run.s1 else -1  # else: a segment the policy asked for
     elif result == diffrax.RESULTS.max_steps_reached:
         status = Status.MAX_STEPS if int(carry.steps[0] + steps[0]) >= run.max_steps else -1
     elif result != diffrax.RESULTS.event_occurred:
@@ -435,7 +460,10 @@ def _step(run: _Run, carry: SlidingCarry, on_segment=None) -> tuple[SlidingCarry
     )
     if min(np.min(pair), np.min(slope), float(target)) <= 0.0:
         return _take_event(run, carry, pair, slope, float(target)), False
+    before = carry
     carry, hit = _segment(run, carry)
+    if run.policy is not None:
+        _decide(run, before, carry)
     if on_segment is not None:
         on_segment(carry)
     if hit and int(carry.status) < 0:
@@ -444,6 +472,48 @@ def _step(run: _Run, carry: SlidingCarry, on_segment=None) -> tuple[SlidingCarry
         )
         carry = _take_event(run, carry, pair, slope, float(target))
     return carry, True
+
+
+class _StratumField(eqx.Module):
+    """One stratum's smooth field v(s, θ), as `flowsim._engine`'s measurements call a field."""
+
+    seg: _Segment
+    args: tuple
+
+    def __call__(self, s, theta):
+        return self.seg.vector_field(s, theta, self.args)
+
+
+def _decide(run: _Run, before: SlidingCarry, after: SlidingCarry) -> None:
+    """Ask the policy (`AutoSolver`) which solver runs the next segment, on what this one did: counts, the
+    mean accepted step and, for a segment long enough to be judged, the spectral radius of its stratum's
+    field (never the clock). Short segments between close events say nothing about stiffness."""
+    steps = after.steps - before.steps
+    finished = int(after.status) >= 0
+    span = float(after.s) - float(before.s)
+    rho, krylov = math.nan, None
+    if not finished and steps[0] >= MEASURED_SEGMENT_STEPS:
+        field = _StratumField(run.seg, run.args(before))
+        rho = float(spectral_radius(field, jnp.asarray(after.theta), jnp.asarray(after.s)))
+        if is_implicit(run.solver) and run.linear_solver == "krylov":
+            dt = jnp.asarray(span / max(int(steps[1]), 1))
+            krylov = float(krylov_iterations(field, jnp.asarray(after.theta), jnp.asarray(after.s), dt))
+    measurement = Measurement(
+        solver=run.current,
+        time0=float(before.s),
+        time1=float(after.s),
+        steps=int(steps[0]),
+        accepted=int(steps[1]),
+        rejected=int(steps[2]),
+        dt=span / max(int(steps[1]), 1),
+        finished=finished,
+        rho=rho,
+        krylov_iterations=krylov,
+    )
+    run.policy_state, chosen, reason = run.policy.decide(run.policy_state, measurement)
+    if reason is not None:
+        run.auto_record.append((float(f"{log_t_of(float(after.s), True):.6g}"), chosen, reason))
+    run.current = chosen
 
 
 def _drive(run: _Run, carry: SlidingCarry, *, on_segment=None, bar=None, store=None, every_s: float = 5.0):
@@ -456,11 +526,16 @@ def _drive(run: _Run, carry: SlidingCarry, *, on_segment=None, bar=None, store=N
         if bar is not None:
             bar.update(log_t_of(float(carry.s), True), f"sliding, |S| = {int(carry.valid.sum())}")
         if store is not None and _time.perf_counter() - last_write >= every_s:
-            store.save(_jax(carry), "sliding")
+            _save(run, store, carry)
             last_write = _time.perf_counter()
     if store is not None:
-        store.save(_jax(carry), "sliding")
+        _save(run, store, carry)
     return carry
+
+
+def _save(run: _Run, store: CheckpointStore, carry: SlidingCarry) -> None:
+    policy_state = None if run.policy_state is None else run.policy_state.to_json()
+    store.save(_jax(carry), run.current, policy_state)
 
 
 def _jax(carry: SlidingCarry) -> SlidingCarry:
@@ -472,7 +547,8 @@ def _new_run(
     model,
     problem,
     *,
-    solver,
+    solvers,
+    current,
     controller,
     root_finder,
     save_times,
@@ -492,7 +568,8 @@ def _new_run(
     seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
     return _Run(
         seg=seg,
-        solver=solver,
+        solvers=solvers,
+        current=current,
         controller=controller,
         root_finder=root_finder,
         save_times=np.asarray(save_times, np.float64),
@@ -523,13 +600,19 @@ def simulate_on_strata(the_plan, *, max_events: int = 100_000):
         )
     if not the_plan.log_time:
         raise ValueError("nonsmooth='sliding' integrates in log time s = log(1 + t): leave time='auto' (or 'log')")
-    name = the_plan.auto.explicit if the_plan.auto is not None else the_plan.solver_name
     settings = the_plan.settings
+    policy = the_plan.auto
+    if policy is None:
+        solvers, current = {the_plan.solver_name: the_plan.solvers[the_plan.solver_name]}, the_plan.solver_name
+    else:  # each stratum is a smooth ODE: auto chooses between the explicit and the implicit solver as for any
+        solvers = {n: make_solver(n, settings.rtol, settings.atol, the_plan.linear_solver) for n in policy.solvers}
+        current = policy.explicit
     run = _new_run(
         the_plan.field,
         model,
         the_plan.problem,
-        solver=the_plan.solvers[name],
+        solvers=solvers,
+        current=current,
         controller=diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4),
         root_finder=optx.Bisection(rtol=ROOT_RTOL, atol=ROOT_ATOL),
         save_times=the_plan.save_times,
@@ -539,12 +622,16 @@ def simulate_on_strata(the_plan, *, max_events: int = 100_000):
         max_steps_per_segment=the_plan.max_steps,
         max_events=max_events,
     )
+    run.policy, run.linear_solver = policy, the_plan.linear_solver
+    run.policy_state = None if policy is None else policy.init(the_plan)
     carry, store, resumed_from = _start(run, the_plan.theta0), None, None
     if the_plan.checkpoint is not None:
         store = CheckpointStore(the_plan.checkpoint, _fingerprint(the_plan, run))
         loaded = store.load(lambda solver: jax.eval_shape(lambda: _jax(carry)))
         if loaded is not None:
-            carry = _numpy(loaded[0])
+            carry, run.current = _numpy(loaded[0]), loaded[1]
+            if policy is not None and store.policy_state is not None:
+                run.policy_state = policy.state_from_json(store.policy_state)
             if int(carry.status) == Status.MAX_STEPS:  # resumed with a larger budget: go on
                 carry = dataclasses.replace(carry, status=np.int32(-1))
             resumed_from = float(f"{log_t_of(float(carry.s), True):.6g}")
@@ -553,7 +640,7 @@ def simulate_on_strata(the_plan, *, max_events: int = 100_000):
         carry = _drive(run, carry, bar=bar, store=store, every_s=the_plan.checkpoint_every_s)
     finally:
         bar.close()
-    return _trajectory(the_plan, run, carry, name, resumed_from, start)
+    return _trajectory(the_plan, run, carry, resumed_from, start)
 
 
 def _fingerprint(the_plan, run: _Run) -> str:
@@ -561,7 +648,7 @@ def _fingerprint(the_plan, run: _Run) -> str:
     return f"{fingerprint(the_plan)}|sliding|{extra}"
 
 
-def _trajectory(the_plan, run: _Run, carry: SlidingCarry, name: str, resumed_from, start):
+def _trajectory(the_plan, run: _Run, carry: SlidingCarry, resumed_from, start):
     """The engine's Trajectory for the final carry, with what the sliding solve did in `stats` and `info`."""
     steps = carry.steps.astype(np.int64)
     engine_carry = Carry(
@@ -578,17 +665,21 @@ def _trajectory(the_plan, run: _Run, carry: SlidingCarry, name: str, resumed_fro
         solver_states={},
         fresh={},
     )
-    implicit = the_plan.is_implicit(name)
+    implicit = any(is_implicit(solver) for solver in run.solvers.values())
+    auto = None
+    if run.policy is not None:
+        auto = (
+            (-math.inf, run.policy.explicit, "start: explicit, stiffness measured on each stratum"),
+            *run.auto_record,
+        )
     metadata = dict(
         the_plan.metadata,
-        solver=name,
+        solver=the_plan.solver_name,
         nonsmooth="sliding",
-        implicit=implicit,
+        implicit=is_implicit(run.solver),
         linear_solver=the_plan.linear_solver if implicit else None,
         resumed_from_log_t=resumed_from,
-        auto=((-math.inf, name, "start: non-smooth model, explicit on every stratum"),)
-        if the_plan.auto is not None
-        else None,
+        auto=auto,
         sliding_note=run.note or None,
     )
     trajectory = finish(
@@ -679,7 +770,8 @@ def simulate_sliding(
         field,
         model,
         problem,
-        solver=diffrax.Tsit5() if solver is None else solver,
+        solvers={"given": diffrax.Tsit5() if solver is None else solver},
+        current="given",
         controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4),
         root_finder=optx.Bisection(rtol=ROOT_RTOL, atol=ROOT_ATOL) if root_finder is None else root_finder,
         save_times=np.zeros(1),

@@ -135,3 +135,18 @@ def test_bad_uses_of_sliding_are_refused():
         eqx.filter_vmap(lambda r: fs.simulate(problem, log_t1=1.0, rtol=r, nonsmooth="sliding"))(
             jnp.array([1e-8, 1e-9])
         )
+
+
+def test_auto_measures_each_stratum_and_may_go_implicit():
+    # After the pair leaves its kink the flow is linear, and in log time its field grows like e^s: stiff.
+    (expected,), _, _ = sliding_closed_form(0.3, [np.exp(8.0)])
+    runs = [fs.simulate(single_neuron_problem(0.3), log_t1=8.0, nonsmooth="sliding", **TIGHT) for _ in range(2)]
+    traj = runs[0]
+    assert traj.ok, traj.message
+    reasons = [reason for _, _, reason in traj.info["auto"]]
+    assert any(reason.startswith("trial") for reason in reasons), reasons
+    assert traj.info["implicit"]
+    np.testing.assert_allclose(np.asarray(traj.final.W[0]), expected, atol=1e-8)
+    # Decided on counted work only: the same call gives bitwise the same result.
+    assert np.array_equal(np.asarray(runs[1].params.W), np.asarray(traj.params.W))
+    assert runs[1].info["auto"] == traj.info["auto"]
