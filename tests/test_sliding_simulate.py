@@ -150,3 +150,16 @@ def test_auto_measures_each_stratum_and_may_go_implicit():
     # Decided on counted work only: the same call gives bitwise the same result.
     assert np.array_equal(np.asarray(runs[1].params.W), np.asarray(traj.params.W))
     assert runs[1].info["auto"] == traj.info["auto"]
+
+
+def test_fs_cache_keys_the_nonsmooth_method(tmp_path):
+    problem = single_neuron_problem(0.3)
+    with fs.cache(tmp_path):
+        band = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5)
+        sliding = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5, nonsmooth="sliding")
+    assert band.info["nonsmooth"] == "band" and sliding.info["nonsmooth"] == "sliding"
+    with fs.cache(tmp_path):
+        replayed = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5, nonsmooth="sliding")
+    assert replayed.info["nonsmooth"] == "sliding"
+    assert np.array_equal(np.asarray(replayed.params.W), np.asarray(sliding.params.W))
+    assert int(replayed.stats["events"]) == int(sliding.stats["events"])
