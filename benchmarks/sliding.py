@@ -18,7 +18,7 @@ import numpy as np
 from relu import frei_data
 
 import flowsim as fs
-from flowsim._nonsmooth import kink_statistics
+from flowsim._nonsmooth import kink_band_of, kink_statistics
 from flowsim._sliding import simulate_sliding
 
 
@@ -45,7 +45,7 @@ def main():
     traj = fs.simulate(prob, log_t1=log_t1, solver="tsit5", rtol=1e-8, atol=1e-10, max_steps=args.max_steps,
                        n_save=2)
     wall = time.perf_counter() - start
-    stats = kink_statistics(traj.final, X, 1e-8, 1e-10)
+    stats = kink_statistics(traj.final, X, kink_band_of(traj.final, 1e-8, 1e-10))
     overflow = " (band overflow)" if bool(stats["band_overflow"]) else ""
     print(f"| band (min-norm Clarke) | {int(traj.stats['num_steps'])} | – | {int(stats['pairs_at_kink'])}{overflow} "
           f"| {float(traj.log_t_reached):.4g} | {float(traj.log_loss[-1]):.4f} | {wall:.1f} |", flush=True)

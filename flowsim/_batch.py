@@ -38,12 +38,13 @@ def _solve(problems, values, structure):
 
 
 @eqx.filter_jit
-def _refill_segment(problems, carry, is_new, save_times, settings, static, solvers):
+def _refill_segment(problems, carry, is_new, save_times, settings, band, static, solvers):
     """One segment for every slot: slots with `is_new` start their member's solve afresh (`init_carry`),
-    the others continue theirs; at most `static.max_steps` steps each."""
+    the others continue theirs; at most `static.max_steps` steps each. `band`: the plan's kink band (the
+    members share the model's structure and the tolerances, so they share it)."""
 
     def one(problem, kept, new):
-        theta0, field = make_field(problem, static.log_time, settings.rtol, settings.atol)
+        theta0, field = make_field(problem, static.log_time, band=band)
         start = init_carry(field, theta0, save_times, settings, static, solvers)
         carry = jax.tree_util.tree_map(lambda a, b: jnp.where(new, a, b), start, kept)
         return segment(field, carry, save_times, settings, settings.time1, static, solvers[static.solver])
@@ -52,9 +53,9 @@ def _refill_segment(problems, carry, is_new, save_times, settings, static, solve
 
 
 @eqx.filter_jit
-def _refill_finish(problems, carry, save_times, settings, log_time):
+def _refill_finish(problems, carry, save_times, settings, band, log_time):
     def one(problem, c):
-        _, field = make_field(problem, log_time, settings.rtol, settings.atol)
+        _, field = make_field(problem, log_time, band=band)
         return finish_arrays(field, c, save_times, settings, log_time)
 
     return eqx.filter_vmap(one)(problems, carry)
@@ -257,7 +258,7 @@ def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
         device_carry = eqx.combine(_to_devices(carry, sharding), fixed)
         before = np.where(is_new, 0, carry.num_steps)
         carry = _to_host(eqx.filter(_refill_segment(part, device_carry, _to_devices(is_new, sharding), save_times,
-                                                    settings, static, solvers), eqx.is_array))
+                                                    settings, the_plan.band, static, solvers), eqx.is_array))
         carry = jax.tree_util.tree_map(np.array, carry)  # writable host copies
         work += slots * int(np.max(np.where(idle, 0, carry.num_steps - before)))
         done = ~idle & ((carry.status >= 0) | (carry.num_steps >= max_steps))
@@ -272,7 +273,7 @@ def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
         index = np.minimum(np.arange(begin, begin + slots), size - 1)
         part = eqx.combine(_to_devices(_take(arrays, index), sharding), rest)
         result = _refill_finish(part, eqx.combine(_to_devices(_take(finals, index), sharding), fixed), save_times, settings,
-                                static.log_time)
+                                the_plan.band, static.log_time)
         pieces.append(_take(_to_host(eqx.filter(result, eqx.is_array)), slice(0, members)))
     arrays_out = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *pieces)
     batched = eqx.combine(arrays_out, eqx.filter(result, eqx.is_array, inverse=True))

@@ -320,7 +320,7 @@ def finish_arrays(field, carry: Carry, save_times, settings: Settings, log_time:
     }
     if isinstance(inner.model, AbstractNonsmoothModel):
         # Where the run ended against the ReLU kinks, and how many activation changes the saves saw.
-        at_end = kink_statistics(field.model(carry.theta), inner.X, settings.rtol, settings.atol)
+        at_end = kink_statistics(field.model(carry.theta), inner.X, field.band)
         stats["pairs_at_kink"] = at_end["pairs_at_kink"]
         stats["band_overflow"] = at_end["band_overflow"]
         stats["kink_crossings"] = kink_crossings(models, inner.X)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from ._nonsmooth import AbstractNonsmoothModel, min_norm_scaled_gradient
+from ._nonsmooth import AbstractNonsmoothModel, KinkBand, kink_band_of, min_norm_scaled_gradient
 from ._problem import Problem
 
 
@@ -95,13 +95,12 @@ class GradientFlowField(AbstractGradientField):
     fixed_arrays: PyTree  # leaves `trainable` excludes: traced, never differentiated
     static_model: PyTree = eqx.field(static=True)
     log_time: bool = eqx.field(static=True)
-    # The solve's tolerances (possibly traced): they set the kink band of non-smooth models.
-    rtol: Array | None = None
-    atol: Array | None = None
+    # The kink band of a non-smooth model (decided once, by the plan: `kink_band_of`); None for smooth ones.
+    band: KinkBand | None = None
 
     def scaled_gradient(self, theta: Float[Array, " p"], log_scale) -> tuple[Array, Array]:
         if isinstance(self.problem.model, AbstractNonsmoothModel):
-            return min_norm_scaled_gradient(self, theta, log_scale, self.rtol, self.atol)
+            return min_norm_scaled_gradient(self, theta, log_scale)
         preds, pullback = jax.vjp(self.predictions, theta)
         cotangent = self.problem.loss.scaled_gradient(preds, self.problem.y, log_scale)
         (grad,) = pullback(cotangent / self.problem.num_samples)
@@ -117,12 +116,11 @@ class ModifiedGradientField(AbstractGradientField):
     static_model: PyTree = eqx.field(static=True)
     log_time: bool = eqx.field(static=True)
     lr: Float[Array, ""]
-    rtol: Array | None = None
-    atol: Array | None = None
+    band: KinkBand | None = None
 
     def scaled_gradient(self, theta: Float[Array, " p"], log_scale) -> tuple[Array, Array]:
         plain = GradientFlowField(self.problem, self.unravel, self.fixed_arrays, self.static_model, self.log_time,
-                                  self.rtol, self.atol)
+                                  self.band)
 
         def gradient(th):
             return plain.scaled_gradient(th, log_scale)
@@ -150,16 +148,28 @@ def base_problem(problem) -> Problem:
     return problem.problem if isinstance(problem, ModifiedFlow) else problem
 
 
-def make_field(problem, log_time: bool, rtol=None, atol=None) -> tuple[Array, AbstractGradientField]:
-    """θ₀ and the vector field for a `Problem` or a `ModifiedFlow`; `rtol`, `atol`: the solve's
-    tolerances (they set the kink band of non-smooth models; None: the models' defaults)."""
+def make_field(problem, log_time: bool, rtol=None, atol=None, *, band: KinkBand | None = None
+               ) -> tuple[Array, AbstractGradientField]:
+    """θ₀ and the vector field for a `Problem` or a `ModifiedFlow`.
+
+    `band`: the kink band of a non-smooth model (a `KinkBand`, as `fs.simulate`'s plan decides it);
+    or, without one, `rtol`, `atol`: the solve's tolerances, turned into the band by the one rule
+    (`kink_band_of`; None: the solve's defaults). Smooth models have no band and ignore both."""
     inner = base_problem(problem)
+    if band is not None and (rtol is not None or atol is not None):
+        raise TypeError(f"make_field takes a band or the tolerances that set it, not both (got band and "
+                        f"rtol={rtol!r}, atol={atol!r})")
+    if band is not None and not isinstance(band, KinkBand):
+        raise TypeError(f"make_field: band must be a KinkBand (kink_band_of), got {type(band).__name__}")
+    if not isinstance(inner.model, AbstractNonsmoothModel):
+        band = None
+    elif band is None:
+        band = kink_band_of(inner.model, rtol, atol)
     theta0, unravel, rest = flatten_model(inner.model, inner)
     fixed_arrays, static_model = eqx.partition(rest, eqx.is_array)
     if isinstance(problem, ModifiedFlow):
-        return theta0, ModifiedGradientField(inner, unravel, fixed_arrays, static_model, log_time, problem.lr,
-                                             rtol, atol)
-    return theta0, GradientFlowField(inner, unravel, fixed_arrays, static_model, log_time, rtol, atol)
+        return theta0, ModifiedGradientField(inner, unravel, fixed_arrays, static_model, log_time, problem.lr, band)
+    return theta0, GradientFlowField(inner, unravel, fixed_arrays, static_model, log_time, band)
 
 
 def time_from_log_t(log_t, log_time: bool):

@@ -86,7 +86,7 @@ class AbstractNonsmoothModel(eqx.Module):
 
     - `leak`: γ ∈ [0, 1), the activation φ(z) = max(z, γz) (0: ReLU);
     - `kink_rtol`, `kink_atol`: the band (module docstring), or None to follow the solver's
-      tolerances (`BAND_FACTOR`·rtol, `BAND_FACTOR`·atol); `max_kinks`: K, at most this many
+      tolerances (`BAND_FACTOR`·rtol, `BAND_FACTOR`·atol; the rule is `kink_band_of`); `max_kinks`: K, at most this many
       (unit, sample) pairs are treated as free at one time (the closest to their kinks);
     - `pre_activations(x)`: z_u for every unit u of ONE input, shape (U,);
     - `kink_widths(x, kink_rtol, kink_atol)`: the band half-width of every unit's kink for ONE
@@ -143,26 +143,43 @@ class _Kinks(eqx.Module):
     base: Float[Array, "n U"]  # φ'(z) of every pair
 
 
-def band_tolerances(model: AbstractNonsmoothModel, rtol=None, atol=None) -> tuple:
-    """(kink_rtol, kink_atol): the model's, or `BAND_FACTOR` × the solver's tolerances (defaults
-    1e-8, 1e-10 where none are given). May be traced values."""
+class KinkBand(eqx.Module):
+    """The kink band of a solve, decided once (`kink_band_of`) and held by the vector field.
+
+    A pair (unit u, sample i) is at its kink where |z_iu| is at most what a change of every
+    parameter by `atol + rtol·|θ|` can move it (module docstring; `kink_widths`). `rtol`, `atol`
+    are float64 arrays and may be traced (tolerances batched under `vmap`): a new band is a new
+    value, not a new compilation.
+    """
+
+    rtol: Float[Array, ""]
+    atol: Float[Array, ""]
+
+
+def kink_band_of(model: AbstractNonsmoothModel, rtol=None, atol=None) -> KinkBand:
+    """The band of a solve with tolerances `rtol`, `atol` (the one place this rule lives):
+
+    the model's `kink_rtol`/`kink_atol` where it fixes them, else `BAND_FACTOR` × the solver's
+    tolerances (`DEFAULT_RTOL`, `DEFAULT_ATOL`, the solve's defaults, where none are given). The
+    tolerances may be traced values; the model is read only for its static band settings."""
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
     kink_rtol = BAND_FACTOR * rtol if model.kink_rtol is None else model.kink_rtol
     kink_atol = BAND_FACTOR * atol if model.kink_atol is None else model.kink_atol
-    return kink_rtol, kink_atol
+    return KinkBand(jnp.asarray(kink_rtol, dtype=jnp.float64), jnp.asarray(kink_atol, dtype=jnp.float64))
 
 
-def kink_band(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> tuple[Array, Array]:
-    """(z, band width) for every (sample, unit) pair, shape (n, U) each."""
-    kink_rtol, kink_atol = band_tolerances(model, rtol, atol)
+def kink_band(model: AbstractNonsmoothModel, X, band: KinkBand) -> tuple[Array, Array]:
+    """(z, band half-width) for every (sample, unit) pair, shape (n, U) each, for the `band`."""
+    if not isinstance(band, KinkBand):
+        raise TypeError(f"kink_band needs a KinkBand (flowsim._nonsmooth.kink_band_of), got {type(band).__name__}")
     z = jax.vmap(model.pre_activations)(X)
-    width = jax.vmap(lambda x: model.kink_widths(x, kink_rtol, kink_atol))(X)
+    width = jax.vmap(lambda x: model.kink_widths(x, band.rtol, band.atol))(X)
     return z, width
 
 
-def _select_kinks(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> _Kinks:
-    z, width = kink_band(model, X, rtol, atol)
+def _select_kinks(model: AbstractNonsmoothModel, X, band: KinkBand) -> _Kinks:
+    z, width = kink_band(model, X, band)
     z, width = jax.lax.stop_gradient(z), jax.lax.stop_gradient(width)
     in_band = jnp.abs(z) <= width
     size = z.size
@@ -222,7 +239,7 @@ def _box_least_squares(Q, b, lower, upper, fixed):
     return jnp.clip(solve(Q, b, usable & ~at_lower & ~at_upper, held), lower, upper)
 
 
-def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
+def min_norm_scaled_gradient(field, theta, log_scale):
     """(e^{log_scale} ∂⁰L(θ), predictions): the minimum-norm element of the Clarke subdifferential.
 
     ∂⁰L(θ) = c + G d*, d* = argmin_{γ ≤ d ≤ 1} ‖c + G d‖² over the activation derivatives of the
@@ -232,9 +249,8 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
     Differentiable in θ (implicit solvers) and vmappable.
 
     **Arguments:** `field` (a `GradientFlowField` over an `AbstractNonsmoothModel`),
-    `theta` (the flat trainable parameters), `log_scale` (the log-time scale s, or 0);
-    `rtol`, `atol`: the solver's tolerances, which set the band unless the model fixes it
-    (`band_tolerances`; may be traced).
+    `theta` (the flat trainable parameters), `log_scale` (the log-time scale s, or 0). The band
+    is the field's `band` (a `KinkBand`, decided once by the plan: `kink_band_of`).
 
     **Returns:** (e^{log_scale} ∂⁰L(θ), predictions f(X; θ)).
     """
@@ -242,7 +258,7 @@ def min_norm_scaled_gradient(field, theta, log_scale, rtol=None, atol=None):
     X, y = problem.X, problem.y
     n = problem.num_samples
     model = field.model(theta)
-    kinks = _select_kinks(model, X, rtol, atol)
+    kinks = _select_kinks(model, X, field.band)
 
     def gradient(th, free):
         slopes = _slope_matrix(kinks, free)
@@ -321,9 +337,9 @@ def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
     return Q, Gg
 
 
-def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=None, atol=None) -> dict:
-    """Where a model stands against its kinks on the data X (vmappable over states); `rtol`,
-    `atol`: the solve's tolerances (they set the band, as in `min_norm_scaled_gradient`).
+def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], band: KinkBand | None = None) -> dict:
+    """Where a model stands against its kinks on the data X (vmappable over states); `band`: the
+    solve's `KinkBand` (`kink_band_of(model, rtol, atol)`; default: that of the default tolerances).
 
     **Returns:** a dict of arrays:
 
@@ -343,7 +359,7 @@ def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], rtol=
             "fs.analysis.kink_statistics(problem, params)"
         )
     X = jnp.asarray(X, dtype=jnp.float64)
-    z, width = kink_band(model, X, rtol, atol)
+    z, width = kink_band(model, X, kink_band_of(model) if band is None else band)
     in_band = jnp.abs(z) <= width
     ratio = jnp.where(width > 0, jnp.abs(z) / jnp.where(width > 0, width, 1.0), jnp.where(z == 0, 0.0, jnp.inf))
     count = jnp.sum(in_band)

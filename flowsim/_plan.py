@@ -25,7 +25,7 @@ from ._checks import as_bool, as_int, is_traced
 from ._costs import cost_table
 from ._engine import Settings, Static
 from ._flow import ModifiedFlow, base_problem, make_field, time_from_log_t
-from ._nonsmooth import AbstractNonsmoothModel
+from ._nonsmooth import DEFAULT_ATOL, DEFAULT_RTOL, AbstractNonsmoothModel, kink_band_of
 from ._policy import AutoSolver, FixedSolver
 from ._problem import Problem
 from ._solvers import LINEAR_SOLVER_NAMES, SOLVER_NAMES, is_implicit, make_solver, resolve_linear_solver
@@ -86,6 +86,12 @@ class Plan:
 
     def is_implicit(self, name: str) -> bool:
         return is_implicit(self.solvers[name])
+
+    @property
+    def band(self):
+        """The kink band of a non-smooth model (`flowsim._nonsmooth.KinkBand`, decided once from the model and
+        the tolerances and held by `field`); None for a smooth model."""
+        return self.field.band
 
 
 MIN_RTOL = 10 * float(np.finfo(np.float64).eps)
@@ -298,8 +304,8 @@ def plan(
     *,
     log_t1=None,
     solver="auto",
-    rtol=1e-8,
-    atol=1e-10,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
     n_save: int = 100,
     save_log_t=None,
     max_steps: int = 100_000,
@@ -329,8 +335,11 @@ def plan(
     else:
         grid, grid_ok = explicit_grid(save_log_t, log_horizon)
 
-    theta0, field = make_field(problem, log_time, rtol, atol)
     inner = base_problem(problem)
+    nonsmooth = isinstance(inner.model, AbstractNonsmoothModel)
+    # The field's own parameter, the kink band, is decided here once (the tolerances stay the controller's).
+    band = kink_band_of(inner.model, rtol, atol) if nonsmooth else None
+    theta0, field = make_field(problem, log_time, band=band)
     traced = any_traced(inner, rtol, atol, log_horizon, target, grid, grid_ok)
     if has_target and not traced:
         _check_target(field, theta0, target)
@@ -341,7 +350,6 @@ def plan(
                         grid_ok=jnp.asarray(grid_ok, dtype=bool))
     num_params = int(theta0.shape[-1])
     linear = resolve_linear_solver(linear_solver, num_params)
-    nonsmooth = isinstance(inner.model, AbstractNonsmoothModel)
     solvers = _solvers(choice, name, auto, traced, nonsmooth, log_time, rtol, atol, linear)
     if traced and auto is not None:
         name = next(iter(solvers))

@@ -16,7 +16,7 @@ from jaxtyping import Array
 
 from ._batch import batch_size
 from ._cache import cached, simulate, simulate_batch  # inside fs.cache each solve is stored on its own
-from ._nonsmooth import AbstractNonsmoothModel, kink_band, kink_crossings, kink_statistics
+from ._nonsmooth import AbstractNonsmoothModel, KinkBand, kink_band, kink_band_of, kink_crossings, kink_statistics
 from ._problem import Problem
 from ._smoothed_result import DEFAULT_WIDTHS, SmoothedLimit
 from ._trajectory import Status, Trajectory
@@ -137,11 +137,13 @@ def kink_layers(model: AbstractNonsmoothModel) -> tuple[int, ...] | None:
     return None if sites is None else tuple(site.size for site in sites)
 
 
-def corner_samples(model: AbstractNonsmoothModel, X, rtol=None, atol=None) -> Array:
-    """The number of samples with (unit, sample) pairs in the band of their kinks in two or more layers
-    at once (`kink_layers`): the corners where the min-norm field is only linearised (`_nonsmooth`)."""
+def corner_samples(model: AbstractNonsmoothModel, X, band: KinkBand | None = None) -> Array:
+    """The number of samples with (unit, sample) pairs in the `band` of their kinks (default: that of the
+    default tolerances, `kink_band_of`) in two or more layers at once (`kink_layers`): the corners where
+    the min-norm field is only linearised (`_nonsmooth`)."""
     layers = kink_layers(model)
-    z, width = kink_band(model, jnp.asarray(X, dtype=jnp.float64), rtol, atol)
+    band = kink_band_of(model) if band is None else band
+    z, width = kink_band(model, jnp.asarray(X, dtype=jnp.float64), band)
     in_band = jnp.abs(z) <= width
     if layers is None:
         return jnp.sum(jnp.sum(in_band, axis=1) >= 2)  # unknown layers: any two pairs of one sample
@@ -218,11 +220,11 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
            "exact_log_t_reached": np.asarray(arrays.log_t_reached, dtype=float).copy(),
            "exact_pairs_at_kink": np.asarray(stats.get("pairs_at_kink", np.zeros(size)), dtype=np.int64).copy(),
            "exact_corner_samples": np.zeros(size, np.int64), "smoothed_error": np.full(size, np.nan)}
-    rtol, atol = options.get("rtol"), options.get("atol")
+    band = kink_band_of(problem.model, options.get("rtol"), options.get("atol"))  # the band the exact solve used
     for k in members:
         member = _member(problem, k) if batched else problem
         last = _member(traj.final, k) if batched else traj.final
-        new["exact_corner_samples"][k] = int(corner_samples(_as_model(problem.model, last), member.X, rtol, atol))
+        new["exact_corner_samples"][k] = int(corner_samples(_as_model(problem.model, last), member.X, band))
         limit = smoothed_limit(member, widths, logarithmic=logarithmic, **options)
         failed = [t for t in limit.trajectories if not bool(t.ok)]
         _put_tree(arrays.params, limit.params, k)
@@ -236,7 +238,7 @@ def smoothed_fallback(problem: Problem, traj: Trajectory, widths=DEFAULT_WIDTHS,
             if key in stats:
                 stats[key][k] = stats[key][k] + sum(np.asarray(t.stats[key]) for t in limit.trajectories)
         if "pairs_at_kink" in stats:
-            at_end = kink_statistics(limit.final, member.X, rtol, atol)
+            at_end = kink_statistics(limit.final, member.X, band)
             stats["pairs_at_kink"][k] = np.asarray(at_end["pairs_at_kink"])
             stats["band_overflow"][k] = np.asarray(at_end["band_overflow"])
         if "kink_crossings" in stats:

@@ -8,7 +8,7 @@ from jaxtyping import Array, PyTree
 
 from .._checks import as_positive_float
 from .._kinks import rewrap, unwrap
-from .._nonsmooth import AbstractNonsmoothModel
+from .._nonsmooth import AbstractNonsmoothModel, kink_band_of
 from .._nonsmooth import kink_statistics as _model_kink_statistics
 from ._homogeneous import batch_axis, require_problem
 
@@ -25,7 +25,8 @@ def kink_statistics(problem, params: PyTree | None = None, *, rtol: float | None
 
     **Arguments:** `problem` (an `fs.Problem` whose model has kinks), `params` (default the
     problem's model; one model or a stack with one leading axis), `rtol`, `atol` (the solve's
-    tolerances, which set the band as in the solve; default the solve's defaults).
+    tolerances, turned into the band by the rule the solve uses, `flowsim._nonsmooth.kink_band_of`: the
+    model's `kink_rtol`/`kink_atol` where it fixes them; default the solve's defaults).
 
     **Returns:** a dict of arrays (one value per index of the leading axis of a stacked `params`):
     `pairs_at_kink`, `units_at_kink`, `band_overflow` (more pairs in band than the model's `max_kinks`),
@@ -37,10 +38,11 @@ def kink_statistics(problem, params: PyTree | None = None, *, rtol: float | None
                         f"{type(unwrap(problem.model)).__name__}")
     rtol = None if rtol is None else as_positive_float("rtol", rtol)
     atol = None if atol is None else as_positive_float("atol", atol)
+    band = kink_band_of(problem.model, rtol, atol)
     params = problem.model if params is None else rewrap(problem.model, params)
     X = jnp.asarray(problem.X, dtype=jnp.float64)
 
     def single(model):
-        return _model_kink_statistics(model, X, rtol, atol)
+        return _model_kink_statistics(model, X, band)
 
     return eqx.filter_vmap(single)(params) if batch_axis(problem, params) else single(params)
