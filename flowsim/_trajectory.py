@@ -201,7 +201,8 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
                      "flow is sliding along a kink.")
         if info.get("band_overflow"):
             text += (" More pairs sit at kinks than the model's max_kinks, so the field there is not the minimum-norm "
-                     "subgradient: build the network with a larger max_kinks.")
+                     "subgradient: build the network with a larger max_kinks, or solve it exactly with "
+                     "nonsmooth='sliding' (event-driven sliding on strata, two-layer networks).")
         if rejected == rejected and rejected > 0.3:
             cause = ("a kink of the model, or a field that is not finite just past this state" if info.get("nonsmooth", True)
                      else "tolerances below what the field's round-off allows, or a field that is not finite just past "
@@ -210,6 +211,9 @@ def _describe(status: Status, log_t: float, info: dict) -> str:
         if info.get("pairs_at_kink"):
             # An implicit solver steps over a kink no better (its steps are held by the kink too, and the
             # min-norm field costs 40-100x more there): the band is what decides whether the flow slides.
+            if info.get("nonsmooth") == "band":
+                text += (" nonsmooth='sliding' solves a network with one kink layer per sample exactly, without "
+                         "the band (each stratum of sliding pairs a smooth ODE, kinks as events).")
             return text + (" Increase max_steps, or loosen rtol/atol: the kink band is a multiple of the tolerances, "
                            "and a wider band slides where a narrow one chatters (an implicit solver is no help at a "
                            "kink). Deep ReLU networks can chatter at corners where a sample sits at kinks in several "

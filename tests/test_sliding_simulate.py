@@ -163,3 +163,9 @@ def test_fs_cache_keys_the_nonsmooth_method(tmp_path):
     assert replayed.info["nonsmooth"] == "sliding"
     assert np.array_equal(np.asarray(replayed.params.W), np.asarray(sliding.params.W))
     assert int(replayed.stats["events"]) == int(sliding.stats["events"])
+
+
+def test_a_band_solve_stuck_at_a_kink_points_to_sliding():
+    traj = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", max_steps=100)
+    assert not traj.ok and int(traj.stats["pairs_at_kink"]) == 1
+    assert "nonsmooth='sliding'" in traj.message
