@@ -169,3 +169,30 @@ def test_a_band_solve_stuck_at_a_kink_points_to_sliding():
     traj = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", max_steps=100)
     assert not traj.ok and int(traj.stats["pairs_at_kink"]) == 1
     assert "nonsmooth='sliding'" in traj.message
+
+
+def test_lyu_li_smoothed_margin_never_decreases_along_a_sliding_flow():
+    """Lyu & Li (ICLR 2020): once the data are fit, the smoothed normalised margin of a homogeneous net never
+    decreases along the Clarke subgradient flow (tests/test_lyu_li.py checks the band field the same way)."""
+    from test_lyu_li import separable_data
+
+    X, y = separable_data()
+    net = fs.networks.TwoLayer.init(jax.random.key(0), X.shape[1], 6, scale=0.5)
+    problem = fs.Problem(net, X, y, "exponential")
+    traj = fs.simulate(
+        problem,
+        log_t1=15.0,
+        nonsmooth="sliding",
+        solver="tsit5",
+        rtol=1e-9,
+        atol=1e-11,
+        save_log_t=np.linspace(0.0, 15.0, 31),
+    )
+    assert traj.ok, traj.message
+    assert int(traj.stats["slide_events"]) >= 1 and int(traj.stats["missed_events"]) == 0
+    margin = np.asarray(fs.analysis.smoothed_margin(problem, traj.params, degree=2))
+    fit = X.shape[0] * np.asarray(traj.loss) < 1.0
+    assert fit[-1] and np.all(fit[np.argmax(fit) :]) and np.sum(fit) >= 8
+    late = margin[fit]
+    assert late[0] > 0 and late[-1] > late[0]
+    assert np.all(np.diff(late) >= -1e-12 * np.abs(late[1:])), np.diff(late)
