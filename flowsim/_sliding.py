@@ -16,10 +16,11 @@ Between events the field is smooth:
   a |S|×|S| solve (exact for models affine in the slopes: one kink layer per sample, e.g.
   two-layer nets). The Baumgarte term −k z_s (Baumgarte 1972) pulls drift back onto z_s = 0.
 
-S is a traced index array of static length K (`max_sliding`), so one compiled segment solve serves
-every stratum. Events (`diffrax.Event`, located by `optimistix.Bisection` on the step's bracket, direction: falls to 0;
-`optimistix.Newton` failed to converge on the min of many margins)
-fire on q = min(min_{r ∉ S} sign_r z_r, min_{s ∈ S} min(d_s − γ, 1 − d_s)):
+S is a traced index array (its pairs in the first slots), passed to the field in the smallest of a few
+static sizes (`STRATUM_SIZES`, capped at the model's `max_kinks`) that holds it: one compiled segment solve
+per size serves every stratum of that size. Events (`diffrax.Event`, located by `optimistix.Bisection`
+on the step's bracket, direction: falls to 0; `optimistix.Newton` failed to converge on the min of many
+margins) fire on q = min(min_{r ∉ S} sign_r z_r, min_{s ∈ S} min(d_s − γ, 1 − d_s)):
 
 - a pair r reaching z_r = 0: its one-sided rates ż_r(d_r = 1), ż_r(d_r = γ) (S kept on its
   kinks) decide. If ż_r(1) ≤ 0 ≤ ż_r(γ) both sides push into the kink (Filippov's attractive
@@ -31,13 +32,19 @@ moved sits at z ≈ 0, so it is left out of q for the next segment (else q would
 segment that ends with such a pair on the wrong side counts as a missed event (`missed` in the
 result) and the pair's sign is corrected at the restart.
 
+`fs.simulate(..., nonsmooth="sliding")` runs a `Plan` here (`simulate_on_strata`): saves on the plan's grid
+(a sub-`SaveAt` per segment), `target_log_loss` as one more event margin, `max_steps` over all segments,
+`solver="auto"` deciding per segment with `AutoSolver` on the stratum's field (counted work, never the clock),
+progress, and checkpoints of the fixed-shape `SlidingCarry` with the policy's state.
+`simulate_sliding` is the same loop recording every event (for the tests of event times).
+
 Status: checked against closed forms (a sliding phase with its entry and exit times, a
-transversal crossing), against the band field on a small two-layer net (to 1e-8), and on the noisy
-two-layer net of issue 20 against the band field at rtol 1e-10 (to 1.5e-8 in W at log t = 1;
-`benchmarks/sliding.py` runs it to log t = 100).
+transversal crossing, two pairs at once), against the min-norm Clarke element at states on a stratum,
+against Lyu & Li's monotone smoothed margin, against the band field (tests/test_sliding*.py), and on the
+noisy two-layer net against the band field (`benchmarks/sliding.py`, `benchmarks/relu.py --table`).
 
 Limitations: models must be affine in the slopes (one kink layer per sample); an MLP of depth
-> 2 is refused. Simultaneous events are taken one at a time (the others follow at once as
+> 2 is refused; more pairs sliding than `max_kinks` stops the solve. Simultaneous events are taken one at a time (the others follow at once as
 zero-length segments). Repulsive kinks (ż_r(1) > 0 > ż_r(γ)) are crossed, not held.
 """
 
