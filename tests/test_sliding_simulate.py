@@ -196,3 +196,16 @@ def test_lyu_li_smoothed_margin_never_decreases_along_a_sliding_flow():
     late = margin[fit]
     assert late[0] > 0 and late[-1] > late[0]
     assert np.all(np.diff(late) >= -1e-12 * np.abs(late[1:])), np.diff(late)
+
+
+def test_a_pair_exactly_at_its_kink_at_the_start_is_decided_at_once():
+    # z = ⟨w, x_1⟩ = 0 at t = 0: the event is due before the first segment (a margin already at 0 never triggers
+    # diffrax's event, which fires when it falls through 0), so it is taken at the start. The band field at tight
+    # tolerances is the reference.
+    net = fs.networks.TwoLayer(np.array([[0.0, 0.5]]), np.array([1.0]), GAMMA)
+    problem = fs.Problem(net, *single_neuron_data(0.3), "squared", trainable=net.first_layer_filter())
+    sliding = fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", n_save=10, **TIGHT)
+    band = fs.simulate(problem, log_t1=np.log(T_END), solver="tsit5", n_save=10, rtol=1e-11, atol=1e-13)
+    assert sliding.ok and band.ok, (sliding.message, band.message)
+    assert int(sliding.stats["events"]) >= 1 and int(sliding.stats["missed_events"]) == 0
+    np.testing.assert_allclose(np.asarray(sliding.params.W), np.asarray(band.params.W), atol=1e-8)
