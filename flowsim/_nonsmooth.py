@@ -122,6 +122,12 @@ class AbstractNonsmoothModel(eqx.Module):
         (the default) to let `min_norm_scaled_gradient` build G by forward-mode differentiation."""
         del X, cotangent, gradient, sample, unit, valid
 
+    def stratum_system(self, X, cotangent, gradient, sample, unit, valid):
+        """Optional fast path for event-driven sliding (`flowsim._sliding`): (J_S G_S, J_S g) without forming
+        J_S = ∂z_S/∂θ or G_S = ∂g/∂d_S (K×p each). Same arguments as `kink_system`; return None (the
+        default) to let the sliding field build both by automatic differentiation."""
+        del X, cotangent, gradient, sample, unit, valid
+
     def slopes(self, z: Array) -> Array:
         """φ'(z) away from kinks: 1 for z > 0, γ otherwise."""
         return jnp.where(z > 0, 1.0, self.leak)
@@ -335,6 +341,21 @@ def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
     Q = jnp.where(same, (beta[:, None] * beta[None, :]) * inner, 0.0)
     Gg = beta * jnp.sum(weight_gradient[unit] * Xk, axis=1)
     return Q, Gg
+
+
+def rank_one_stratum_system(X, beta, weight_gradient, sample, unit, valid):
+    """(J_S G_S, J_S g) for kinks of a first layer z_iu = ⟨w_u, x_i⟩ (two-layer networks), in O(K² d).
+
+    J_k = e_u x_iᵀ in the first layer's block and G_l = β_l e_{u_l} x_{i_l}ᵀ (`rank_one_kink_system`), so
+    (J G)_kl = [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩ β_l and (J g)_k = ⟨g_{u_k}, x_{i_k}⟩. None when the first
+    layer is not trained (then no pair's z moves with θ)."""
+    if weight_gradient is None:
+        return None
+    beta = jnp.where(valid, beta, 0.0)
+    Xk = X[sample]
+    same = unit[:, None] == unit[None, :]
+    M = jnp.where(same, (Xk @ Xk.T) * beta[None, :], 0.0)
+    return M, jnp.sum(weight_gradient[unit] * Xk, axis=1)
 
 
 def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], band: KinkBand | None = None) -> dict:

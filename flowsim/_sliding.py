@@ -145,16 +145,25 @@ class _Segment(eqx.Module):
         slopes = base.reshape(self.shape)
         g0, weights = self._gradient(theta, slopes, s)
         sample, unit = jnp.divmod(index, self.shape[1])
-        G = pair_columns(self.field, theta, self.field.problem.X, weights, slopes, sample, unit, valid)
-        J = self.normals(theta, index, valid)
-        M = J @ G
+        X = self.field.problem.X
+        system = self.field.model(theta).stratum_system(X, weights, self.field.unravel(g0), sample, unit, valid)
+        if system is None:
+            G = pair_columns(self.field, theta, X, weights, slopes, sample, unit, valid)
+            J = self.normals(theta, index, valid)
+            M, Jg = J @ G, J @ g0
+        else:  # the model's closed form (two-layer nets): no K×p matrices
+            M, Jg = system
         scale = jnp.max(jnp.where(valid, jnp.abs(jnp.diagonal(M)), 0.0))
         mask = valid[:, None] & valid[None, :]
         M = jnp.where(mask, M, 0.0) + jnp.diag(jnp.where(valid, _RIDGE * scale, 1.0))
         z_S = jnp.where(valid, self.z(theta)[index], 0.0)
-        rhs = jnp.where(valid, self.drift_rate * z_S - J @ g0, 0.0)
+        rhs = jnp.where(valid, self.drift_rate * z_S - Jg, 0.0)
         delta = jnp.linalg.solve(M, rhs)
-        return -(g0 + G @ delta), base[index] + delta
+        if system is None:
+            return -(g0 + G @ delta), base[index] + delta
+        # g is affine in the slopes: g0 + G δ is the gradient at the held slopes (invalid slots add 0).
+        held = base.at[index].add(jnp.where(valid, delta, 0.0)).reshape(self.shape)
+        return -self._gradient(theta, held, s)[0], base[index] + delta
 
     def vector_field(self, s, theta, args):
         base, index, valid = args[:3]
@@ -201,9 +210,14 @@ def _after_segment(seg, theta, base, index, valid, fresh):
 
 @eqx.filter_jit
 def _one_sided(seg, s, theta, base, index, valid, r):
-    """(ż_r with d_r = 1, ż_r with d_r = γ), the stratum S held on its kinks."""
-    normal = seg.normals(theta, r[None], jnp.array([True]))[0]
-    return jnp.stack([normal @ seg.rates(s, theta, base.at[r].set(v), index, valid)[0] for v in (1.0, seg.leak)])
+    """(ż_r with d_r = 1, ż_r with d_r = γ), the stratum S held on its kinks: ż = ⟨∇z_r, θ'⟩ by one
+    forward-mode derivative of z along θ'."""
+
+    def rate(v):
+        velocity = seg.rates(s, theta, base.at[r].set(v), index, valid)[0]
+        return jax.jvp(seg.z, (theta,), (velocity,))[1][r]
+
+    return jnp.stack([rate(1.0), rate(seg.leak)])
 
 
 @eqx.filter_jit

@@ -24,6 +24,7 @@ from .._nonsmooth import (
     leaky_relu,
     leaky_relu_with_slope,
     rank_one_kink_system,
+    rank_one_stratum_system,
 )
 from ._smoothed import smoothed as _smoothed
 from ._validation import as_layer_list, as_real_array, check_input, check_positive_int
@@ -137,6 +138,9 @@ class TwoLayer(AbstractNonsmoothModel):
     def kink_system(self, X, cotangent, gradient, sample, unit, valid):
         # z_iu = ⟨w_u, x_i⟩; the output's cotangent reaches unit u's activation as r_i a_u.
         return rank_one_kink_system(X, cotangent[sample] * self.a[unit], gradient.W, sample, unit, valid)
+
+    def stratum_system(self, X, cotangent, gradient, sample, unit, valid):
+        return rank_one_stratum_system(X, cotangent[sample] * self.a[unit], gradient.W, sample, unit, valid)
 
     def first_layer_filter(self):
         """The `trainable` filter that trains W and keeps a fixed (Frei et al. 2023)."""
@@ -285,6 +289,13 @@ class MLP(AbstractNonsmoothModel):
         W2 = self.layers[1]
         back = cotangent[:, None] * W2[None, :] if W2.ndim == 1 else cotangent @ W2
         return rank_one_kink_system(X, back[sample, unit], gradient.layers[0], sample, unit, valid)
+
+    def stratum_system(self, X, cotangent, gradient, sample, unit, valid):
+        if self.depth != 2:
+            return None
+        W2 = self.layers[1]
+        back = cotangent[:, None] * W2[None, :] if W2.ndim == 1 else cotangent @ W2
+        return rank_one_stratum_system(X, back[sample, unit], gradient.layers[0], sample, unit, valid)
 
     @classmethod
     def init(cls, key: PRNGKeyArray, in_size: int, widths: Sequence[int] | int, out_size="scalar",
