@@ -19,17 +19,21 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
 4. The 2-D MLP where the min-norm field chatters: `fs.smoothed_limit` against the min-norm solve
    at log t = 4.4 (where that solve still works), then alone to log t = 10.
 
-5. (`--table`) issue 20's table: steps, rejected steps, kink crossings, wall for the noisy two-layer net to
-   log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100), `eqx.nn.MLP` depth 1 and 2 to
-   log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1 `fs.networks.MLP` to log t = 10; each
-   through `fs.simulate_or_smoothed` (the exact min-norm field, the smoothed limit where it stalls).
+5. (`--table`) issue 20's table, band field against event-driven sliding (`fs.simulate(...,
+   nonsmooth="band" | "sliding")`) on each case: steps, rejected steps, events, log t reached, wall, load. The
+   noisy two-layer net to log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100, capped),
+   `eqx.nn.MLP` depth 1 and 2 to log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1
+   `fs.networks.MLP` to log t = 10; on the deep nets (two kink layers: sliding refused) also
+   `fs.smoothed_limit`, the fallback of `fs.simulate_or_smoothed`. About 8 minutes on 2 cores.
 
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
     python benchmarks/relu.py --table    # issue 20's table only (docs/benchmarks/relu-table.md)
+    python benchmarks/relu.py --table --quick   # the same, small horizons and caps (prints only)
 """
 
 import argparse
+import os
 import time
 
 import equinox as eqx
@@ -41,7 +45,7 @@ import scipy.optimize
 from _report import markdown_page
 
 import flowsim as fs
-from flowsim._smoothing import extrapolate
+from flowsim._smoothing import extrapolate, kink_layers
 
 nets = fs.networks
 
@@ -270,57 +274,127 @@ def separable_data(n=16, d=5, seed=0):
 
 
 def table_cases(quick: bool):
-    """(name, problem, options) for each row of issue 20's benchmark table."""
-    cap = 2_000 if quick else 50_000
+    """(name, problem, options, caps) per case of issue 20's table: `options` for every method, `caps` the step
+    cap of each method tried ("band", "sliding", "smoothed"; a method without a cap is not run)."""
     scale = 0.1 if quick else 1.0
+    small = (lambda cap: min(cap, 1_000)) if quick else (lambda cap: cap)
     X, y = frei_data()
-    net = nets.TwoLayer.init(jax.random.key(0), X.shape[1], 20, scale=1 / np.sqrt(X.shape[1]), leak=0.1)
+    # max_kinks = 128: the band's K and the stratum's capacity (52 pairs slide at log t = 100; the band's default
+    # 64 overflows on the way, benchmarks/sliding.py).
+    net = nets.TwoLayer.init(jax.random.key(0), X.shape[1], 20, scale=1 / np.sqrt(X.shape[1]), leak=0.1,
+                             max_kinks=128)
     frei = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
-    yield "noisy two-layer n=30 d=300 m=20, log t=100", frei, dict(log_t1=100.0 * scale, max_steps=cap)
+    yield ("noisy two-layer n=30 d=300 m=20 (15% noise, logistic), log t=100", frei, dict(log_t1=100.0 * scale),
+           dict(band=small(50_000), sliding=small(50_000)))
     big_n, big_d, big_m = (30, 100, 20) if quick else (100, 1000, 100)
     X, y = frei_data(n=big_n, d=big_d)
-    net = nets.TwoLayer.init(jax.random.key(1), big_d, big_m, scale=1 / np.sqrt(big_d), leak=0.1)
+    net = nets.TwoLayer.init(jax.random.key(0), big_d, big_m, scale=1 / np.sqrt(big_d), leak=0.1,
+                             max_kinks=64 if quick else BIG_MAX_KINKS)
     big = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
-    yield f"noisy two-layer n={big_n} d={big_d} m={big_m}, log t=100", big, dict(log_t1=100.0 * scale, max_steps=cap)
+    yield (f"noisy two-layer n={big_n} d={big_d} m={big_m}, log t=100", big, dict(log_t1=100.0 * scale),
+           dict(band=small(BIG_BAND_STEPS), sliding=min(BIG_SLIDING_STEPS, 100) if quick else BIG_SLIDING_STEPS))
     X, y = separable_data()
     mlp = eqx.nn.MLP(5, "scalar", 8, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
                      key=jax.random.key(2))
-    yield "eqx.nn.MLP depth 1 (5-8-1), 16 points, exp, log t=30", fs.Problem(mlp, X, y, "exponential"), \
-        dict(log_t1=30.0 * scale, max_steps=cap)
-    X2, y2, _ = xor_mlp()
+    yield ("eqx.nn.MLP depth 1 (5-8-1), 16 separable points, exponential, log t=30",
+           fs.Problem(mlp, X, y, "exponential"), dict(log_t1=30.0 * scale), dict(band=small(50_000),
+                                                                                 sliding=small(50_000)))
+    X2, y2, layers = xor_mlp()
     mlp = eqx.nn.MLP(2, "scalar", 16, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
                      key=jax.random.key(0))
-    yield "eqx.nn.MLP depth 2 (2-16-16-1), XOR, logistic, log t=30", fs.Problem(mlp, X2, y2, "logistic"), \
-        dict(log_t1=30.0 * scale, max_steps=cap)
-    X2, y2, layers = xor_mlp()
-    yield "fs.networks.MLP 2-16-16-1, XOR, logistic, log t=10", fs.Problem(nets.MLP(layers), X2, y2, "logistic"), \
-        dict(log_t1=10.0 * scale, max_steps=cap)
+    yield ("eqx.nn.MLP depth 2 (2-16-16-1), 20 XOR points, logistic, log t=30", fs.Problem(mlp, X2, y2, "logistic"),
+           dict(log_t1=30.0 * scale), dict(band=small(DEEP_BAND_STEPS), sliding=0, smoothed=small(200_000)))
+    yield ("fs.networks.MLP 2-16-16-1, 20 XOR points, logistic, log t=10",
+           fs.Problem(nets.MLP(layers), X2, y2, "logistic"), dict(log_t1=10.0 * scale),
+           dict(band=small(DEEP_BAND_STEPS), sliding=0, smoothed=small(200_000)))
+
+
+# The large net's caps (each row's wall on 2 cores stays within a few minutes) and its stratum capacity K.
+BIG_MAX_KINKS = 256
+BIG_BAND_STEPS = 2_500
+BIG_SLIDING_STEPS = 400
+# The band field on a two-kink-layer net chatters at corners (~10 ms a step here): capped.
+DEEP_BAND_STEPS = 5_000
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
+def _cell(stats, key):
+    return f"{int(stats[key]):,}" if key in stats else "—"
+
+
+def _run_row(name, method, problem, options, cap):
+    """One row: `method` ("band", "sliding" or "smoothed") on the case, capped at `cap` steps (0: only asked for,
+    to show the refusal). Returns the row's cells after the case's name."""
+    if method == "sliding" and len(kink_layers(problem.model) or ()) > 1:
+        return _two_kink_layers(problem, options)
+    start = time.perf_counter()
+    try:
+        if method == "smoothed":
+            limit = fs.smoothed_limit(problem, solver="tsit5", n_save=20, max_steps=cap, **options)
+            jax.block_until_ready(limit.final)
+            wall = time.perf_counter() - start
+            steps = sum(int(traj.stats["num_steps"]) for traj in limit.trajectories)
+            rejected = sum(int(traj.stats["num_rejected_steps"]) for traj in limit.trajectories)
+            reached = min(float(traj.log_t_reached) for traj in limit.trajectories)
+            note = (f"ε = {', '.join(f'{w:g}' for w in limit.widths)}, extrapolated to 0; uncertainty "
+                    f"{float(limit.error):.1e}; steps summed over the three widths")
+            return [f"{steps:,}", f"{rejected:,}", "—", f"{reached:.4g}", "yes" if bool(limit.ok) else "no",
+                    f"{wall:.1f}", note]
+        traj = fs.simulate(problem, solver="tsit5", n_save=20, max_steps=max(cap, 1), nonsmooth=method, **options)
+        jax.block_until_ready(traj.final)
+    except (TypeError, ValueError) as error:
+        return ["—", "—", "—", "—", "refused", "—", f"refused: {error}"]
+    wall = time.perf_counter() - start
+    stats = traj.stats
+    if method == "sliding":
+        events = (f"{int(stats['events']):,} ({int(stats['slide_events'])} slide, {int(stats['cross_events'])} cross, "
+                  f"{int(stats['leave_events'])} leave)")
+        note = f"|S| = {int(stats['pairs_at_kink'])} at the end, max drift {float(stats['max_drift']):.1e}"
+        if int(stats["missed_events"]):
+            note += f", {int(stats['missed_events'])} missed events"
+    else:
+        events = f"≥ {_cell(stats, 'kink_crossings')} crossings"
+        note = f"{_cell(stats, 'pairs_at_kink')} pairs in the band at the end"
+        if bool(stats.get("band_overflow", False)):
+            note += " (band overflow: more than max_kinks)"
+    if not bool(traj.ok):
+        note += f"; stopped: {traj.message.split(':')[0]}"
+    return [_cell(stats, "num_steps"), _cell(stats, "num_rejected_steps"), events,
+            f"{float(traj.log_t_reached):.4g}", "yes" if bool(traj.ok) else "no", f"{wall:.1f}", note]
+
+
+def _two_kink_layers(problem, options):
+    """The sliding row of a model with two layers of kinks: its slopes are not one linear system (a sample can sit at
+    kinks in both layers), so sliding does not apply; the library's own answer is recorded too."""
+    layers = " + ".join(str(size) for size in kink_layers(problem.model))
+    try:
+        fs.simulate(problem, solver="tsit5", n_save=2, max_steps=1, nonsmooth="sliding", **options)
+    except (TypeError, ValueError) as error:
+        said = f"fs.simulate: {error}"
+    else:
+        said = "fs.simulate(nonsmooth='sliding') does not refuse this model yet (it ran a step)"
+    return ["—", "—", "—", "—", "refused", "—", f"refused: two kink layers ({layers} units); {said}"]
 
 
 def issue_table(quick: bool):
-    """Steps, rejected steps, kink crossings (sign changes of z between saves, a lower bound on the events),
-    pairs at kinks at the end, where the solve stopped, and wall (compilation included), for the exact
-    min-norm field and, where it stalls, fs.simulate_or_smoothed's per-member fallback to the smoothed limit."""
-    print("| case | field | steps | rejected | kink crossings | pairs at kink (end) | log t reached | ok | wall s |")
-    print("|---|---|---:|---:|---:|---:|---:|:-:|---:|")
-    for name, problem, options in table_cases(quick):
-        options = dict(options, solver="tsit5", n_save=20)
-        start = time.perf_counter()
-        traj = fs.simulate_or_smoothed(problem, smoothed_options=dict(max_steps=4 * options["max_steps"]), **options)
-        jax.block_until_ready(traj.final)
-        wall = time.perf_counter() - start
-        fell = bool(traj.stats.get("smoothed_fallback", False))
-        stat = lambda key: int(traj.stats[key]) if key in traj.stats else "—"  # noqa: E731
-        if fell:
-            exact = (f"exact: stalled at log t = {float(traj.stats['exact_log_t_reached']):.3g} "
-                     f"({fs.Status(int(traj.stats['exact_status'])).name}); then smoothed limit ε → 0, "
-                     f"uncertainty {float(traj.stats['smoothed_error']):.1e}")
-        else:
-            exact = "exact min-norm"
-        print(f"| {name} | {exact} | {stat('num_steps')} | {stat('num_rejected_steps')} | {stat('kink_crossings')} | "
-              f"{stat('pairs_at_kink')} | {float(traj.log_t_reached):.4g} | {'yes' if bool(traj.ok) else 'no'} | "
-              f"{wall:.1f} |", flush=True)
-    print("\nSteps and rejected steps of a fallback row add the exact attempt and the three smoothed solves.")
+    """Issue 20's table: for each case, the band field (`fs.simulate`, the default `nonsmooth="band"`), event-driven
+    sliding (`nonsmooth="sliding"`) and, on the deep nets, `fs.smoothed_limit` (the fallback of
+    `fs.simulate_or_smoothed` for a solve that stalls at corners): steps, rejected steps, events (sliding: the
+    root-found events; band: sign changes of z between the 20 saves, a lower bound on its kink crossings), where
+    the solve stopped, whether it reached the horizon, wall (compilation included) and the 1-minute load average
+    when the row ended."""
+    print("| case | method | steps | rejected | events | log t reached | ok | wall s | load | note |")
+    print("|---|---|---:|---:|---|---:|:-:|---:|---:|---|")
+    for name, problem, options, caps in table_cases(quick):
+        for method, cap in caps.items():
+            cells = _run_row(name, method, problem, options, cap)
+            label = {"band": "band", "sliding": "sliding", "smoothed": "smoothed limit"}[method]
+            cells = [name, label, *cells[:6], _load(), cells[6].replace("|", "\\|")]
+            print("| " + " | ".join(cells) + " |", flush=True)
+            name = ""
 
 
 def main():
@@ -332,8 +406,22 @@ def main():
     if args.table:
         with markdown_page("relu-table", "ReLU networks: steps, kink events and wall time per case", quick=args.quick):
             print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64, Tsit5, default tolerances "
-                  f"(rtol 1e-8, atol 1e-10)\n")
+                  f"(rtol 1e-8, atol 1e-10), 20 saves. **band**: `fs.simulate(problem)` (the default "
+                  "`nonsmooth=\"band\"`, the minimum-norm Clarke field with pairs in a band of their kinks held "
+                  "there); **sliding**: `fs.simulate(problem, nonsmooth=\"sliding\")` (exact event-driven sliding "
+                  "on strata); **smoothed limit**: `fs.smoothed_limit(problem)`, what `fs.simulate_or_smoothed` "
+                  "falls back to where the band field stalls at the corners of a net with two kink layers. "
+                  "Each row is capped in steps (the `max_steps` it ran with is in its note when reached) so the "
+                  "whole command stays under about 20 minutes.\n")
+            print("Wall times include compilation and were measured on a 2-core machine shared with other work: the "
+                  "load column is the 1-minute load average when the row ended (2.0 = both cores busy), so walls "
+                  "of rows at different loads do not compare exactly; steps and events do not depend on it.\n")
             issue_table(args.quick)
+            print(f"\nEvents: sliding counts its root-found events (a pair reaching its kink joins the stratum, "
+                  f"\"slide\", or crosses it, \"cross\"; a held slope reaching γ or 1 leaves, \"leave\"); the band "
+                  f"field has no events, and its count is the sign changes of z between the saves, a lower bound on "
+                  f"its kink crossings. The large net's stratum capacity is max_kinks = {BIG_MAX_KINKS} (the band's "
+                  f"K too); the small one's 128.")
         return
     with markdown_page("relu", "ReLU networks: the min-norm field, the plain gradient, the smoothed limit",
                        quick=args.quick, preformatted=True):
