@@ -108,6 +108,35 @@ def check_model(problem, who: str = "simulate_sliding") -> AbstractNonsmoothMode
     return model
 
 
+def _model_name(model) -> str:
+    inner = model.__dict__.get("model", model)  # a Kinked wraps the user's module
+    return type(inner).__name__
+
+
+def _slopes_interact(field, theta, X) -> bool:
+    """Whether the gradient ∇_θ f(x; θ, d) is not affine in the slopes d (a kink downstream of another): the
+    Hessian in d of a random projection of it, at generic slopes on a few samples, is not exactly zero
+    (automatic differentiation of an affine map gives exact zeros)."""
+    units = jax.eval_shape(field.model(theta).pre_activations, X[0]).shape[0]
+    slopes = jnp.linspace(0.3, 0.9, units)
+    direction = jnp.cos(jnp.arange(theta.shape[0], dtype=theta.dtype))
+
+    def projected(x, d):
+        return direction @ jax.grad(lambda t: jnp.sum(field.model(t).forward(x, d)))(theta)
+
+    curvature = jax.vmap(lambda x: jax.hessian(lambda d: projected(x, d))(slopes))(X[:3])
+    return bool(jnp.any(curvature != 0))
+
+
+def _check_slopes_affine(field, theta, problem, who: str) -> None:
+    if _slopes_interact(field, theta, problem.X):
+        raise ValueError(
+            f"{who} needs one kink layer per sample (a field affine in the slopes), but the kinks of "
+            f"{_model_name(problem.model)} feed each other (its gradient is not affine in their slopes, as with two "
+            "ReLU layers); use the band field (nonsmooth='band') or fs.smoothed_limit"
+        )
+
+
 class _Segment(eqx.Module):
     """The sliding field and its event function, for one problem (the stratum is an argument)."""
 
@@ -621,6 +650,7 @@ def simulate_on_strata(the_plan, *, max_events: int = 100_000):
         )
     if not the_plan.log_time:
         raise ValueError("nonsmooth='sliding' integrates in log time s = log(1 + t): leave time='auto' (or 'log')")
+    _check_slopes_affine(the_plan.field, the_plan.theta0, the_plan.problem, "nonsmooth='sliding'")
     settings = the_plan.settings
     policy = the_plan.auto
     if policy is None:
@@ -787,6 +817,7 @@ def simulate_sliding(
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}")
     theta, field = make_field(problem, log_time=True, rtol=rtol, atol=atol)
+    _check_slopes_affine(field, theta, problem, "simulate_sliding")
     run = _new_run(
         field,
         model,

@@ -209,3 +209,19 @@ def test_a_pair_exactly_at_its_kink_at_the_start_is_decided_at_once():
     assert sliding.ok and band.ok, (sliding.message, band.message)
     assert int(sliding.stats["events"]) >= 1 and int(sliding.stats["missed_events"]) == 0
     np.testing.assert_allclose(np.asarray(sliding.params.W), np.asarray(band.params.W), atol=1e-8)
+
+
+def test_a_model_with_two_kink_layers_is_refused_and_one_layer_runs():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(8, 2))
+    y = np.sign(X[:, 0] * X[:, 1])
+    deep = eqx.nn.MLP(
+        2, "scalar", 6, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False, key=jax.random.key(0)
+    )
+    with pytest.raises(ValueError, match="one kink layer per sample.*MLP feed each other"):
+        fs.simulate(fs.Problem(deep, X, y, "logistic"), log_t1=1.0, nonsmooth="sliding")
+    shallow = eqx.nn.MLP(
+        2, "scalar", 6, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False, key=jax.random.key(0)
+    )
+    traj = fs.simulate(fs.Problem(shallow, X, y, "logistic"), log_t1=1.0, nonsmooth="sliding", n_save=3)
+    assert traj.ok and traj.info["nonsmooth"] == "sliding", traj.message
