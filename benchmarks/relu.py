@@ -24,7 +24,7 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
    noisy two-layer net to log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100, capped),
    `eqx.nn.MLP` depth 1 and 2 to log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1
    `fs.networks.MLP` to log t = 10; on the deep nets (two kink layers: sliding refused) also
-   `fs.smoothed_limit`, the fallback of `fs.simulate_or_smoothed`. About 8 minutes on 2 cores.
+   `fs.smoothed_limit`, the fallback of `fs.simulate_or_smoothed`. About 5-8 minutes on 2 cores.
 
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
