@@ -94,9 +94,15 @@ def test_a_copied_run_draws_into_the_copy_and_paths_cannot_escape(project, capsy
     assert code == 2 and "results.file '../../runs/decay-quick/results.npz' leads outside" in err
 
 
+def _default_sigint():
+    # A child inherits an ignored SIGINT (an earlier test, or the test runner, may have set SIG_IGN in this
+    # process), and Python then installs no KeyboardInterrupt handler: start it as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _flowsim(*args, **kwargs):
     exe = os.path.join(os.path.dirname(sys.executable), "flowsim")
-    return subprocess.Popen([exe, *map(str, args)], text=True, **kwargs)
+    return subprocess.Popen([exe, *map(str, args)], text=True, preexec_fn=_default_sigint, **kwargs)
 
 
 # `run` blocks until the file GO appears (at most a minute), so a second run can be started meanwhile.
