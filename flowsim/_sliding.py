@@ -113,7 +113,8 @@ def _model_name(model) -> str:
     return type(inner).__name__
 
 
-def _slopes_interact(field, theta, X) -> bool:
+@eqx.filter_jit
+def _slopes_interact(field, theta, X):
     """Whether the gradient ∇_θ f(x; θ, d) is not affine in the slopes d (a kink downstream of another): the
     Hessian in d of a random projection of it, at generic slopes on a few samples, is not exactly zero
     (automatic differentiation of an affine map gives exact zeros)."""
@@ -125,11 +126,12 @@ def _slopes_interact(field, theta, X) -> bool:
         return direction @ jax.grad(lambda t: jnp.sum(field.model(t).forward(x, d)))(theta)
 
     curvature = jax.vmap(lambda x: jax.hessian(lambda d: projected(x, d))(slopes))(X[:3])
-    return bool(jnp.any(curvature != 0))
+    return jnp.any(curvature != 0)
 
 
 def _check_slopes_affine(field, theta, problem, who: str) -> None:
-    if _slopes_interact(field, theta, problem.X):
+    # One compiled program (op-by-op, the nested derivatives dispatch thousands of small kernels).
+    if bool(_slopes_interact(field, theta, problem.X)):
         raise ValueError(
             f"{who} needs one kink layer per sample (a field affine in the slopes), but the kinks of "
             f"{_model_name(problem.model)} feed each other (its gradient is not affine in their slopes, as with two "
