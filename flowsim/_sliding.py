@@ -129,6 +129,28 @@ def _slopes_interact(field, theta, X):
     return jnp.any(curvature != 0)
 
 
+def sliding_refusal(the_plan) -> str | None:
+    """Why `nonsmooth="auto"` runs the plan on the band field rather than by sliding, in words; None where
+    sliding applies: a model with kinks, one kink layer per sample (its gradient affine in the slopes), an
+    eager solve (not under `jit`/`vmap`) in log time."""
+    problem = the_plan.problem
+    model = getattr(problem, "model", None)
+    if not isinstance(problem, Problem):
+        return f"sliding needs a plain fs.Problem, got {type(problem).__name__}"
+    if not isinstance(model, AbstractNonsmoothModel):
+        return "the model is smooth"
+    depth = getattr(model, "depth", None)
+    if depth is not None and depth > 2:
+        return f"an MLP of depth {depth} has kinks feeding each other"
+    if the_plan.traced:
+        return "under jax.jit or eqx.filter_vmap (sliding runs eagerly)"
+    if not the_plan.log_time:
+        return "integrated in linear time (sliding runs in log time: pass log_t1 or time='log')"
+    if bool(_slopes_interact(the_plan.field, the_plan.theta0, problem.X)):
+        return f"the kinks of {_model_name(model)} feed each other"
+    return None
+
+
 def _check_slopes_affine(field, theta, problem, who: str) -> None:
     # One compiled program (op-by-op, the nested derivatives dispatch thousands of small kernels).
     if bool(_slopes_interact(field, theta, problem.X)):
