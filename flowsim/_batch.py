@@ -6,11 +6,18 @@ while loop runs until its slowest member is done, so every member pays the slowe
 solver, controller state and next step carried over); after each segment the members that finished
 leave their slots and the next members of the batch take them, so no member waits for a slow one for
 longer than a segment. Both give every member exactly the steps and values of its own single solve.
+
+Models with kinks run the band field in a batch (`nonsmooth="auto"` or `"band"`: one vmapped program).
+`nonsmooth="sliding"`: event-driven sliding restarts each solve from Python at every event, so it cannot be
+vmapped; each member is its own eager `fs.simulate(member, nonsmooth="sliding")`, one after another, and the
+results are stacked into one batched `Trajectory` (`_sliding_loop`).
 """
 
+import contextlib
 import dataclasses
 import inspect
 import math
+import sys
 import time
 
 import equinox as eqx
@@ -25,10 +32,15 @@ from ._flow import ModifiedFlow, make_field
 from ._plan import plan, solver_choice
 from ._problem import Problem
 from ._simulate import simulate
+from ._sliding import sliding_refusal
 from ._trajectory import Status, Trajectory
 
 _VALUE_OPTIONS = ("t1", "log_t1", "rtol", "atol", "target_log_loss")
 SCHEDULES = ("lockstep", "refill")
+NONSMOOTH_METHODS = ("auto", "band", "sliding")
+# Metadata that a sliding batch always keeps per member (a tuple, member by member): what `solver="auto"` ran on
+# each member's strata, and whether its last segment was implicit.
+_PER_MEMBER = ("auto", "implicit")
 
 
 @eqx.filter_jit
@@ -96,7 +108,7 @@ def _take(tree, index):
 
 
 def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, schedule: str = "lockstep",
-                   segment_steps: int = 50, **options) -> Trajectory:
+                   segment_steps: int = 50, nonsmooth: str = "auto", **options) -> Trajectory:
     """Solve a batch of problems as vmapped `fs.simulate` solves, sharded over devices.
 
     **Arguments:**
@@ -114,6 +126,18 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
       `segment_steps` steps; a finished member's slot goes to the next member at once).
     - `segment_steps`: steps per refill segment, rounded down to a divisor of `max_steps` so a
       member stops at exactly `max_steps` as its single solve would.
+    - `nonsmooth`: how members with ReLU-type kinks are solved (ignored for a smooth model).
+      `"auto"` (the default) and `"band"`: the band field, as one vmapped program per chunk —
+      `fs.simulate`'s `"auto"` runs the band under `eqx.filter_vmap` too, so the batch is
+      `eqx.filter_vmap(fs.simulate)` member for member; `traj.info["nonsmooth_reason"]` says
+      why auto did not slide. `"sliding"`: exact event-driven sliding, which restarts each solve
+      from Python at every event and so cannot be vmapped: each member is solved by its own
+      `fs.simulate(member, nonsmooth="sliding", **options)`, eagerly, one after another (on the
+      one device `devices` names, else the default device; `progress=True` adds a bar over the
+      members), and the results are stacked into one batched `Trajectory` with the same fields
+      and shapes as a lockstep batch. `solver="auto"` then measures each member's strata as a
+      single solve does. Refused with sliding: `schedule="refill"`, `chunk_size`, and more than
+      one device (there is no vmapped program to refill, chunk or shard).
     - `**options`: as `fs.simulate` (horizon, solver, tolerances, target, …). Under vmap
       `solver="auto"` cannot measure stiffness, so it is Kvaerno5 in log time and Tsit5 in
       linear time; name the solver when you know the problem.
@@ -125,6 +149,15 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
     `traj.info["lockstep_waste"]` is the work done over the work needed: Σ over the compiled
     calls of slots × loop iterations, over Σ member steps (1 = no member waited).
 
+    A sliding batch (`nonsmooth="sliding"`): `traj.info["schedule"]` is `"loop"`,
+    `lockstep_waste` 1 (no member waits for another), each member's `stats["wall_time_s"]` its own
+    solve's. Its static metadata is the members' common value where they agree; `traj.info["auto"]`
+    and `traj.info["implicit"]` are always tuples with one entry per member (what `solver="auto"`
+    ran on each member's strata), so is any other key on which members differ, and
+    `traj.info["per_member"]` names those keys. `traj.info["sliding_note"]` (why a sliding solve
+    stopped, when its status alone does not say) is one string, `"member i: …"` for each member
+    that has one.
+
     Arrays go to a one-axis `jax.sharding.Mesh` with `NamedSharding` (padded with copies of a
     member, dropped afterwards); JAX's partitioner runs each device's members independently, with no
     communication. A member's adaptive steps never depend on its batch neighbours, so both schedules
@@ -135,10 +168,14 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
     if "checkpoint" in options:
         raise ValueError("simulate_batch does not take checkpoint=: checkpoint single solves, or chunks yourself")
     schedule = as_choice("schedule", schedule, SCHEDULES)
+    nonsmooth = as_choice("nonsmooth", nonsmooth, NONSMOOTH_METHODS)
     size = batch_size(problems)
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
+    devices = None if devices is None else list(devices)
+    if devices is not None and not devices:
         raise ValueError("devices is empty: give at least one device")
+    if nonsmooth == "sliding":
+        return _sliding_loop(problems, size, chunk_size, devices, schedule, options)
+    devices = jax.devices() if devices is None else devices
     default_chunk = size if schedule == "lockstep" else min(size, 96)
     chunk = default_chunk if chunk_size is None else as_int("chunk_size", chunk_size)
     chunk = math.ceil(min(chunk, size) / len(devices)) * len(devices)
@@ -148,7 +185,8 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
 
     start = time.perf_counter()
     if schedule == "lockstep":
-        batched, waste = _lockstep(arrays, rest, size, chunk, sharding, options)
+        # "auto" is the band here (as `fs.simulate`'s auto under vmap), named so the vmapped solve is the band's.
+        batched, waste = _lockstep(arrays, rest, size, chunk, sharding, dict(options, nonsmooth="band"))
     else:
         segment_steps = as_int("segment_steps", segment_steps)
         batched, waste = _refill(arrays, rest, size, chunk, sharding, segment_steps, options)
@@ -156,6 +194,8 @@ def simulate_batch(problems, *, chunk_size: int | None = None, devices=None, sch
     batched = jax.block_until_ready(batched)
     wall = time.perf_counter() - start
     metadata = dict(batched.metadata, schedule=schedule, lockstep_waste=waste, batch_wall_time_s=wall)
+    if nonsmooth == "auto" and dict(batched.metadata).get("nonsmooth"):
+        metadata["nonsmooth_reason"] = _band_reason(eqx.combine(_take(arrays, 0), rest), options)
     batched = dataclasses.replace(batched, metadata=tuple(sorted(metadata.items(), key=lambda item: item[0])))
     # Members share compiled calls, so a member has no wall time of its own: each gets the call's wall
     # time in proportion to its steps, and the members' times add up to the batch's (a summary that
@@ -279,3 +319,101 @@ def _refill(arrays, rest, size, slots, sharding, segment_steps, options):
     batched = eqx.combine(arrays_out, eqx.filter(result, eqx.is_array, inverse=True))
     batched = dataclasses.replace(batched, metadata=metadata_tuple(metadata))
     return batched, work / max(int(np.sum(finals.num_steps)), 1)
+
+
+def _band_reason(first, options) -> str:
+    """`traj.info["nonsmooth_reason"]` of a batch that `nonsmooth="auto"` ran on the band field: why the model
+    cannot slide at all (as a single solve says it), else that a batch is one vmapped program and how to slide."""
+    if not isinstance(first, Problem):
+        return f"sliding needs a plain fs.Problem, got {type(first).__name__}"
+    # The plan a member's sliding solve would run (eager, in log time): only the model can refuse it.
+    kwargs = {key: value for key, value in options.items() if key not in ("progress", "checkpoint")}
+    reason = sliding_refusal(plan(first, **dict(kwargs, time="log")))
+    if reason is not None:
+        return reason
+    return (
+        "simulate_batch runs a batch as one vmapped program, on the band field (sliding restarts each solve "
+        "from Python at every event, so it cannot be vmapped): nonsmooth='sliding' solves each member exactly "
+        "by sliding, one after another"
+    )
+
+
+def _merged_metadata(trajectories) -> dict:
+    """One batched metadata from the members' own: a common value where members agree, else a tuple per member
+    (always for `_PER_MEMBER`; `per_member` names the tuples); the sliding notes as one string by member."""
+    dicts = [dict(traj.metadata) for traj in trajectories]
+    keys = sorted({key for d in dicts for key in d})
+    merged, per_member = {}, []
+    for key in keys:
+        values = tuple(d.get(key) for d in dicts)
+        if key == "sliding_note":
+            notes = [f"member {i}: {note}" for i, note in enumerate(values) if note]
+            merged[key] = "; ".join(notes) or None
+        elif key in _PER_MEMBER or len({repr(value) for value in values}) > 1:  # repr: NaN equals NaN
+            merged[key] = values
+            per_member.append(key)
+        else:
+            merged[key] = values[0]
+    merged["per_member"] = tuple(per_member)
+    return merged
+
+
+def _sliding_loop(problems, size, chunk_size, devices, schedule, options) -> Trajectory:
+    """`nonsmooth="sliding"`: each member's own eager sliding solve, stacked into one batched Trajectory."""
+    if schedule != "lockstep":
+        raise ValueError(
+            f"schedule={schedule!r} cannot run nonsmooth='sliding': refill steps vmapped slots in compiled segments, "
+            "and a sliding solve restarts from Python at every event, so it is not vmapped. With sliding the members "
+            "are solved one after another (each takes only its own steps, so none waits for another); leave "
+            "schedule at its default"
+        )
+    if chunk_size is not None:
+        raise ValueError(
+            f"chunk_size={chunk_size!r} has no meaning with nonsmooth='sliding': the members are solved one at a "
+            "time (there is no vmapped chunk); leave chunk_size out"
+        )
+    if devices is not None and len(devices) > 1:
+        raise ValueError(
+            f"nonsmooth='sliding' cannot shard a batch over {len(devices)} devices: each member's solve runs eagerly "
+            "(every event restarts it from Python), so there is no vmapped program to split; give one device (or "
+            "none: the default device), or use the band field (nonsmooth='band') to shard"
+        )
+    try:
+        inspect.signature(simulate).bind(problems, **options)
+    except TypeError as error:
+        raise TypeError(f"simulate_batch: {error}") from None
+    arrays, rest = eqx.partition(problems, eqx.is_array)
+    progress = bool(options.get("progress", False))
+    bar = None
+    if progress:
+        import tqdm
+
+        bar = tqdm.tqdm(total=size, desc="sliding members", unit="member", file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+    trajectories = []
+    try:
+        with contextlib.ExitStack() as stack:
+            if devices is not None:
+                stack.enter_context(jax.default_device(devices[0]))
+            for index in range(size):
+                member = eqx.combine(_take(arrays, index), rest)
+                trajectories.append(simulate(member, nonsmooth="sliding", **options))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    metadata = dict(_merged_metadata(trajectories), schedule="loop", lockstep_waste=1.0, batch_wall_time_s=wall)
+    kinks = {traj.kinks for traj in trajectories}
+    kinks = kinks.pop() if len(kinks) == 1 else "; ".join(f"member {i}: {t.kinks}" for i, t in enumerate(trajectories))
+    keys = {tuple(sorted(traj.stats)) for traj in trajectories}
+    if len(keys) != 1:  # every sliding solve reports the same statistics; a mismatch is a bug, said plainly
+        raise RuntimeError(f"simulate_batch: the members' sliding solves report different stats keys {sorted(keys)}")
+    # Every member now carries the same static metadata, so their array parts share one structure and stack.
+    same = [dataclasses.replace(traj, metadata=metadata_tuple(metadata), kinks=kinks) for traj in trajectories]
+    parts = [eqx.partition(traj, eqx.is_array) for traj in same]
+    stacked = jax.tree_util.tree_map(
+        lambda *leaves: jnp.asarray(np.stack([np.asarray(leaf) for leaf in leaves])), *[part for part, _ in parts]
+    )
+    return eqx.combine(stacked, parts[0][1])
