@@ -41,6 +41,7 @@ slides at that offset, an O(band) perturbation of the trajectory.
 
 import abc
 import functools
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -343,19 +344,51 @@ def rank_one_kink_system(X, beta, weight_gradient, sample, unit, valid):
     return Q, Gg
 
 
-def rank_one_stratum_system(X, beta, weight_gradient, sample, unit, valid):
-    """(J_S G_S, J_S g) for kinks of a first layer z_iu = ⟨w_u, x_i⟩ (two-layer networks), in O(K² d).
+class SameUnitSystem(NamedTuple):
+    """The equivalent-control system of first-layer kinks z_iu = ⟨w_u, x_i⟩ in factored form (what
+    `rank_one_stratum_system` returns): (J_S G_S)_kl = [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩ β_l and (J_S g)_k = `jg`_k.
+
+    It is block-diagonal by unit (ż_iu depends only on the slopes of unit u), so the sliding field solves one small
+    system per unit (`flowsim._sliding`); `dense()` is the K×K matrix. `beta` is 0 on the slots that are not valid."""
+
+    X: Float[Array, "n d"]
+    sample: Int[Array, " K"]
+    unit: Int[Array, " K"]
+    beta: Float[Array, " K"]
+    jg: Float[Array, " K"]
+
+    def inner(self, k: Int[Array, "..."], l: Int[Array, "..."], gram=None) -> Float[Array, "..."]:
+        """⟨x_{i_k}, x_{i_l}⟩ for slot arrays `k`, `l` (broadcast); `gram`: X Xᵀ if precomputed."""
+        if gram is not None:
+            return gram[self.sample[k], self.sample[l]]
+        return jnp.sum(self.X[self.sample[k]] * self.X[self.sample[l]], axis=-1)
+
+    def dense(self, gram=None) -> Float[Array, "K K"]:
+        """J_S G_S as a K×K matrix."""
+        K = self.sample.shape[0]
+        if gram is None and self.X.shape[0] < K:
+            gram = self.X @ self.X.T
+        if gram is not None:
+            inner = gram[self.sample[:, None], self.sample[None, :]]
+        else:
+            Xk = self.X[self.sample]
+            inner = Xk @ Xk.T
+        same = self.unit[:, None] == self.unit[None, :]
+        return jnp.where(same, inner * self.beta[None, :], 0.0)
+
+
+def rank_one_stratum_system(X, beta, weight_gradient, sample, unit, valid) -> SameUnitSystem | None:
+    """(J_S G_S, J_S g) for kinks of a first layer z_iu = ⟨w_u, x_i⟩ (two-layer networks), as a `SameUnitSystem`.
 
     J_k = e_u x_iᵀ in the first layer's block and G_l = β_l e_{u_l} x_{i_l}ᵀ (`rank_one_kink_system`), so
-    (J G)_kl = [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩ β_l and (J g)_k = ⟨g_{u_k}, x_{i_k}⟩. None when the first
-    layer is not trained (then no pair's z moves with θ)."""
+    (J G)_kl = [u_k = u_l] ⟨x_{i_k}, x_{i_l}⟩ β_l and (J g)_k = ⟨g_{u_k}, x_{i_k}⟩: block-diagonal by unit, in
+    O(K d) here (the blocks are formed by the caller). None when the first layer is not trained (then no pair's
+    z moves with θ)."""
     if weight_gradient is None:
         return None
     beta = jnp.where(valid, beta, 0.0)
-    Xk = X[sample]
-    same = unit[:, None] == unit[None, :]
-    M = jnp.where(same, (Xk @ Xk.T) * beta[None, :], 0.0)
-    return M, jnp.sum(weight_gradient[unit] * Xk, axis=1)
+    jg = jnp.sum(weight_gradient[unit] * X[sample], axis=1)
+    return SameUnitSystem(X, sample, unit, beta, jg)
 
 
 def kink_statistics(model: AbstractNonsmoothModel, X: Float[Array, "n d"], band: KinkBand | None = None) -> dict:
