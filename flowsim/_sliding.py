@@ -31,7 +31,10 @@ margins) fire on q = min(min_{r ∉ S} sign_r z_r, min_{s ∈ S} min(d_s − γ,
   sliding): r joins S. Otherwise r crosses to the side its rates point to (its sign flips);
 - a slope d_s of s ∈ S reaching γ or 1: s leaves S to the side of that slope.
 
-The driver restarts the solve from the event state (eagerly, in Python). The pair an event just
+A transversal crossing flips one pair's side and leaves S as it is, so `fs.simulate` takes crossings inside the
+compiled solve (`_solve_crossings`: a `lax.while_loop` over smooth solves and crossings, recording each crossing);
+it returns to the driver (eagerly, in Python) only for the other events, the horizon, a failure or a budget, and
+the driver restarts the solve from the event state (`simulate_sliding` returns at every event). The pair an event just
 moved sits at z ≈ 0, so it is left out of q for the next segment (else q would start at 0); a
 segment that ends with such a pair on the wrong side counts as a missed event (`missed` in the
 result) and the pair's sign is corrected at the restart.
@@ -56,6 +59,7 @@ import dataclasses
 import math
 import re
 import time as _time
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -92,6 +96,9 @@ EVENT_KINDS = ("slide", "cross", "leave")
 STRATUM_SIZES = (8, 32, 128, 512, 2048)
 # The unit-block sizes of a `SameUnitSystem`'s solve (one compiled program per stratum size and block size).
 BLOCK_SIZES = (4, 16, 64, 256, 1024, 4096)
+# fs.simulate takes transversal crossings inside the compiled solve (`_solve_crossings`); False: each event returns
+# to Python, as `simulate_sliding` does (the tests compare the two).
+INLINE_CROSSINGS = True
 # solver="auto" measures the stiffness of a stratum after a segment of at least this many steps.
 MEASURED_SEGMENT_STEPS = 16
 
@@ -344,7 +351,10 @@ def _after_segment(seg, theta, base, index, valid, fresh):
 def _one_sided(seg, s, theta, base, index, valid, r):
     """(ż_r with d_r = 1, ż_r with d_r = γ), the stratum S held on its kinks: ż = ⟨∇z_r, θ'⟩ by one
     forward-mode derivative of z along θ'."""
+    return _rates_one_sided(seg, s, theta, base, index, valid, r)
 
+
+def _rates_one_sided(seg, s, theta, base, index, valid, r):
     def rate(v):
         velocity = seg.rates(s, theta, base.at[r].set(v), index, valid)[0]
         return jax.jvp(seg.z, (theta,), (velocity,))[1][r]
@@ -360,6 +370,10 @@ def _held_slopes(seg, s, theta, base, index, valid):
 @eqx.filter_jit
 def _solve(seg, solver, controller, root_finder, theta, s0, s1, args, save_times, max_steps):
     """One stratum: a smooth solve from s0 until an event or s1, saving at the grid times it passes."""
+    return _smooth_solve(seg, solver, controller, root_finder, theta, s0, s1, args, save_times, max_steps)
+
+
+def _smooth_solve(seg, solver, controller, root_finder, theta, s0, s1, args, save_times, max_steps):
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(seg.vector_field),
         solver,
@@ -377,6 +391,123 @@ def _solve(seg, solver, controller, root_finder, theta, s0, s1, args, save_times
     (grid_ts, end_ts), (grid_ys, end_ys) = sol.ts, sol.ys
     steps = jnp.stack([sol.stats["num_steps"], sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]])
     return end_ts[-1], end_ys[-1], grid_ts, grid_ys, sol.result, steps
+
+
+# Why `_solve_crossings` returned: still running (a budget or the log of crossings is full), an event that is not a
+# crossing is due (the driver takes it), or the last smooth solve ended without an event (its `result` says how).
+_RUNNING, _EVENT, _ENDED = 0, 1, 2
+# Crossings recorded per `_solve_crossings` call (it returns when the log is full, so every one reaches `run.log`).
+CROSSING_LOG = 64
+
+
+class _Loop(NamedTuple):
+    """`_solve_crossings`' loop state: the carry's moving parts, why it stops, and the crossings it took."""
+
+    theta: Array
+    s: Array
+    base: Array
+    fresh: Array
+    saves: Array
+    save_time: Array
+    filled: Array
+    steps: Array
+    events: Array
+    max_drift: Array
+    exit: Array
+    result: object  # a diffrax.RESULTS item: how the last smooth solve ended
+    pending: Array  # the last smooth solve ended at an event not yet taken
+    log: Array
+    logged: Array
+
+
+def _take_crossing(seg, st: _Loop, index, valid, target) -> _Loop:
+    """The event due at the loop's state, in the compiled loop (as `_take_event` and `_join_or_cross`): a pair
+    at its kink whose one-sided rates do not both push into it crosses (its side flips, it is marked fresh);
+    any other event (the target, a held slope at γ or 1, a pair that slides) is left to the driver."""
+    pair, slope = seg.margins(st.s, st.theta, (st.base, index, valid, st.fresh, target))
+    target_margin = seg.target_margin(st.theta, target)
+    q = jnp.minimum(jnp.min(pair), jnp.min(slope))
+    is_pair = (target_margin > q) & (jnp.min(slope) > jnp.min(pair))
+    r = jnp.argmin(pair)
+    up, down = _rates_one_sided(seg, st.s, st.theta, st.base, index, valid, r)
+    cross = is_pair & ~((up <= 0.0) & (0.0 <= down))
+    to_active = ((up > 0.0) & (down > 0.0)) | ((up > 0.0) & (down <= 0.0) & (st.base[r] != 1.0))
+    crossed = st._replace(
+        base=st.base.at[r].set(jnp.where(to_active, 1.0, seg.leak)),
+        fresh=st.fresh.at[r].set(True),
+        events=st.events.at[EVENT_KINDS.index("cross")].add(1),
+        log=st.log.at[st.logged].set(r),
+        logged=st.logged + 1,
+        pending=jnp.asarray(False),
+    )
+    left = st._replace(exit=jnp.asarray(_EVENT), pending=jnp.asarray(False))
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(cross, a, b), crossed, left)
+
+
+def _smooth_part(seg, solver, controller, root_finder, st: _Loop, index, valid, s1, target, save_times, max_steps):
+    """One smooth solve of the stratum from the loop's state (as `_segment`): saves, counts, drift, missed events."""
+    args = (st.base, index, valid, st.fresh, target)
+    s_end, theta, grid_ts, grid_ys, result, steps = _smooth_solve(
+        seg, solver, controller, root_finder, st.theta, st.s, s1, args, save_times, max_steps
+    )
+    new = ~st.filled & (save_times >= st.s) & (grid_ts == save_times)
+    z = seg.z(theta)
+    wrong = st.fresh & (jnp.where(st.base == 1.0, 1.0, -1.0) * z < 0)
+    drift = jnp.max(jnp.where(valid, jnp.abs(z[index]), 0.0))
+    hit = result == diffrax.RESULTS.event_occurred
+    return st._replace(
+        theta=theta,
+        s=s_end,
+        base=jnp.where(wrong, jnp.where(z > 0, 1.0, seg.leak), st.base),
+        fresh=jnp.zeros_like(st.fresh),
+        saves=jnp.where(new[:, None], grid_ys, st.saves),
+        save_time=jnp.where(new, save_times, st.save_time),
+        filled=st.filled | new,
+        steps=st.steps + steps,
+        events=st.events.at[3].add(jnp.sum(wrong)),
+        max_drift=jnp.maximum(st.max_drift, drift),
+        exit=jnp.where(hit, _RUNNING, _ENDED),
+        result=result,
+        pending=hit,
+    )
+
+
+@eqx.filter_jit
+def _solve_crossings(
+    seg, solver, controller, root_finder, st: _Loop, index, valid, s1, target, save_times, limits, max_steps
+):
+    """Smooth solves of one stratum and the transversal crossings between them, in one compiled loop: a crossing
+    flips one pair's side and leaves S as it is, so only the other events (and the horizon, a failure, the step
+    and event budgets `limits` = (total steps, steps of this call, events), a full crossing log) return to the
+    driver. Each smooth solve and each crossing is the one `_segment` and `_take_event` would take."""
+    steps0 = st.steps[0]
+
+    def budget(st):
+        return (
+            (st.steps[0] < limits[0])
+            & (st.steps[0] - steps0 < limits[1])
+            & (jnp.sum(st.events[:3]) < limits[2])
+            & (st.logged < CROSSING_LOG)
+        )
+
+    def cond(st):
+        return (st.exit == _RUNNING) & (budget(st) | st.pending)
+
+    def body(st):
+        # As `_step`: an event due now (the one the last solve ended at, or one at the same time) is taken before
+        # any solve, so a solve never starts with a margin at or below 0 (it could not fire).
+        pair, slope = seg.margins(st.s, st.theta, (st.base, index, valid, st.fresh, target))
+        q = jnp.minimum(jnp.minimum(jnp.min(pair), jnp.min(slope)), seg.target_margin(st.theta, target))
+        return jax.lax.cond(
+            st.pending | (q <= 0.0),
+            lambda st: _take_crossing(seg, st, index, valid, target),
+            lambda st: _smooth_part(
+                seg, solver, controller, root_finder, st, index, valid, s1, target, save_times, max_steps
+            ),
+            st,
+        )
+
+    return jax.lax.while_loop(cond, body, st)
 
 
 class SlidingCarry(eqx.Module):
@@ -423,6 +554,7 @@ class _Run:
     auto_record: list = dataclasses.field(default_factory=list)  # (log t, solver, reason) of each decision
     linear_solver: str = "dense"
     closed_form: bool = True  # the model's stratum_system may be a `SameUnitSystem` (solved by unit blocks)
+    inline_crossings: bool = False  # crossings taken in the compiled loop (`_solve_crossings`)
 
     @property
     def solver(self):
@@ -608,9 +740,100 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
     ), bool(result == diffrax.RESULTS.event_occurred)
 
 
+def _segment_with_crossings(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
+    """`_solve_crossings` from the carry: the stratum's smooth solves and the crossings between them, until
+    another event, the end of the solve or a budget. Returns (carry, whether an event is due for the driver);
+    the crossings join `run.log`."""
+    index, valid = run.stratum(carry)
+    state = _Loop(
+        theta=jnp.asarray(carry.theta),
+        s=jnp.asarray(carry.s),
+        base=jnp.asarray(carry.base),
+        fresh=jnp.asarray(carry.fresh),
+        saves=jnp.asarray(carry.saves),
+        save_time=jnp.asarray(carry.save_time),
+        filled=jnp.asarray(carry.filled),
+        steps=jnp.asarray(carry.steps),
+        events=jnp.asarray(carry.events),
+        max_drift=jnp.asarray(carry.max_drift),
+        exit=jnp.asarray(_RUNNING),
+        result=diffrax.RESULTS.successful,
+        pending=jnp.asarray(False),
+        log=jnp.zeros(CROSSING_LOG + 1, carry.index.dtype),
+        logged=jnp.asarray(0),
+    )
+    limits = jnp.asarray([run.max_steps, run.segment_steps(), run.max_events])
+    st = _solve_crossings(
+        run.seg_of(carry),
+        run.solver,
+        run.controller,
+        run.root_finder,
+        state,
+        index,
+        valid,
+        jnp.asarray(run.segment_end(carry)),
+        jnp.asarray(run.target),
+        jnp.asarray(run.save_times),
+        limits,
+        run.segment_steps(),
+    )
+    run.log.extend(("cross", int(r)) for r in np.asarray(st.log)[: int(st.logged)])
+    exit_code, result, s_end = int(st.exit), st.result, float(st.s)
+    steps = np.asarray(st.steps)
+    status = -1
+    if exit_code == _ENDED:
+        if result == diffrax.RESULTS.successful:
+            status = Status.HORIZON_REACHED if s_end >= run.s1 else -1  # else: a segment the policy asked for
+        elif result == diffrax.RESULTS.max_steps_reached:
+            status = Status.MAX_STEPS if int(steps[0]) >= run.max_steps else -1
+        else:
+            run.note = f"the segment solve failed at log t = {log_t_of(s_end, True):.6g}: {result}"
+            status = Status.STEP_SIZE_UNDERFLOW if result == diffrax.RESULTS.dt_min_reached else Status.SOLVER_FAILURE
+    carry = dataclasses.replace(
+        carry,
+        theta=np.asarray(st.theta),
+        s=np.float64(s_end),
+        base=np.asarray(st.base),
+        fresh=np.asarray(st.fresh),
+        saves=np.asarray(st.saves),
+        save_time=np.asarray(st.save_time),
+        filled=np.asarray(st.filled),
+        steps=steps,
+        events=np.asarray(st.events),
+        max_drift=np.float64(st.max_drift),
+        status=np.int32(status),
+    )
+    return carry, exit_code == _EVENT
+
+
+def _step_with_crossings(run: _Run, carry: SlidingCarry, on_segment=None) -> tuple[SlidingCarry, bool]:
+    """`_step` with the crossings taken in the compiled loop (`_segment_with_crossings`)."""
+    if int(carry.events[:3].sum()) >= run.max_events:
+        run.note = f"max_events = {run.max_events} reached"
+        return dataclasses.replace(carry, status=np.int32(Status.MAX_STEPS)), False
+    if int(carry.steps[0]) >= run.max_steps:
+        return dataclasses.replace(carry, status=np.int32(Status.MAX_STEPS)), False
+    before = carry
+    carry, due = _segment_with_crossings(run, carry)
+    ran = float(carry.s) != float(before.s) or int(carry.steps[0]) != int(before.steps[0])
+    if ran and run.policy is not None:
+        _decide(run, before, carry)
+    if ran and on_segment is not None:
+        on_segment(carry)
+    if due and int(carry.status) < 0:
+        pair, slope, target = (
+            np.asarray(v)
+            for v in _margins(run.seg_of(carry), jnp.asarray(carry.s), jnp.asarray(carry.theta), run.args(carry))
+        )
+        carry = _take_event(run, carry, pair, slope, float(target))
+    return carry, ran
+
+
 def _step(run: _Run, carry: SlidingCarry, on_segment=None) -> tuple[SlidingCarry, bool]:
     """Advance to the next event (or the horizon) and take it. Returns (carry, whether a segment ran);
     `on_segment(carry)` sees each segment's end before its event is taken."""
+    if run.inline_crossings:
+        return _step_with_crossings(run, carry, on_segment)
     if int(carry.events[:3].sum()) >= run.max_events:
         run.note = f"max_events = {run.max_events} reached"
         return dataclasses.replace(carry, status=np.int32(Status.MAX_STEPS)), False
@@ -658,7 +881,7 @@ def _decide(run: _Run, before: SlidingCarry, after: SlidingCarry) -> None:
     span = float(after.s) - float(before.s)
     rho, krylov = math.nan, None
     if not finished and steps[0] >= MEASURED_SEGMENT_STEPS:
-        field = _StratumField(run.seg_of(before), run.args(before))
+        field = _StratumField(run.seg_of(after), run.args(after))  # the sides crossings left
         rho = float(spectral_radius(field, jnp.asarray(after.theta), jnp.asarray(after.s)))
         if is_implicit(run.solver) and run.linear_solver == "krylov":
             dt = jnp.asarray(span / max(int(steps[1]), 1))
@@ -757,7 +980,7 @@ def _new_run(
 def simulate_on_strata(the_plan, *, max_events: int = 100_000):
     """`fs.simulate(..., nonsmooth="sliding")`: the plan's solve by event-driven sliding (module docstring).
 
-    Eager only (events restart the solve from Python). Saves, target, `max_steps` (over all segments,
+    Eager only (events other than crossings restart the solve from Python). Saves, target, `max_steps` (over all segments,
     checked between them), progress and checkpoints as for any solve. `traj.info["nonsmooth"]` is
     "sliding"; `traj.stats` gains `events`, `slide_events`, `cross_events`, `leave_events`, `missed_events`
     and `max_drift` (max |z_s| over the held pairs, the drift the Baumgarte term corrects), and
@@ -797,6 +1020,7 @@ def simulate_on_strata(the_plan, *, max_events: int = 100_000):
         max_events=max_events,
     )
     run.policy, run.linear_solver = policy, the_plan.linear_solver
+    run.inline_crossings = INLINE_CROSSINGS
     run.policy_state = None if policy is None else policy.init(the_plan)
     carry, store, resumed_from = _start(run, the_plan.theta0), None, None
     if the_plan.checkpoint is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import flowsim as fs
+import flowsim._sliding as sliding
 from flowsim._flow import make_field
 from flowsim._nonsmooth import pair_columns
 from flowsim._sliding import _block_shape, _Segment, unit_blocks
@@ -89,3 +90,37 @@ def test_block_equivalent_control_matches_the_dense_autodiff_solve(depth2):
         np.testing.assert_allclose(
             np.asarray(dense_velocity), np.asarray(velocity), rtol=1e-12, atol=1e-12 * np.abs(expected_velocity).max()
         )
+
+
+def _frei_problem(n=16, d=24, m=6, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    X = clean[:, None] * np.eye(d)[0] * d**0.3 + rng.standard_normal((n, d))
+    y = clean.copy()
+    y[rng.permutation(n)[: n // 6]] *= -1  # label noise: pairs slide
+    net = fs.networks.TwoLayer.init(jax.random.key(seed), d, m, scale=1 / np.sqrt(d), leak=0.1)
+    return fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+
+
+def test_crossings_in_the_compiled_loop_match_an_event_by_event_solve(monkeypatch):
+    problem = _frei_problem()
+    runs = {}
+    for inline in (True, False):
+        monkeypatch.setattr(sliding, "INLINE_CROSSINGS", inline)
+        runs[inline] = fs.simulate(problem, log_t1=4.0, solver="tsit5", n_save=6, nonsmooth="sliding")
+    fast, slow = runs[True], runs[False]
+    assert fast.ok and slow.ok, (fast.message, slow.message)
+    keys = (
+        "num_steps",
+        "num_accepted_steps",
+        "num_rejected_steps",
+        "slide_events",
+        "cross_events",
+        "leave_events",
+        "missed_events",
+        "pairs_at_kink",
+    )
+    assert {k: int(fast.stats[k]) for k in keys} == {k: int(slow.stats[k]) for k in keys}
+    assert int(fast.stats["cross_events"]) >= 5 and int(fast.stats["slide_events"]) >= 1  # the test has teeth
+    np.testing.assert_allclose(np.asarray(fast.log_t), np.asarray(slow.log_t), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(fast.params.W), np.asarray(slow.params.W), rtol=0, atol=1e-10)
