@@ -7,14 +7,16 @@ and asks the solver policy (`flowsim._policy`: a fixed solver, or `auto` on coun
 Tolerances, horizons and the target are traced values: new values do not recompile.
 """
 
+import dataclasses
+
 from ._driver import drive
 from ._engine import finish, init_carry, segment
 from ._plan import plan
 from ._problem import Problem
-from ._sliding import check_model, simulate_on_strata
+from ._sliding import check_model, simulate_on_strata, sliding_refusal
 from ._trajectory import Trajectory
 
-NONSMOOTH_METHODS = ("band", "sliding")
+NONSMOOTH_METHODS = ("auto", "band", "sliding")
 
 
 def simulate(
@@ -34,7 +36,7 @@ def simulate(
     linear_solver: str = "auto",
     checkpoint=None,
     checkpoint_every_s=5.0,
-    nonsmooth: str = "band",
+    nonsmooth: str = "auto",
 ) -> Trajectory:
     """Solve the gradient flow θ'(t) = −∇L(θ(t)) from the problem's model to a horizon.
 
@@ -71,12 +73,14 @@ def simulate(
       `simulate` again with the same arguments resumes from it
       (`traj.info["resumed_from_log_t"]`).
     - `nonsmooth`: how a model with ReLU-type kinks is solved (ignored for a smooth model, which has none).
-      `"band"` (the default): the minimum-norm Clarke field, pairs within a band of width ~ the
-      tolerances of their kink held there (works under `jit`/`vmap`). `"sliding"`: exact, event-driven
-      sliding on strata (Filippov): each set of pairs held at their kinks is a smooth ODE, whose slopes
-      solve a small linear system, and crossing, joining or leaving a kink is a root-found event
-      (`flowsim._sliding`). Eager only, integrated in log time, for models with one kink layer per
-      sample (two-layer networks; deeper ones are refused). `traj.info["nonsmooth"]` says which ran.
+      `"sliding"`: exact, event-driven sliding on strata (Filippov): each set of pairs held at their
+      kinks is a smooth ODE, whose slopes solve a small linear system, and crossing, joining or leaving a
+      kink is a root-found event (`flowsim._sliding`). Eager only, integrated in log time, for models with
+      one kink layer per sample (two-layer networks; deeper ones are refused). `"band"`: the minimum-norm
+      Clarke field, pairs within a band of width ~ the tolerances of their kink held there (works under
+      `jit`/`vmap` and for any depth). `"auto"` (the default): sliding where it applies (a model with one
+      kink layer per sample, solved eagerly in log time), the band elsewhere.
+      `traj.info["nonsmooth"]` says which ran, and `traj.info["nonsmooth_reason"]` why auto chose the band.
 
     Tolerances, horizons and `target_log_loss` are values, not compile-time constants: new
     values do not recompile, and `eqx.filter_vmap` over any of them works. Pure: works under
@@ -87,8 +91,7 @@ def simulate(
     """
     if not isinstance(nonsmooth, str) or nonsmooth not in NONSMOOTH_METHODS:
         raise ValueError(f"nonsmooth must be one of {list(NONSMOOTH_METHODS)}, got {nonsmooth!r}")
-    sliding = nonsmooth == "sliding"
-    if sliding:
+    if nonsmooth == "sliding":
         check_model(problem, "nonsmooth='sliding'")
         if time == "auto":
             time = "log"  # the sliding field is written in log time s = log(1 + t)
@@ -96,8 +99,13 @@ def simulate(
                     save_log_t=save_log_t, max_steps=max_steps, progress=progress, target_log_loss=target_log_loss,
                     time=time, linear_solver=linear_solver, checkpoint=checkpoint,
                     checkpoint_every_s=checkpoint_every_s)
-    if sliding:
+    if nonsmooth == "sliding":
         return simulate_on_strata(the_plan)
+    if nonsmooth == "auto" and the_plan.nonsmooth:
+        reason = sliding_refusal(the_plan)
+        if reason is None:
+            return simulate_on_strata(the_plan)
+        the_plan = dataclasses.replace(the_plan, metadata=dict(the_plan.metadata, nonsmooth_reason=reason))
     if the_plan.traced:
         return run_traced(the_plan)
     return drive(the_plan)

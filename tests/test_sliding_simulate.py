@@ -35,16 +35,29 @@ def test_every_save_follows_the_hand_solved_sliding_flow():
     assert int(traj.stats["pairs_at_kink"]) == 0  # it left the kink at t2 < T_END
 
 
-def test_the_band_field_is_the_default_and_says_so():
-    band = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", rtol=1e-10, atol=1e-12)
+def test_auto_slides_where_it_applies_and_says_why_the_band_ran_elsewhere():
+    problem = single_neuron_problem(0.3)
+    auto = fs.simulate(problem, log_t1=np.log(T_END), **TIGHT)
+    sliding = fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
+    assert auto.info["nonsmooth"] == "sliding" and "nonsmooth_reason" not in auto.info
+    assert np.array_equal(np.asarray(auto.params.W), np.asarray(sliding.params.W))
+    band = fs.simulate(problem, log_t1=np.log(T_END), solver="tsit5", rtol=1e-10, atol=1e-12, nonsmooth="band")
     assert band.info["nonsmooth"] == "band"
-    smooth = fs.Problem(fs.networks.Linear(jnp.ones(2)), *single_neuron_data(0.3), "squared")
-    assert fs.simulate(smooth, t1=1.0, n_save=2).info["nonsmooth"] is False
-    sliding = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
     (expected,), _, _ = sliding_closed_form(0.3, [T_END])
     # The band holds a sliding pair within ~ its width (10x the tolerances) of the kink: the two agree to that.
     np.testing.assert_allclose(np.asarray(band.final.W[0]), expected, atol=1e-7)
     np.testing.assert_allclose(np.asarray(sliding.final.W[0]), expected, atol=1e-8)
+    # Where sliding does not apply, auto runs the band and says why.
+    linear = fs.simulate(problem, t1=2.0, n_save=3)
+    assert linear.info["nonsmooth"] == "band" and "linear time" in linear.info["nonsmooth_reason"]
+    traced = eqx.filter_jit(lambda p: fs.simulate(p, log_t1=1.0, n_save=3, solver="tsit5"))(problem)
+    assert traced.info["nonsmooth"] == "band" and "jax.jit" in traced.info["nonsmooth_reason"]
+    deep = fs.networks.MLP.init(jax.random.key(0), 2, [3, 3], "scalar")
+    X, y = single_neuron_data(0.3)
+    deep_traj = fs.simulate(fs.Problem(deep, X, y, "squared"), log_t1=0.5, n_save=3, solver="tsit5")
+    assert deep_traj.info["nonsmooth"] == "band" and "depth 3" in deep_traj.info["nonsmooth_reason"]
+    smooth = fs.Problem(fs.networks.Linear(jnp.ones(2)), X, y, "squared")
+    assert fs.simulate(smooth, t1=1.0, n_save=2).info["nonsmooth"] is False
 
 
 class UserLeakyNet(eqx.Module):
@@ -81,7 +94,9 @@ def test_target_log_loss_stops_at_the_target():
     traj = fs.simulate(single_neuron_problem(0.3), log_t1=8.0, nonsmooth="sliding", target_log_loss=target, **TIGHT)
     assert traj.ok and "target" in traj.message
     assert abs(float(traj.log_loss[-1]) - target) < 1e-6
-    band = fs.simulate(single_neuron_problem(0.3), log_t1=8.0, target_log_loss=target, solver="tsit5", **TIGHT)
+    band = fs.simulate(
+        single_neuron_problem(0.3), log_t1=8.0, target_log_loss=target, solver="tsit5", nonsmooth="band", **TIGHT
+    )
     assert abs(float(traj.log_t_reached) - float(band.log_t_reached)) < 1e-5
 
 
@@ -155,7 +170,7 @@ def test_auto_measures_each_stratum_and_may_go_implicit():
 def test_fs_cache_keys_the_nonsmooth_method(tmp_path):
     problem = single_neuron_problem(0.3)
     with fs.cache(tmp_path):
-        band = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5)
+        band = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5, nonsmooth="band")
         sliding = fs.simulate(problem, log_t1=2.0, solver="tsit5", n_save=5, nonsmooth="sliding")
     assert band.info["nonsmooth"] == "band" and sliding.info["nonsmooth"] == "sliding"
     with fs.cache(tmp_path):
@@ -166,7 +181,9 @@ def test_fs_cache_keys_the_nonsmooth_method(tmp_path):
 
 
 def test_a_band_solve_stuck_at_a_kink_points_to_sliding():
-    traj = fs.simulate(single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", max_steps=100)
+    traj = fs.simulate(
+        single_neuron_problem(0.3), log_t1=np.log(T_END), solver="tsit5", max_steps=100, nonsmooth="band"
+    )
     assert not traj.ok and int(traj.stats["pairs_at_kink"]) == 1
     assert "nonsmooth='sliding'" in traj.message
 
@@ -205,7 +222,9 @@ def test_a_pair_exactly_at_its_kink_at_the_start_is_decided_at_once():
     net = fs.networks.TwoLayer(np.array([[0.0, 0.5]]), np.array([1.0]), GAMMA)
     problem = fs.Problem(net, *single_neuron_data(0.3), "squared", trainable=net.first_layer_filter())
     sliding = fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", n_save=10, **TIGHT)
-    band = fs.simulate(problem, log_t1=np.log(T_END), solver="tsit5", n_save=10, rtol=1e-11, atol=1e-13)
+    band = fs.simulate(
+        problem, log_t1=np.log(T_END), solver="tsit5", n_save=10, rtol=1e-11, atol=1e-13, nonsmooth="band"
+    )
     assert sliding.ok and band.ok, (sliding.message, band.message)
     assert int(sliding.stats["events"]) >= 1 and int(sliding.stats["missed_events"]) == 0
     np.testing.assert_allclose(np.asarray(sliding.params.W), np.asarray(band.params.W), atol=1e-8)
