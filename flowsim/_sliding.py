@@ -955,7 +955,9 @@ def _new_run(
     if capacity < 1:
         raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
     seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
-    system = jax.eval_shape(seg.system, theta, theta, jnp.zeros(n), jnp.zeros(1, jnp.int64), jnp.ones(1, bool))
+    outputs = jax.eval_shape(jax.vmap(field.model(theta)), problem.X)  # the cotangent's shape: (n,) or (n, k)
+    cotangent = jnp.zeros(outputs.shape, outputs.dtype)
+    system = jax.eval_shape(seg.system, theta, theta, cotangent, jnp.zeros(1, jnp.int64), jnp.ones(1, bool))
     closed_form = isinstance(system, SameUnitSystem)
     if closed_form and n <= _GRAM_SAMPLES:
         X = problem.X

@@ -244,3 +244,17 @@ def test_a_model_with_two_kink_layers_is_refused_and_one_layer_runs():
     )
     traj = fs.simulate(fs.Problem(shallow, X, y, "logistic"), log_t1=1.0, nonsmooth="sliding", n_save=3)
     assert traj.ok and traj.info["nonsmooth"] == "sliding", traj.message
+
+
+def test_a_vector_output_net_slides_like_the_band_field():
+    # Timor et al.'s 2-2-2 net from a tiny start (scenarios/timor2023_relu_rank.py): the output's cotangent is
+    # (n, k), not (n,). The band field at tight tolerances is the reference.
+    x = np.array([[1.0, 0.99], [-1.0, 0.99]])
+    X = x / np.linalg.norm(x, axis=1, keepdims=True)
+    net = fs.networks.MLP.init(jax.random.key(0), 2, [2], 2, scale=1e-4, distribution="ball")
+    problem = fs.Problem(net, X, np.eye(2))
+    sliding = fs.simulate(problem, log_t1=np.log(600.0), solver="tsit5", n_save=4, **TIGHT)
+    band = fs.simulate(problem, log_t1=np.log(600.0), solver="tsit5", n_save=4, nonsmooth="band", **TIGHT)
+    assert sliding.ok and band.ok and sliding.info["nonsmooth"] == "sliding", sliding.message
+    for ours, theirs in zip(sliding.final.layers, band.final.layers, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-7)
