@@ -35,9 +35,10 @@ A transversal crossing flips one pair's side and leaves S as it is, so `fs.simul
 compiled solve (`_solve_crossings`: a `lax.while_loop` over smooth solves and crossings, recording each crossing);
 it returns to the driver (eagerly, in Python) only for the other events, the horizon, a failure or a budget, and
 the driver restarts the solve from the event state (`simulate_sliding` returns at every event). The pair an event just
-moved sits at z ≈ 0, so it is left out of q for the next segment (else q would start at 0); a
-segment that ends with such a pair on the wrong side counts as a missed event (`missed` in the
-result) and the pair's sign is corrected at the restart.
+moved sits at z ≈ 0, so for the next segment its margin is sign_r z_r + h_r with a small hysteresis h_r > 0
+(`fresh_offset`; else q would start at 0 and never fall through it): it fires if the pair comes back through its
+kink (a pair that leaves S at γ may return at once). A segment that ends with such a pair beyond the hysteresis
+on the wrong side counts as a missed event (`missed` in the result) and the pair's sign is corrected at the restart.
 
 `fs.simulate(..., nonsmooth="sliding")` runs a `Plan` here (`simulate_on_strata`): saves on the plan's grid
 (a sub-`SaveAt` per segment), `target_log_loss` as one more event margin, `max_steps` over all segments,
@@ -94,8 +95,12 @@ EVENT_KINDS = ("slide", "cross", "leave")
 # The stratum sizes the field is compiled for (each is one compiled program): the equivalent control costs
 # ~|S|²·p per evaluation, so a field sized for the model's max_kinks when few pairs slide wastes most of it.
 STRATUM_SIZES = (8, 32, 128, 512, 2048)
+# With the models' closed form a small stratum costs little either way: fewer sizes, fewer compiled solves.
+CLOSED_FORM_SIZES = (32, 128, 512, 2048)
 # The unit-block sizes of a `SameUnitSystem`'s solve (one compiled program per stratum size and block size).
 BLOCK_SIZES = (4, 16, 64, 256, 1024, 4096)
+# Strata of fewer slots are solved densely (K³ is then cheap, and each block size would compile again).
+BLOCKS_FROM = 512
 # fs.simulate takes transversal crossings inside the compiled solve (`_solve_crossings`); False: each event returns
 # to Python, as `simulate_sliding` does (the tests compare the two).
 INLINE_CROSSINGS = True
@@ -195,9 +200,11 @@ def unit_blocks(unit: Int[Array, " K"], valid: Bool[Array, " K"], blocks: int, s
 
 def _block_shape(unit: np.ndarray, valid: np.ndarray, units: int) -> tuple[int, int] | None:
     """(B, c) for `unit_blocks` on a stratum of K slots (numpy, between segments): B = min(U, K) blocks of the
-    smallest size in `BLOCK_SIZES` holding every unit's held slots; None where one block would hold them all
-    (the dense K×K solve costs no more)."""
+    smallest size in `BLOCK_SIZES` holding every unit's held slots; None below `BLOCKS_FROM` slots or where one
+    block would hold them all (the dense K×K solve costs no more)."""
     K = unit.shape[0]
+    if K < BLOCKS_FROM:
+        return None
     most = int(np.bincount(unit[valid], minlength=1).max()) if valid.any() else 0
     size = next((c for c in BLOCK_SIZES if c >= most), None)
     if size is None or size >= K:
@@ -309,12 +316,15 @@ class _Segment(eqx.Module):
         return self.rates(s, theta, base, index, valid)[0]
 
     def margins(self, s, theta, args):
-        """q per pair outside S (sign_r z_r) and per stratum pair (slope margin); +inf where unused."""
+        """q per pair outside S (sign_r z_r + h_r) and per stratum pair (slope margin); +inf where unused.
+
+        h_r > 0 only for a pair an event just moved (`fresh`, `fresh_offset`): it sits at its kink, so its margin
+        starts at h_r > 0 rather than 0 and the event fires if it comes back through the kink."""
         base, index, valid, fresh = args[:4]
         z = self.z(theta)
         sign = jnp.where(base == 1.0, 1.0, -1.0)
         held = jnp.zeros(z.shape, bool).at[index].max(valid)
-        pair = jnp.where(held | fresh, jnp.inf, sign * z)
+        pair = jnp.where(held, jnp.inf, sign * z + fresh)
         _, d = self.rates(s, theta, base, index, valid)
         slope = jnp.where(valid, jnp.minimum(d - self.leak, 1.0 - d), jnp.inf)
         return pair, slope
@@ -333,6 +343,15 @@ def _z(seg, theta):
     return seg.z(theta)
 
 
+def fresh_offset(z, r):
+    """The hysteresis h_r of pair r, just moved by an event at its kink: |z_r| (the event's root is found to a
+    tolerance, so r may sit a little on either side) plus 1e-12 of the largest |z|. Pairs an event moved used to
+    be left out of the next segment's events, and one that came back through its kink in that segment was missed
+    (found only at the restart, on the wrong side, its slide or crossing not taken)."""
+    xp = jnp if isinstance(z, jax.Array) else np
+    return xp.abs(z[r]) + 1e-12 * (1.0 + xp.max(xp.abs(z)))
+
+
 @eqx.filter_jit
 def _margins(seg, s, theta, args):
     pair, slope = seg.margins(s, theta, args)
@@ -341,9 +360,10 @@ def _margins(seg, s, theta, args):
 
 @eqx.filter_jit
 def _after_segment(seg, theta, base, index, valid, fresh):
-    """(pairs left out of q that ended on the wrong side, z, max_{s ∈ S} |z_s|) at a segment's end."""
+    """(pairs an event moved that ended beyond their hysteresis on the wrong side, z, max_{s ∈ S} |z_s|) at a
+    segment's end."""
     z = seg.z(theta)
-    wrong = fresh & (jnp.where(base == 1.0, 1.0, -1.0) * z < 0)
+    wrong = (fresh > 0) & (jnp.where(base == 1.0, 1.0, -1.0) * z + fresh < 0)
     return wrong, z, jnp.max(jnp.where(valid, jnp.abs(z[index]), 0.0))
 
 
@@ -434,7 +454,7 @@ def _take_crossing(seg, st: _Loop, index, valid, target) -> _Loop:
     to_active = ((up > 0.0) & (down > 0.0)) | ((up > 0.0) & (down <= 0.0) & (st.base[r] != 1.0))
     crossed = st._replace(
         base=st.base.at[r].set(jnp.where(to_active, 1.0, seg.leak)),
-        fresh=st.fresh.at[r].set(True),
+        fresh=st.fresh.at[r].set(fresh_offset(seg.z(st.theta), r)),
         events=st.events.at[EVENT_KINDS.index("cross")].add(1),
         log=st.log.at[st.logged].set(r),
         logged=st.logged + 1,
@@ -452,7 +472,7 @@ def _smooth_part(seg, solver, controller, root_finder, st: _Loop, index, valid, 
     )
     new = ~st.filled & (save_times >= st.s) & (grid_ts == save_times)
     z = seg.z(theta)
-    wrong = st.fresh & (jnp.where(st.base == 1.0, 1.0, -1.0) * z < 0)
+    wrong = (st.fresh > 0) & (jnp.where(st.base == 1.0, 1.0, -1.0) * z + st.fresh < 0)
     drift = jnp.max(jnp.where(valid, jnp.abs(z[index]), 0.0))
     hit = result == diffrax.RESULTS.event_occurred
     return st._replace(
@@ -587,9 +607,11 @@ class _Run:
 
     def stratum(self, c: SlidingCarry):
         """The held pairs as the field sees them: the first B slots, B the smallest size in `STRATUM_SIZES`
-        (capped at the capacity) that holds them all. The held pairs fill the first slots of the carry."""
+        (`CLOSED_FORM_SIZES` for a model with the closed form; capped at the capacity) that holds them all. The
+        held pairs fill the first slots of the carry."""
         held = int(c.valid.sum())
-        size = next(b for b in (*(b for b in STRATUM_SIZES if b < self.capacity), self.capacity) if b >= held)
+        sizes = CLOSED_FORM_SIZES if self.closed_form else STRATUM_SIZES
+        size = next(b for b in (*(b for b in sizes if b < self.capacity), self.capacity) if b >= held)
         return jnp.asarray(c.index[:size]), jnp.asarray(c.valid[:size])
 
 
@@ -608,7 +630,7 @@ def _start(run: _Run, theta) -> SlidingCarry:
         base=np.where(z0 > 0, 1.0, seg.leak),
         index=np.zeros(K, np.int64),
         valid=np.zeros(K, bool),
-        fresh=np.zeros(pairs, bool),
+        fresh=np.zeros(pairs),
         saves=np.zeros((n_grid, theta.shape[0])),
         save_time=np.zeros(n_grid),
         filled=np.zeros(n_grid, bool),
@@ -656,7 +678,7 @@ def _join_or_cross(run: _Run, carry: SlidingCarry, r: int) -> SlidingCarry:
     base, fresh = carry.base.copy(), carry.fresh.copy()
     to_active = (up > 0.0 and down > 0.0) or (up > 0.0 >= down and base[r] != 1.0)
     base[r] = 1.0 if to_active else run.seg.leak
-    fresh[r] = True
+    fresh[r] = fresh_offset(np.asarray(_z(run.seg, jnp.asarray(carry.theta))), r)
     return _count(run, dataclasses.replace(carry, base=base, fresh=fresh), "cross", r)
 
 
@@ -680,7 +702,7 @@ def _take_event(run: _Run, carry: SlidingCarry, pair, slope, target) -> SlidingC
     )
     base, fresh = carry.base.copy(), carry.fresh.copy()
     base[r] = 1.0 if float(slopes[k]) > 0.5 * (1.0 + run.seg.leak) else run.seg.leak
-    fresh[r] = True
+    fresh[r] = fresh_offset(np.asarray(_z(run.seg, jnp.asarray(carry.theta))), r)
     # The held pairs stay in the first slots.
     index = np.append(np.delete(carry.index, k), 0)
     valid = np.append(np.delete(carry.valid, k), False)

@@ -46,7 +46,8 @@ def test_unit_blocks_group_the_held_slots_by_unit_in_slot_order():
 
 
 @pytest.mark.parametrize("depth2", [False, True])
-def test_block_equivalent_control_matches_the_dense_autodiff_solve(depth2):
+def test_block_equivalent_control_matches_the_dense_autodiff_solve(depth2, monkeypatch):
+    monkeypatch.setattr(sliding, "BLOCKS_FROM", 1)  # blocks on this small stratum too
     n, d, m = 10, 14, 5  # d > n: every unit block is a full-rank Gram matrix (the ridge does not matter)
     problem = _net_problem(n, d, m, 1, depth2)
     theta, field = make_field(problem, log_time=True, rtol=1e-8, atol=1e-10)
