@@ -37,8 +37,9 @@ it returns to the driver (eagerly, in Python) only for the other events, the hor
 the driver restarts the solve from the event state (`simulate_sliding` returns at every event). The pair an event just
 moved sits at z ≈ 0, so for the next segment its margin is sign_r z_r + h_r with a small hysteresis h_r > 0
 (`fresh_offset`; else q would start at 0 and never fall through it): it fires if the pair comes back through its
-kink (a pair that leaves S at γ may return at once). A segment that ends with such a pair beyond the hysteresis
-on the wrong side counts as a missed event (`missed` in the result) and the pair's sign is corrected at the restart.
+kink (a pair that leaves S at γ may return at once). A segment that ends (other than at an event) with such a pair beyond the
+hysteresis on the wrong side counts as a missed event (`missed` in the result); the restart takes it as an event
+due at once (its margin is below 0), so its one-sided rates still decide whether it slides or crosses.
 
 `fs.simulate(..., nonsmooth="sliding")` runs a `Plan` here (`simulate_on_strata`): saves on the plan's grid
 (a sub-`SaveAt` per segment), `target_log_loss` as one more event margin, `max_steps` over all segments,
@@ -475,10 +476,12 @@ def _smooth_part(seg, solver, controller, root_finder, st: _Loop, index, valid, 
     wrong = (st.fresh > 0) & (jnp.where(st.base == 1.0, 1.0, -1.0) * z + st.fresh < 0)
     drift = jnp.max(jnp.where(valid, jnp.abs(z[index]), 0.0))
     hit = result == diffrax.RESULTS.event_occurred
+    # A solve that ends at an event may end with the pair that fired it just past its margin: that is the event,
+    # taken next (as any pair on its wrong side: the next iteration finds its margin below 0), not a missed one.
+    wrong = wrong & ~hit
     return st._replace(
         theta=theta,
         s=s_end,
-        base=jnp.where(wrong, jnp.where(z > 0, 1.0, seg.leak), st.base),
         fresh=jnp.zeros_like(st.fresh),
         saves=jnp.where(new[:, None], grid_ys, st.saves),
         save_time=jnp.where(new, save_times, st.save_time),
@@ -737,7 +740,9 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
         )
     )
     events = carry.events.copy()
-    events[3] += int(wrong.sum())
+    # A segment that ends at an event may end with the pair that fired it just past its margin: that is the event,
+    # which `_step` takes next (as any pair on its wrong side, its margin now below 0), not a missed one.
+    events[3] += 0 if result == diffrax.RESULTS.event_occurred else int(wrong.sum())
     status = -1
     if result == diffrax.RESULTS.successful:
         status = Status.HORIZON_REACHED if float(s_end) >= run.s1 else -1  # else: a segment the policy asked for
@@ -750,7 +755,6 @@ def _segment(run: _Run, carry: SlidingCarry) -> tuple[SlidingCarry, bool]:
         carry,
         theta=np.asarray(theta),
         s=np.float64(s_end),
-        base=np.where(wrong, np.where(z > 0, 1.0, run.seg.leak), carry.base),
         fresh=np.zeros_like(carry.fresh),
         saves=np.where(new[:, None], grid_ys, carry.saves),
         save_time=np.where(new, run.save_times, carry.save_time),
