@@ -21,15 +21,17 @@ adaptive solver chatters across the kink with ever smaller steps. One run prints
 
 5. (`--table`) issue 20's table, band field against event-driven sliding (`fs.simulate(...,
    nonsmooth="band" | "sliding")`) on each case: steps, rejected steps, events, log t reached, wall, load. The
-   noisy two-layer net to log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100, capped),
+   noisy two-layer net to log t = 100 (n = 30, d = 300, m = 20, and n = 100, d = 1000, m = 100: the band capped),
    `eqx.nn.MLP` depth 1 and 2 to log t = 30 (their kinks found by flowsim._kinks), the 2-16-16-1
    `fs.networks.MLP` to log t = 10; on the deep nets (two kink layers: sliding refused) also
-   `fs.smoothed_limit`, the fallback of `fs.simulate_or_smoothed`. About 5-8 minutes on 2 cores.
+   `fs.smoothed_limit`, the fallback of `fs.simulate_or_smoothed`. About 15-20 minutes on 2 cores, most of it the
+   large net's sliding row (to log t = 100, ~6,400 steps and ~5,500 events).
 
     python benchmarks/relu.py            # full (a few minutes on 2 cores)
     python benchmarks/relu.py --quick    # smaller horizons, for a smoke test
     python benchmarks/relu.py --table    # issue 20's table only (docs/benchmarks/relu-table.md)
     python benchmarks/relu.py --table --quick   # the same, small horizons and caps (prints only)
+    python benchmarks/relu.py --table --case n=100 --method sliding   # one case's rows (prints only)
 """
 
 import argparse
@@ -288,9 +290,15 @@ def table_cases(quick: bool):
            dict(band=small(50_000), sliding=small(50_000)))
     big_n, big_d, big_m = (30, 100, 20) if quick else (100, 1000, 100)
     X, y = frei_data(n=big_n, d=big_d)
-    net = nets.TwoLayer.init(jax.random.key(0), big_d, big_m, scale=1 / np.sqrt(big_d), leak=0.1,
-                             max_kinks=64 if quick else BIG_MAX_KINKS)
-    big = fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+    # The same net twice: the band's K (its box QP is dense in K) and the stratum's capacity (solved by unit blocks,
+    # so a large capacity costs little; 2,048 leaves room above the pairs that slide by log t = 100).
+    nets_by_method = {
+        method: nets.TwoLayer.init(jax.random.key(0), big_d, big_m, scale=1 / np.sqrt(big_d), leak=0.1,
+                                   max_kinks=64 if quick else kinks)
+        for method, kinks in (("band", BIG_MAX_KINKS), ("sliding", BIG_SLIDING_KINKS))
+    }
+    big = {method: fs.Problem(net, X, y, "logistic", trainable=net.first_layer_filter())
+           for method, net in nets_by_method.items()}
     yield (f"noisy two-layer n={big_n} d={big_d} m={big_m}, log t=100", big, dict(log_t1=100.0 * scale),
            dict(band=small(BIG_BAND_STEPS), sliding=min(BIG_SLIDING_STEPS, 100) if quick else BIG_SLIDING_STEPS))
     X, y = separable_data()
@@ -309,10 +317,12 @@ def table_cases(quick: bool):
            dict(band=small(DEEP_BAND_STEPS), sliding=0, smoothed=small(200_000)))
 
 
-# The large net's caps (each row's wall on 2 cores stays within a few minutes) and its stratum capacity K.
+# The large net's caps (the band's row stays within a few minutes on 2 cores; sliding runs to log t = 100), the
+# band's K and the stratum capacity.
 BIG_MAX_KINKS = 256
+BIG_SLIDING_KINKS = 2048
 BIG_BAND_STEPS = 2_500
-BIG_SLIDING_STEPS = 400
+BIG_SLIDING_STEPS = 100_000
 # The band field on a two-kink-layer net chatters at corners (~10 ms a step here): capped.
 DEEP_BAND_STEPS = 5_000
 
@@ -379,17 +389,22 @@ def _two_kink_layers(problem, options):
     return ["—", "—", "—", "—", "refused", "—", f"refused: two kink layers ({layers} units); {said}"]
 
 
-def issue_table(quick: bool):
+def issue_table(quick: bool, case: str | None = None, method_only: str | None = None):
     """Issue 20's table: for each case, the band field (`fs.simulate`, the default `nonsmooth="band"`), event-driven
     sliding (`nonsmooth="sliding"`) and, on the deep nets, `fs.smoothed_limit` (the fallback of
     `fs.simulate_or_smoothed` for a solve that stalls at corners): steps, rejected steps, events (sliding: the
     root-found events; band: sign changes of z between the 20 saves, a lower bound on its kink crossings), where
     the solve stopped, whether it reached the horizon, wall (compilation included) and the 1-minute load average
-    when the row ended."""
+    when the row ended. `case`: only the cases whose name contains it; `method_only`: only that method's rows."""
     print("| case | method | steps | rejected | events | log t reached | ok | wall s | load | note |")
     print("|---|---|---:|---:|---|---:|:-:|---:|---:|---|")
-    for name, problem, options, caps in table_cases(quick):
+    for name, problems, options, caps in table_cases(quick):
+        if case is not None and case not in name:
+            continue
         for method, cap in caps.items():
+            if method_only is not None and method != method_only:
+                continue
+            problem = problems[method] if isinstance(problems, dict) else problems
             cells = _run_row(name, method, problem, options, cap)
             label = {"band": "band", "sliding": "sliding", "smoothed": "smoothed limit"}[method]
             cells = [name, label, *cells[:6], _load(), cells[6].replace("|", "\\|")]
@@ -402,7 +417,15 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table", action="store_true",
                         help="only issue 20's table (docs/benchmarks/relu-table.md): steps, events, wall per case")
+    parser.add_argument("--case", help="with --table: print only the rows of the cases whose name contains CASE "
+                        "(e.g. 'n=100'), without writing the page")
+    parser.add_argument("--method", choices=("band", "sliding", "smoothed"), help="with --case: only this method")
     args = parser.parse_args()
+    if args.table and (args.case is not None or args.method is not None):
+        print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64, Tsit5, default tolerances; "
+              f"docs/benchmarks/relu-table.md left as it was\n")
+        issue_table(args.quick, args.case, args.method)
+        return
     if args.table:
         with markdown_page("relu-table", "ReLU networks: steps, kink events and wall time per case", quick=args.quick):
             print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64, Tsit5, default tolerances "
@@ -420,8 +443,8 @@ def main():
             print(f"\nEvents: sliding counts its root-found events (a pair reaching its kink joins the stratum, "
                   f"\"slide\", or crosses it, \"cross\"; a held slope reaching γ or 1 leaves, \"leave\"); the band "
                   f"field has no events, and its count is the sign changes of z between the saves, a lower bound on "
-                  f"its kink crossings. The large net's stratum capacity is max_kinks = {BIG_MAX_KINKS} (the band's "
-                  f"K too); the small one's 128.")
+                  f"its kink crossings. The large net's band has K = max_kinks = {BIG_MAX_KINKS} and its stratum "
+                  f"capacity is max_kinks = {BIG_SLIDING_KINKS}; the small one's 128 for both.")
         return
     with markdown_page("relu", "ReLU networks: the min-norm field, the plain gradient, the smoothed limit",
                        quick=args.quick, preformatted=True):
