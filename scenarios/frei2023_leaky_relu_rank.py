@@ -11,7 +11,8 @@ generalise, so the clusters stay separable on fresh samples. p = m·d = 10⁵. I
 s_d = √(2/(d + m)), the standard deviation of TensorFlow's default (Glorot) initialiser: the paper's Figure 1 states
 its init relative to that default (50× smaller: scale 0.02).
 
-Gradient flow in log time to log t = log_t1 (Tsit5 through the kinks): the stable rank ‖W‖_F²/‖W‖₂² and σ₃/σ₁
+Gradient flow in log time to log t = log_t1 (Tsit5, exact sliding on strata at the kinks: `fs.simulate`'s default
+for a two-layer net): the stable rank ‖W‖_F²/‖W‖₂² and σ₃/σ₁
 against log t, the normalised margin, the parameter-space KKT residual of min ‖W‖² s.t. y_i f(x_i; W) ≥ 1
 (Lyu & Li 2020), the boundary against the ℓ2 max-margin linear predictor on fresh samples.
 
