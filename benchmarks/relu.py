@@ -390,7 +390,7 @@ def _two_kink_layers(problem, options):
 
 
 def issue_table(quick: bool, case: str | None = None, method_only: str | None = None):
-    """Issue 20's table: for each case, the band field (`fs.simulate`, the default `nonsmooth="band"`), event-driven
+    """Issue 20's table: for each case, the band field (`fs.simulate(..., nonsmooth="band")`), event-driven
     sliding (`nonsmooth="sliding"`) and, on the deep nets, `fs.smoothed_limit` (the fallback of
     `fs.simulate_or_smoothed` for a solve that stalls at corners): steps, rejected steps, events (sliding: the
     root-found events; band: sign changes of z between the 20 saves, a lower bound on its kink crossings), where
@@ -429,9 +429,9 @@ def main():
     if args.table:
         with markdown_page("relu-table", "ReLU networks: steps, kink events and wall time per case", quick=args.quick):
             print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64, Tsit5, default tolerances "
-                  f"(rtol 1e-8, atol 1e-10), 20 saves. **band**: `fs.simulate(problem)` (the default "
-                  "`nonsmooth=\"band\"`, the minimum-norm Clarke field with pairs in a band of their kinks held "
-                  "there); **sliding**: `fs.simulate(problem, nonsmooth=\"sliding\")` (exact event-driven sliding "
+                  f"(rtol 1e-8, atol 1e-10), 20 saves. **band**: `fs.simulate(problem, nonsmooth=\"band\")` (the "
+                  "minimum-norm Clarke field with pairs in a band of their kinks held there; the default "
+                  "`nonsmooth=\"auto\"` slides where sliding applies); **sliding**: `fs.simulate(problem, nonsmooth=\"sliding\")` (exact event-driven sliding "
                   "on strata); **smoothed limit**: `fs.smoothed_limit(problem)`, what `fs.simulate_or_smoothed` "
                   "falls back to where the band field stalls at the corners of a net with two kink layers. "
                   "Each row is capped in steps (the `max_steps` it ran with is in its note when reached) so the "
