@@ -68,7 +68,9 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def markdown_page(page: str, title: str, *, quick: bool = False, preformatted: bool = False, note: str = ""):
     """Copy everything printed inside the block to docs/benchmarks/`page`.md (unless `quick`)."""
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    # The script relative to the repository's root, wherever it was run from (the page tells how to rerun it).
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), DOCS.parent.parent)
+    command = "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
     code = code_version()  # at the start: the code the benchmark imported
     tee = _Tee(sys.stdout)
     sys.stdout = tee

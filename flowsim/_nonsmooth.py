@@ -124,9 +124,11 @@ class AbstractNonsmoothModel(eqx.Module):
         del X, cotangent, gradient, sample, unit, valid
 
     def stratum_system(self, X, cotangent, gradient, sample, unit, valid):
-        """Optional fast path for event-driven sliding (`flowsim._sliding`): (J_S G_S, J_S g) without forming
-        J_S = ∂z_S/∂θ or G_S = ∂g/∂d_S (K×p each). Same arguments as `kink_system`; return None (the
-        default) to let the sliding field build both by automatic differentiation."""
+        """Optional fast path for event-driven sliding (`flowsim._sliding`): the equivalent-control system
+        without forming J_S = ∂z_S/∂θ or G_S = ∂g/∂d_S (K×p each), either as a pair (J_S G_S, J_S g) or as a
+        `SameUnitSystem` (first-layer kinks: block-diagonal by unit, solved unit by unit, as `TwoLayer` and the
+        depth-2 `MLP` return through `rank_one_stratum_system`). Same arguments as `kink_system`; return None
+        (the default) to let the sliding field build both by automatic differentiation."""
         del X, cotangent, gradient, sample, unit, valid
 
     def slopes(self, z: Array) -> Array:
