@@ -21,7 +21,8 @@ Between events the field is smooth:
   evaluation with 900 pairs held on the n = 100, m = 100, d = 10^3 net).
 
 S is a traced index array (its pairs in the first slots), passed to the field in the smallest of a few
-static sizes (`STRATUM_SIZES`, capped at the model's `max_kinks`) that holds it: one compiled segment solve
+static sizes (`STRATUM_SIZES`, capped at the capacity: every pair for the models' closed form, else the
+model's `max_kinks`) that holds it: one compiled segment solve
 per size serves every stratum of that size. Events (`diffrax.Event`, located by `optimistix.Bisection`
 on the step's bracket, direction: falls to 0; `optimistix.Newton` failed to converge on the min of many
 margins) fire on q = min(min_{r ∉ S} sign_r z_r, min_{s ∈ S} min(d_s − γ, 1 − d_s)):
@@ -53,7 +54,7 @@ against Lyu & Li's monotone smoothed margin, against the band field (tests/test_
 noisy two-layer net against the band field (`benchmarks/sliding.py`, `benchmarks/relu.py --table`).
 
 Limitations: models must be affine in the slopes (one kink layer per sample); an MLP of depth
-> 2 is refused; more pairs sliding than `max_kinks` stops the solve. Simultaneous events are taken one at a time (the others follow at once as
+> 2 is refused; on the autodiff path (no closed form), more pairs sliding than `max_kinks` stops the solve. Simultaneous events are taken one at a time (the others follow at once as
 zero-length segments). Repulsive kinks (ż_r(1) > 0 > ż_r(γ)) are crossed, not held.
 """
 
@@ -671,7 +672,8 @@ def _join_or_cross(run: _Run, carry: SlidingCarry, r: int) -> SlidingCarry:
         if carry.valid.all():
             run.note = (
                 f"pair {r} reached its kink and slides, but the stratum already holds {carry.valid.size} "
-                "pairs (the model's max_kinks): build the network with a larger max_kinks"
+                "pairs (the model's max_kinks, which bounds sliding for models without a closed form): raise it, "
+                "for your own module with fs.Problem(dataclasses.replace(problem.model, max_kinks=...), X, y, ...)"
             )
             return dataclasses.replace(carry, status=np.int32(Status.SOLVER_FAILURE))
         slot = int(np.argmin(carry.valid))
@@ -977,14 +979,18 @@ def _new_run(
 ) -> _Run:
     n = problem.num_samples
     units = jax.eval_shape(model.pre_activations, problem.X[0]).shape[0]
-    capacity = min(int(model.max_kinks if max_sliding is None else max_sliding), n * units)
-    if capacity < 1:
-        raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
     seg = _Segment(field, float(model.leak), float(drift_rate), (n, units))
     outputs = jax.eval_shape(jax.vmap(field.model(theta)), problem.X)  # the cotangent's shape: (n,) or (n, k)
     cotangent = jnp.zeros(outputs.shape, outputs.dtype)
     system = jax.eval_shape(seg.system, theta, theta, cotangent, jnp.zeros(1, jnp.int64), jnp.ones(1, bool))
     closed_form = isinstance(system, SameUnitSystem)
+    # The closed form solves unit by unit and forms no K×p matrix, so any number of pairs may slide (the stratum's
+    # slots are only indices); the autodiff path forms K×p matrices, so the model's max_kinks bounds it.
+    if max_sliding is None:
+        max_sliding = n * units if closed_form else model.max_kinks
+    capacity = min(int(max_sliding), n * units)
+    if capacity < 1:
+        raise ValueError(f"max_sliding must be at least 1, got {max_sliding}")
     if closed_form and n <= _GRAM_SAMPLES:
         X = problem.X
         seg = dataclasses.replace(seg, gram=X @ X.T)
@@ -1181,7 +1187,8 @@ def simulate_sliding(
     its slopes: `TwoLayer`, a depth-2 `MLP`, a `Kinked` with one kink layer); `log_t1`: the
     horizon; `rtol`, `atol`: the PID controller's tolerances; `solver`: a Diffrax solver (Tsit5); `root_finder`: an
     optimistix root finder for the event times (Bisection, rtol 1e-10, atol 1e-12);
-    `max_sliding`: K, the most pairs held at once (the model's `max_kinks`, at most n·U);
+    `max_sliding`: K, the most pairs held at once (default: all n·U pairs for the models' closed form, else the
+    model's `max_kinks`; at most n·U);
     `drift_rate`: k of the Baumgarte term (per unit of s); `max_events`, `max_steps_per_segment`.
     """
     model = check_model(problem)

@@ -6,6 +6,8 @@ jaxpr rewrite), which must follow the same strata; the band field at tight toler
 solve for a checkpointed one. Every refusal names what was wrong.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -123,10 +125,25 @@ def test_a_checkpointed_sliding_solve_resumes(tmp_path):
         fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", checkpoint=path, rtol=1e-9)
 
 
-def test_a_full_stratum_stops_with_advice():
+def test_max_kinks_bounds_sliding_only_without_a_closed_form():
+    # Two identical units with output weights 1/2 compute the single neuron: each row follows its hand-solved flow
+    # at half speed, and both (sample 0, unit u) pairs slide at once (tests/test_sliding_clarke.py).
+    X, y = single_neuron_data(0.3)
     net = fs.networks.TwoLayer(np.stack([W0, W0]), np.array([0.5, 0.5]), GAMMA, max_kinks=1)
-    problem = fs.Problem(net, *single_neuron_data(0.3), "squared", trainable=net.first_layer_filter())
+    problem = fs.Problem(net, X, y, "squared", trainable=net.first_layer_filter())
     traj = fs.simulate(problem, log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
+    # The closed form (unit by unit, no K×p matrix) holds any number of pairs: max_kinks is the band's K only.
+    assert traj.ok and int(traj.stats["slide_events"]) == 2, traj.message
+    (expected,), _, _ = sliding_closed_form(0.3, [T_END / 2])
+    np.testing.assert_allclose(np.asarray(traj.final.W), np.stack([expected, expected]), atol=1e-8)
+    # A model on the autodiff path forms K×p matrices: its max_kinks bounds the stratum, and a full one stops.
+    mine = UserLeakyNet(jnp.stack([jnp.asarray(W0)] * 2), jnp.array([0.5, 0.5]))
+    first_layer = eqx.tree_at(lambda t: (t.W, t.a), jax.tree.map(lambda _: False, mine), (True, False))
+    kinked = fs.Problem(mine, X, y, "squared", trainable=first_layer).model
+    kinked = dataclasses.replace(kinked, max_kinks=1)
+    trainable = eqx.tree_at(lambda t: (t.model.W, t.model.a), jax.tree.map(lambda _: False, kinked), (True, False))
+    bounded = fs.Problem(kinked, X, y, "squared", trainable=trainable)
+    traj = fs.simulate(bounded, log_t1=np.log(T_END), nonsmooth="sliding", **TIGHT)
     assert not traj.ok and "max_kinks" in traj.message
 
 
